@@ -1,0 +1,63 @@
+# Set-up and everyday commands. Every target creates what it needs: on a fresh
+# machine `make demo` and `make test` are the only two commands a user runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DEMO_REPO ?= .cache/demo_models
+CACHE_DIR ?= .cache
+
+.PHONY: help venv install install-test protos demo demo-models test lint clean
+
+help:
+	@echo "make demo      create .venv, install, build demo models, serve REST :8000 and gRPC :8001"
+	@echo "make test      create .venv with test extras and run the whole suite"
+	@echo "make install   install the gateway into .venv"
+	@echo "make protos    regenerate gateway/proto/*_pb2.py from protos/*.proto"
+	@echo "make lint      ruff over the code"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+venv: $(PY)
+
+# The stamps make re-runs cheap; they change when pyproject.toml does.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+# Generated code: never edit gateway/proto/*_pb2.py by hand. The generated
+# modules import each other as top-level modules; rewrite that to a relative
+# import so they work inside the gateway.proto package.
+protos: $(VENV)/.installed-test
+	$(PY) -m grpc_tools.protoc -I protos --python_out=gateway/proto --pyi_out=gateway/proto \
+		protos/ovgw_model_config.proto protos/ovgw_grpc_service.proto
+	sed -i 's/^import ovgw_model_config_pb2 as/from . import ovgw_model_config_pb2 as/' \
+		gateway/proto/ovgw_grpc_service_pb2.py
+	sed -i 's/^import ovgw_model_config_pb2 as/from . import ovgw_model_config_pb2 as/' \
+		gateway/proto/ovgw_grpc_service_pb2.pyi
+
+demo-models: $(VENV)/.installed
+	$(PY) -m gateway.demo_models $(DEMO_REPO)
+
+demo: demo-models
+	$(PY) -m gateway --config_path $(DEMO_REPO)/config.json --port 8001 --rest_port 8000
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q tests
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check gateway tests loadgen
+	$(VENV)/bin/ruff format --check gateway tests loadgen
+
+clean:
+	rm -rf $(VENV) $(CACHE_DIR) .pytest_cache build *.egg-info

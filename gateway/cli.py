@@ -1,0 +1,151 @@
+"""Command line, with OVMS's flag names so that an OVMS command line works unchanged."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .errors import ConfigError
+from .settings import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_REST_PORT,
+    ONE_GIB,
+    ServerSettings,
+    parse_model_entry,
+    read_config_file,
+)
+
+LOG_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO,
+              "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ovgw",
+        description="Serve OpenVINO models over the KServe v2 / Open Inference Protocol (gRPC and REST).",
+    )
+    g = p.add_argument_group("server")
+    g.add_argument("--port", type=int, help=f"gRPC port, 0 = off (default {DEFAULT_GRPC_PORT} when no port is given)")
+    g.add_argument("--rest_port", type=int, help=f"REST port, 0 = off (default {DEFAULT_REST_PORT} when no port is given)")
+    g.add_argument("--grpc_bind_address", default="0.0.0.0")
+    g.add_argument("--rest_bind_address", default="0.0.0.0")
+    g.add_argument("--grpc_max_message_bytes", type=int, default=ONE_GIB, help="gRPC send/receive limit (1 GiB)")
+    g.add_argument("--rest_max_body_bytes", type=int, default=ONE_GIB, help="REST request body limit (1 GiB)")
+    g.add_argument("--grpc_workers", type=int, default=1, help="accepted for OVMS compatibility; one event loop serves all")
+    g.add_argument("--rest_workers", type=int, default=None, help="accepted for OVMS compatibility")
+    g.add_argument("--cache_dir", help="OpenVINO compiled-blob cache folder")
+    g.add_argument("--log_level", default="INFO", choices=list(LOG_LEVELS))
+    g.add_argument("--log_path", help="write the log to this file instead of stderr")
+
+    m = p.add_argument_group("models (single-model mode, exclusive with --config_path)")
+    m.add_argument("--config_path", help="OVMS config.json (or a folder holding one)")
+    m.add_argument("--model_name")
+    m.add_argument("--model_path", help="the model's base path: <path>/<version>/model files, or one model file")
+    m.add_argument("--target_device", help="OpenVINO device string: CPU, GPU, GPU.1, NVIDIA, AUTO:GPU,CPU, ...")
+    m.add_argument("--plugin_config", help="JSON object of OpenVINO properties, e.g. '{\"NUM_STREAMS\": 2}'")
+    m.add_argument("--nireq", type=int, help="infer requests in the pool (0 = OpenVINO's optimal number)")
+    m.add_argument("--batch_size", help="positive integer, or auto")
+    m.add_argument("--shape", help="e.g. (1,3,224,224), [1,-1], auto, or a JSON object per input")
+    m.add_argument("--layout", help="e.g. NCHW, or NHWC:NCHW (target:source), or a JSON object per input")
+    m.add_argument("--model_version_policy", help='e.g. {"latest": {"num_versions": 2}}')
+    return p
+
+
+_SINGLE_MODEL_FLAGS = ("target_device", "plugin_config", "nireq", "batch_size", "shape", "layout", "model_version_policy")
+
+
+def _maybe_json(text: str | None):
+    if text is None:
+        return None
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        import json
+
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    if args.config_path and (args.model_name or args.model_path):
+        raise ConfigError("--config_path cannot be combined with --model_name/--model_path (as in OVMS)")
+    if args.config_path:
+        extra = [f"--{f}" for f in _SINGLE_MODEL_FLAGS if getattr(args, f) is not None]
+        if extra:
+            raise ConfigError(f"{', '.join(extra)} apply to single-model mode; set them in {args.config_path}")
+        models, errors = read_config_file(args.config_path)
+    elif args.model_name or args.model_path:
+        if not (args.model_name and args.model_path):
+            raise ConfigError("single-model mode needs both --model_name and --model_path")
+        entry = {"name": args.model_name, "base_path": args.model_path}
+        for flag in _SINGLE_MODEL_FLAGS:
+            value = getattr(args, flag)
+            if value is not None:
+                entry[flag] = _maybe_json(value) if flag in ("shape", "layout") else value
+        models, errors = [parse_model_entry(entry)], {}
+    else:
+        raise ConfigError("give --model_name and --model_path, or --config_path")
+
+    if args.port is None and args.rest_port is None:
+        grpc_port, rest_port = DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
+    else:  # as in OVMS: a server whose port is not given is off
+        grpc_port, rest_port = args.port or 0, args.rest_port or 0
+    for flag, value in (("--port", grpc_port), ("--rest_port", rest_port)):
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"{flag} = {value}: must be 0..65535")
+    if grpc_port and grpc_port == rest_port:
+        raise ConfigError(f"--port and --rest_port are both {grpc_port}")
+    if not grpc_port and not rest_port:
+        raise ConfigError("both --port and --rest_port are 0: nothing would serve")
+    return ServerSettings(
+        models=models,
+        model_errors=errors,
+        config_path=args.config_path,
+        grpc_port=grpc_port,
+        rest_port=rest_port,
+        grpc_bind_address=args.grpc_bind_address,
+        rest_bind_address=args.rest_bind_address,
+        grpc_max_message_bytes=args.grpc_max_message_bytes,
+        rest_max_body_bytes=args.rest_max_body_bytes,
+        grpc_workers=args.grpc_workers,
+        cache_dir=args.cache_dir,
+        log_level=args.log_level,
+        log_path=args.log_path,
+    )
+
+
+def configure_logging(level: str, path: str | None) -> None:
+    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s][%(name)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LOG_LEVELS[level])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_path)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as e:
+        logging.getLogger("ovgw").error("configuration error: %s", e)
+        print(f"ovgw: configuration error: {e}", file=sys.stderr)
+        return 2
+
+    from .server import serve
+
+    single = bool(args.model_name)
+    try:
+        import uvloop
+
+        return uvloop.run(serve(settings, single_model=single))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(serve(settings, single_model=single))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

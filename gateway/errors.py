@@ -1,0 +1,79 @@
+"""Gateway errors and the one table that maps them to gRPC status codes and HTTP codes.
+
+Adapters never pick a status themselves: they raise or receive a GatewayError and
+ask this table. HTTP codes follow Triton's mapping (INTERNAL 500, NOT_FOUND 404,
+UNAVAILABLE 503, UNIMPLEMENTED 501), with OVMS's 412 for a model that failed to
+reshape or compile.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import grpc
+
+
+class Code(enum.Enum):
+    INVALID_ARGUMENT = (grpc.StatusCode.INVALID_ARGUMENT, 400)
+    NOT_FOUND = (grpc.StatusCode.NOT_FOUND, 404)
+    UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, 503)
+    FAILED_PRECONDITION = (grpc.StatusCode.FAILED_PRECONDITION, 412)
+    RESOURCE_EXHAUSTED = (grpc.StatusCode.RESOURCE_EXHAUSTED, 503)
+    DEADLINE_EXCEEDED = (grpc.StatusCode.DEADLINE_EXCEEDED, 504)
+    UNIMPLEMENTED = (grpc.StatusCode.UNIMPLEMENTED, 501)
+    ALREADY_EXISTS = (grpc.StatusCode.ALREADY_EXISTS, 409)
+    INTERNAL = (grpc.StatusCode.INTERNAL, 500)
+
+    @property
+    def grpc_status(self) -> grpc.StatusCode:
+        return self.value[0]
+
+    @property
+    def http_status(self) -> int:
+        return self.value[1]
+
+
+class GatewayError(Exception):
+    """An error a client is meant to see: a code from the table and a message that names what was wrong."""
+
+    code = Code.INTERNAL
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(GatewayError):
+    code = Code.INVALID_ARGUMENT
+
+
+class NotFound(GatewayError):
+    code = Code.NOT_FOUND
+
+
+class Unavailable(GatewayError):
+    code = Code.UNAVAILABLE
+
+
+class FailedPrecondition(GatewayError):
+    code = Code.FAILED_PRECONDITION
+
+
+class ResourceExhausted(GatewayError):
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(GatewayError):
+    code = Code.DEADLINE_EXCEEDED
+
+
+class Unimplemented(GatewayError):
+    code = Code.UNIMPLEMENTED
+
+
+class InternalError(GatewayError):
+    code = Code.INTERNAL
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be served; raised at start-up, never sent to a client."""

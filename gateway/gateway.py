@@ -1,0 +1,109 @@
+"""The in-process API: what both servers call, and what an application can call with no network.
+
+    gateway = Gateway(ServerSettings(models=[ModelSettings("dummy", "/models/dummy")]))
+    await gateway.start()
+    outputs = await gateway.infer_numpy("dummy", {"b": np.zeros((1, 10), np.float32)})
+    await gateway.stop()
+
+This is the analogue of OVMS's C-API: requests are the same InferRequest objects
+the transports decode, and errors are GatewayError with a protocol code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import openvino as ov
+
+from . import __version__
+from .datatypes import from_numpy
+from .errors import GatewayError, InternalError, InvalidArgument
+from .manager import ModelManager
+from .settings import ServerSettings
+from .types import (
+    InferInput,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    RequestedOutput,
+    ServerMetadata,
+    VersionStatus,
+)
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "ovgw"
+
+# Protocol extensions that work at this commit; clients (perf_analyzer) trust this list.
+EXTENSIONS = ("binary_tensor_data",)
+
+
+class Gateway:
+    def __init__(self, settings: ServerSettings, core: ov.Core | None = None):
+        self.settings = settings
+        self.manager = ModelManager(settings, core)
+        self._accepting = True
+
+    async def start(self) -> None:
+        """Load every configured model. Returns when each has loaded or failed (and been reported)."""
+        await self.manager.load_all()
+
+    async def stop(self) -> None:
+        self._accepting = False
+
+    # --- health and metadata -------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._accepting and self.manager.all_ready()
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.manager.is_ready(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        return self.manager.metadata(name, version)
+
+    def repository_index(self) -> list[VersionStatus]:
+        return self.manager.index()
+
+    # --- inference -----------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        version = self.manager.version(request.model_name, request.model_version)
+        try:
+            outputs = await version.infer(request.inputs, request.outputs)
+        except GatewayError:
+            raise
+        except Exception as e:  # an OpenVINO failure during inference
+            log.exception("inference failed for model %s version %d", version.name, version.version)
+            raise InternalError(f"inference failed for model '{version.name}': {e}") from None
+        return InferResponse(request.model_name, str(version.version), outputs, id=request.id)
+
+    async def infer_numpy(
+        self,
+        model_name: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str = "",
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Convenience form of infer(): numpy arrays in, a dict of numpy arrays out."""
+        request_inputs = []
+        for name, array in inputs.items():
+            array = np.asarray(array)
+            try:
+                datatype = from_numpy(array.dtype).name
+            except ValueError as e:
+                raise InvalidArgument(f"input '{name}': {e}") from None
+            if datatype == "BYTES" and array.dtype != object:
+                array = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(), otypes=[object])(array)
+            request_inputs.append(InferInput(name, datatype, tuple(array.shape), array))
+        requested = [RequestedOutput(n) for n in outputs] if outputs is not None else None
+        response = await self.infer(InferRequest(model_name, request_inputs, version, outputs=requested))
+        return {o.name: o.data for o in response.outputs}

@@ -1,0 +1,194 @@
+"""gRPC transport: `inference.GRPCInferenceService` on grpc.aio. Translation only.
+
+The handlers are registered under the wire name `inference.GRPCInferenceService`
+with our own generated messages (proto package `ovgw.inference`): on the wire only
+the method path and the field numbers count, and a distinct proto package lets
+this module share a process with tritonclient (see protos/ovgw_grpc_service.proto).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc import aio
+
+from .errors import GatewayError, InvalidArgument
+from .gateway import Gateway
+from .proto import ovgw_grpc_service_pb2 as pb
+from .tensor_codec import (
+    array_from_contents,
+    array_from_raw,
+    check_shape,
+    datatype_or_error,
+    raw_from_array,
+)
+from .types import InferInput, InferRequest, InferResponse, RequestedOutput
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+def parameters_from_proto(params) -> dict:
+    out = {}
+    for key, value in params.items():
+        which = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, which) if which else None
+    return out
+
+
+def parameters_to_proto(target, params: dict) -> None:
+    for key, value in params.items():
+        slot = target[key]
+        if isinstance(value, bool):
+            slot.bool_param = value
+        elif isinstance(value, int):
+            if value >= 1 << 63:
+                slot.uint64_param = value
+            else:
+                slot.int64_param = value
+        elif isinstance(value, float):
+            slot.double_param = value
+        else:
+            slot.string_param = str(value)
+
+
+def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries; expected one per input ({len(msg.inputs)})"
+        )
+    inputs = []
+    for index, tensor in enumerate(msg.inputs):
+        name = tensor.name
+        dt = datatype_or_error(name, tensor.datatype)
+        shape = check_shape(name, tensor.shape)
+        has_typed = tensor.HasField("contents")
+        if raw:
+            if has_typed:
+                raise InvalidArgument(f"input '{name}': has both raw_input_contents and typed contents; send one")
+            data = array_from_raw(name, dt.name, shape, raw[index])
+        elif has_typed:
+            if dt.contents_field is None:
+                raise InvalidArgument(
+                    f"input '{name}': datatype {dt.name} has no typed contents field; use raw_input_contents"
+                )
+            data = array_from_contents(name, dt.name, shape, getattr(tensor.contents, dt.contents_field))
+        else:
+            raise InvalidArgument(f"input '{name}': no data; send raw_input_contents or contents.{dt.contents_field}")
+        inputs.append(InferInput(name, dt.name, shape, data, parameters_from_proto(tensor.parameters)))
+    outputs = [RequestedOutput(o.name, parameters_from_proto(o.parameters)) for o in msg.outputs] or None
+    return InferRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=parameters_from_proto(msg.parameters),
+    )
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    # tritonclient reads outputs only from raw_output_contents: one entry per output, same order.
+    msg = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    for out in response.outputs:
+        msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        msg.raw_output_contents.append(bytes(raw_from_array(out.datatype, out.data)))
+    return msg
+
+
+def _tensor_metadata(target, specs) -> None:
+    for s in specs:
+        target.add(name=s.name, datatype=s.datatype, shape=s.shape)
+
+
+class GrpcServicer:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=self.gateway.live())
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.gateway.ready())
+
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self.gateway.model_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request, context):
+        meta = self.gateway.server_metadata()
+        return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
+
+    async def ModelMetadata(self, request, context):
+        meta = self.gateway.model_metadata(request.name, request.version)
+        msg = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
+        _tensor_metadata(msg.inputs, meta.inputs)
+        _tensor_metadata(msg.outputs, meta.outputs)
+        return msg
+
+    async def ModelInfer(self, request, context):
+        response = await self.gateway.infer(decode_infer_request(request))
+        return encode_infer_response(response)
+
+
+_UNARY = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+}
+
+
+def _guard(method: Callable[..., Awaitable]):
+    """Turn GatewayError into its status; anything else into INTERNAL, with no traceback to the client."""
+
+    async def handler(request, context: aio.ServicerContext):
+        try:
+            return await method(request, context)
+        except GatewayError as e:
+            await context.abort(e.code.grpc_status, e.message)
+        except aio.AbortError:
+            raise
+        except Exception as e:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+    return handler
+
+
+def build_handlers(servicer: GrpcServicer) -> dict[str, grpc.RpcMethodHandler]:
+    return {
+        name: grpc.unary_unary_rpc_method_handler(
+            _guard(getattr(servicer, name)),
+            request_deserializer=req.FromString,
+            response_serializer=resp.SerializeToString,
+        )
+        for name, (req, resp) in _UNARY.items()
+    }
+
+
+async def start_grpc_server(gateway: Gateway, host: str, port: int, max_message_bytes: int) -> tuple[aio.Server, int]:
+    """Start the gRPC server; returns it and the port it bound (useful when port is 0 in tests)."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = aio.server(options=options)
+    handlers = build_handlers(GrpcServicer(gateway))
+    if hasattr(server, "add_registered_method_handlers"):
+        # Registered methods skip grpc's per-call generic look-up.
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    else:  # pragma: no cover - older grpcio
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC server to {address}")
+    await server.start()
+    return server, bound

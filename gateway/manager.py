@@ -1,0 +1,193 @@
+"""Model lifecycle: discover versions on disk, compile them, and look them up by name and version."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import openvino as ov
+
+from .errors import ConfigError, InvalidArgument, NotFound, Unavailable
+from .model_version import ModelVersion, State
+from .openvino_runtime import InferExecutor, check_device, port_specs, read_model
+from .repository import discover_versions
+from .settings import ModelSettings, ServerSettings
+from .types import ModelMetadata, VersionStatus
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "OpenVINO"  # what OVMS reports in model metadata
+
+
+@dataclass(eq=False, slots=True)
+class ServedModel:
+    name: str
+    settings: ModelSettings | None
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    error: str = ""  # why the model as a whole cannot be served (bad config, no versions on disk)
+
+    def default_version(self) -> ModelVersion:
+        """The highest ready version: what an empty version string means."""
+        for number in sorted(self.versions, reverse=True):
+            if self.versions[number].ready:
+                return self.versions[number]
+        raise Unavailable(f"model '{self.name}' has no ready version{self._why()}")
+
+    def _why(self) -> str:
+        reasons = self.error or "; ".join(
+            f"version {v.version}: {v.reason or v.state.value}" for v in self.versions.values()
+        )
+        return f" ({reasons})" if reasons else ""
+
+
+class ModelManager:
+    def __init__(self, settings: ServerSettings, core: ov.Core | None = None):
+        self._settings = settings
+        self._core = core or ov.Core()
+        self._models: dict[str, ServedModel] = {}
+        self._load_tasks: list[asyncio.Task] = []
+        self.loading_done = asyncio.Event()
+
+    @property
+    def core(self) -> ov.Core:
+        return self._core
+
+    async def load_all(self) -> None:
+        """Load every configured model; failures are recorded per model, never raised."""
+        for name, error in self._settings.model_errors.items():
+            self._models[name] = ServedModel(name, None, error=error)
+            log.error("model %s not served: %s", name, error)
+        for settings in self._settings.models:
+            self._models[settings.name] = ServedModel(settings.name, settings)
+        await asyncio.gather(*(self._load_model(m) for m in self._models.values() if m.settings is not None))
+        self.loading_done.set()
+
+    async def _load_model(self, model: ServedModel) -> None:
+        settings = model.settings
+        assert settings is not None
+        try:
+            check_device(self._core, settings.name, settings.target_device)
+            on_disk = discover_versions(settings.name, settings.base_path)
+        except ConfigError as e:
+            model.error = str(e)
+            log.error("model %s not served: %s", settings.name, e)
+            return
+        chosen = settings.version_policy.select(list(on_disk))
+        if not chosen:
+            model.error = (
+                f"model '{settings.name}': field 'model_version_policy' = {settings.version_policy.to_dict()}: "
+                f"selects none of the versions on disk {sorted(on_disk)}"
+            )
+            log.error("model %s not served: %s", settings.name, model.error)
+            return
+        for number in chosen:
+            model.versions[number] = ModelVersion(settings.name, number, settings, str(on_disk[number]))
+        await asyncio.gather(*(self._load_version(v) for v in model.versions.values()))
+
+    def _compile_config(self, settings: ModelSettings) -> dict:
+        config: dict = {k: v for k, v in settings.plugin_config.items()}
+        cache_dir = self._settings.cache_dir
+        if cache_dir and settings.allow_cache is not False:
+            config.setdefault("CACHE_DIR", cache_dir)
+        if "PERFORMANCE_HINT" not in config and "NUM_STREAMS" not in config and self._supports_hint(settings):
+            # A server sees concurrent requests: ask the device for parallel streams.
+            config["PERFORMANCE_HINT"] = "THROUGHPUT"
+        return config
+
+    def _supports_hint(self, settings: ModelSettings) -> bool:
+        try:
+            supported = self._core.get_property(settings.target_device.split(":")[0], "SUPPORTED_PROPERTIES")
+        except Exception:
+            return False
+        return "PERFORMANCE_HINT" in supported
+
+    async def _load_version(self, version: ModelVersion) -> None:
+        settings = version.settings
+        started = time.perf_counter()
+        try:
+            compiled = await asyncio.to_thread(self._compile, version)
+            inputs, bounds = port_specs(compiled.inputs, "input")
+            outputs, _ = port_specs(compiled.outputs, "output")
+            nireq = settings.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            executor = InferExecutor(compiled, nireq, [o.datatype for o in outputs])
+        except Exception as e:  # OpenVINO raises plain RuntimeErrors with useful text
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            version.fail(f"failed to load from {version.path}: {reason}")
+            log.error("model %s version %d: %s", version.name, version.version, version.reason)
+            return
+        version.activate(inputs, bounds, outputs, executor)
+        log.info(
+            "model %s version %d ready on %s in %.2f s (nireq %d, from %s)",
+            version.name,
+            version.version,
+            settings.target_device,
+            time.perf_counter() - started,
+            nireq,
+            version.path,
+        )
+
+    def _compile(self, version: ModelVersion) -> ov.CompiledModel:
+        model = read_model(self._core, version.path, version.settings)
+        return self._core.compile_model(model, version.settings.target_device, self._compile_config(version.settings))
+
+    # --- look-ups -------------------------------------------------------------------------------
+
+    def model(self, name: str) -> ServedModel:
+        model = self._models.get(name)
+        if model is None:
+            raise NotFound(f"Model with requested name is not found: '{name}'")
+        return model
+
+    def version(self, name: str, version: str = "") -> ModelVersion:
+        """The ready version a request asks for, or the error the protocol gives."""
+        model = self.model(name)
+        if not version:
+            return model.default_version()
+        if not version.isdigit():
+            raise InvalidArgument(f"model version must be a positive integer; got '{version}' for model '{name}'")
+        served = model.versions.get(int(version))
+        if served is None:
+            raise NotFound(f"Model with requested version is not found: model '{name}' version {version}")
+        if not served.ready:
+            raise Unavailable(
+                f"model '{name}' version {version} is not ready: {served.reason or served.state.value}"
+            )
+        return served
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        """Readiness of a model (version); unknown names and versions are NOT_FOUND, as the protocol says."""
+        try:
+            self.version(name, version)
+        except Unavailable:
+            return False
+        return True
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        served = self.version(name, version)
+        model = self._models[name]
+        return ModelMetadata(
+            name=name,
+            versions=tuple(str(v) for v in sorted(model.versions)),
+            platform=PLATFORM,
+            inputs=served.inputs,
+            outputs=served.outputs,
+        )
+
+    def all_ready(self) -> bool:
+        """Server readiness: loading has finished (failures are reported, not waited for)."""
+        return self.loading_done.is_set()
+
+    def index(self) -> list[VersionStatus]:
+        rows = []
+        for model in self._models.values():
+            if not model.versions:
+                rows.append(VersionStatus(model.name, "", State.UNAVAILABLE.value, model.error))
+            for number, v in sorted(model.versions.items()):
+                rows.append(VersionStatus(model.name, str(number), v.state.value, v.reason))
+        return rows
+
+    def versions(self):
+        for model in self._models.values():
+            yield from model.versions.values()

@@ -1,0 +1,320 @@
+"""REST transport: the Open Inference Protocol's HTTP/JSON API and the binary tensor extension, on aiohttp.
+
+Translation only: requests become InferRequest, responses and GatewayError become
+HTTP. Large tensors travel in the binary extension (`Inference-Header-Content-Length`)
+and are decoded with np.frombuffer; JSON `data` is for small tensors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import zlib
+
+from aiohttp import web
+
+from .errors import GatewayError, InvalidArgument
+from .gateway import Gateway
+from .tensor_codec import (
+    array_from_contents,
+    array_from_raw,
+    check_shape,
+    datatype_or_error,
+    json_from_array,
+    raw_from_array,
+)
+from .types import InferInput, InferRequest, InferResponse, RequestedOutput
+
+log = logging.getLogger(__name__)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_JSON = "application/json"
+
+
+def _json_response(body: dict, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(body=json.dumps(body).encode(), status=status, content_type=_JSON, headers=headers)
+
+
+def error_response(error: GatewayError) -> web.Response:
+    headers = {"Retry-After": "1"} if error.code.http_status == 503 else None
+    return _json_response({"error": error.message}, error.code.http_status, headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except GatewayError as e:
+        return error_response(e)
+    except web.HTTPException as e:
+        if e.status >= 400:
+            reason = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
+            return _json_response({"error": reason}, e.status)
+        raise
+    except Exception as e:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _json_response({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+
+
+# --- request decoding ----------------------------------------------------------------------------
+
+
+def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    if not encoding or encoding == "identity":
+        return body
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            decompressor = zlib.decompressobj()
+        else:
+            raise InvalidArgument(f"unsupported Content-Encoding '{encoding}'; use gzip or deflate")
+        out = decompressor.decompress(body, limit + 1)
+        if len(out) > limit:
+            raise InvalidArgument(f"decompressed body is larger than the {limit}-byte limit")
+        return out
+    except (zlib.error, gzip.BadGzipFile) as e:
+        raise InvalidArgument(f"body is not valid {encoding} data: {e}") from None
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryview, memoryview]:
+    """Split a request body into its JSON header and its binary section."""
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise InvalidArgument(f"{HEADER_LENGTH} must be an integer; got '{header_length}'") from None
+    if not 0 <= length <= len(body):
+        raise InvalidArgument(f"{HEADER_LENGTH} is {length} but the body has only {len(body)} bytes")
+    view = memoryview(body)
+    return view[:length], view[length:]
+
+
+def _object(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return value
+
+
+def decode_infer_request(model: str, version: str, header: bytes | memoryview, binary: memoryview) -> InferRequest:
+    try:
+        doc = json.loads(bytes(header))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"request body is not valid JSON: {e}") from None
+    doc = _object(doc, "the request body")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidArgument("the request must have a non-empty 'inputs' list")
+    offset = 0
+    inputs = []
+    for position, item in enumerate(raw_inputs):
+        item = _object(item, f"inputs[{position}]")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise InvalidArgument(f"inputs[{position}]: 'name' must be a string")
+        datatype = item.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidArgument(f"input '{name}': 'datatype' must be a string")
+        dt = datatype_or_error(name, datatype)
+        shape_value = item.get("shape")
+        if not isinstance(shape_value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape_value):
+            raise InvalidArgument(f"input '{name}': 'shape' must be a list of integers; got {json.dumps(shape_value)}")
+        shape = check_shape(name, shape_value)
+        params = _object(item.get("parameters", {}), f"input '{name}': parameters")
+        if "shared_memory_region" in params:
+            raise InvalidArgument(f"input '{name}': shared memory is not supported by this server")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if "data" in item:
+                raise InvalidArgument(f"input '{name}': has both 'data' and binary_data_size; send one")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidArgument(f"input '{name}': binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise InvalidArgument(
+                    f"input '{name}': binary_data_size is {size} but only {len(binary) - offset} bytes "
+                    "of binary data remain"
+                )
+            data = array_from_raw(name, dt.name, shape, binary[offset : offset + size])
+            offset += size
+        elif "data" in item:
+            data = array_from_contents(name, dt.name, shape, item["data"])
+        else:
+            raise InvalidArgument(f"input '{name}': no data; send 'data' or parameters.binary_data_size")
+        inputs.append(InferInput(name, dt.name, shape, data, params))
+    if offset != len(binary):
+        raise InvalidArgument(f"the binary section has {len(binary) - offset} bytes that no input claims")
+
+    request_params = _object(doc.get("parameters", {}), "parameters")
+    outputs = None
+    if "outputs" in doc:
+        if not isinstance(doc["outputs"], list):
+            raise InvalidArgument("'outputs' must be a list")
+        outputs = []
+        for position, item in enumerate(doc["outputs"]):
+            item = _object(item, f"outputs[{position}]")
+            if not isinstance(item.get("name"), str):
+                raise InvalidArgument(f"outputs[{position}]: 'name' must be a string")
+            out_params = _object(item.get("parameters", {}), f"output '{item['name']}': parameters")
+            if "shared_memory_region" in out_params:
+                raise InvalidArgument(f"output '{item['name']}': shared memory is not supported by this server")
+            if out_params.get("classification"):
+                raise InvalidArgument(f"output '{item['name']}': the classification extension is not supported")
+            outputs.append(RequestedOutput(item["name"], out_params))
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidArgument("'id' must be a string")
+    return InferRequest(model, inputs, version, request_id, outputs or None, request_params)
+
+
+def single_raw_input_request(gateway: Gateway, model: str, version: str, body: memoryview) -> InferRequest:
+    """`Inference-Header-Content-Length: 0`: the whole body is the one input of a one-input model."""
+    meta = gateway.model_metadata(model, version)
+    if len(meta.inputs) != 1:
+        raise InvalidArgument(
+            f"a request with no JSON header needs a model with exactly one input; '{model}' has {len(meta.inputs)}"
+        )
+    spec = meta.inputs[0]
+    if spec.datatype == "BYTES":
+        shape = tuple(1 if d < 0 else d for d in spec.shape)
+        data = array_from_contents(spec.name, "BYTES", shape, [bytes(body)])
+        return InferRequest(model, [InferInput(spec.name, "BYTES", shape, data)], version)
+    itemsize = datatype_or_error(spec.name, spec.datatype).itemsize
+    dynamic = [i for i, d in enumerate(spec.shape) if d < 0]
+    known = 1
+    for d in spec.shape:
+        known *= d if d >= 0 else 1
+    shape = list(spec.shape)
+    if len(dynamic) > 1:
+        raise InvalidArgument(
+            f"a request with no JSON header cannot infer the shape of input '{spec.name}' {list(spec.shape)}: "
+            "more than one dynamic dimension"
+        )
+    if dynamic:
+        if known == 0 or len(body) % (known * itemsize):
+            raise InvalidArgument(
+                f"input '{spec.name}': {len(body)} bytes do not fit shape {list(spec.shape)} of {spec.datatype}"
+            )
+        shape[dynamic[0]] = len(body) // (known * itemsize)
+    data = array_from_raw(spec.name, spec.datatype, tuple(shape), body)
+    return InferRequest(model, [InferInput(spec.name, spec.datatype, tuple(shape), data)], version)
+
+
+# --- response encoding ---------------------------------------------------------------------------
+
+
+def encode_infer_response(response: InferResponse, binary_default: bool) -> web.Response:
+    outputs = []
+    parts: list = []
+    for out in response.outputs:
+        entry: dict = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
+        if out.parameters.get("binary_data", binary_default):
+            raw = raw_from_array(out.datatype, out.data)
+            # Triton's C++ client rejects an output `parameters` object without binary_data_size.
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            parts.append(raw)
+        else:
+            entry["data"] = json_from_array(out.datatype, out.data)
+        outputs.append(entry)
+    doc: dict = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        doc["id"] = response.id
+    if response.parameters:
+        doc["parameters"] = response.parameters
+    doc["outputs"] = outputs
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not parts:
+        return web.Response(body=header, content_type=_JSON)
+    return web.Response(
+        body=b"".join([header, *parts]),
+        content_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+# --- routes --------------------------------------------------------------------------------------
+
+
+class RestHandlers:
+    def __init__(self, gateway: Gateway, max_body_bytes: int):
+        self.gateway = gateway
+        self.max_body_bytes = max_body_bytes
+
+    async def live(self, request: web.Request) -> web.Response:
+        return _json_response({"live": self.gateway.live()})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self.gateway.ready()
+        return _json_response({"ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        meta = self.gateway.server_metadata()
+        return _json_response({"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        model, version = request.match_info["model"], request.match_info.get("version", "")
+        meta = self.gateway.model_metadata(model, version)
+
+        def tensors(specs):
+            return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+
+        return _json_response(
+            {
+                "name": meta.name,
+                "versions": list(meta.versions),
+                "platform": meta.platform,
+                "inputs": tensors(meta.inputs),
+                "outputs": tensors(meta.outputs),
+            }
+        )
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        model, version = request.match_info["model"], request.match_info.get("version", "")
+        if self.gateway.model_ready(model, version):
+            return _json_response({"name": model, "ready": True})
+        what = f"model '{model}'" + (f" version {version}" if version else "")
+        return _json_response({"name": model, "ready": False, "error": f"{what} is not ready"}, 503)
+
+    async def infer(self, request: web.Request) -> web.Response:
+        model, version = request.match_info["model"], request.match_info.get("version", "")
+        # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
+        body = await request.read()
+        body = _decompress(body, request.headers.get("Content-Encoding"), self.max_body_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+        if header_length is not None and header_length.strip() == "0" and body:
+            infer_request = single_raw_input_request(self.gateway, model, version, memoryview(body))
+            binary_default = True
+        else:
+            if not body:
+                raise InvalidArgument("the request body is empty; expected a JSON inference request")
+            header, binary = split_body(body, header_length)
+            infer_request = decode_infer_request(model, version, header, binary)
+            binary_default = bool(infer_request.parameters.get("binary_data_output", False))
+        response = await self.gateway.infer(infer_request)
+        return encode_infer_response(response, binary_default)
+
+
+def build_app(gateway: Gateway, max_body_bytes: int) -> web.Application:
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[errors_middleware])
+    h = RestHandlers(gateway, max_body_bytes)
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    app.router.add_get("/v2/health/live", h.live)
+    app.router.add_get("/v2/health/ready", h.ready)
+    app.router.add_get("/v2", h.server_metadata)
+    for base in (model, versioned):
+        app.router.add_get(base, h.model_metadata)
+        app.router.add_get(base + "/ready", h.model_ready)
+        app.router.add_post(base + "/infer", h.infer)
+    return app
+
+
+async def start_rest_server(gateway: Gateway, host: str, port: int, max_body_bytes: int) -> tuple[web.AppRunner, int]:
+    app = build_app(gateway, max_body_bytes)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1] if port == 0 else port  # noqa: SLF001
+    return runner, bound

@@ -1,0 +1,69 @@
+"""Run the gateway: both transports on one event loop, models loading behind them, clean shutdown on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from .gateway import Gateway
+from .grpc_server import start_grpc_server
+from .rest_server import start_rest_server
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: ServerSettings, stop: asyncio.Event | None = None, single_model: bool = False) -> int:
+    """Serve until `stop` is set or SIGTERM/SIGINT arrives; returns the process exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
+            pass
+
+    gateway = Gateway(settings)
+    grpc_server = rest_runner = None
+    # Transports first, so health probes answer (not ready) while models compile.
+    if settings.grpc_port:
+        grpc_server, port = await start_grpc_server(
+            gateway, settings.grpc_bind_address, settings.grpc_port, settings.grpc_max_message_bytes
+        )
+        log.info("gRPC server listening on %s:%d", settings.grpc_bind_address, port)
+    if settings.rest_port:
+        rest_runner, port = await start_rest_server(
+            gateway, settings.rest_bind_address, settings.rest_port, settings.rest_max_body_bytes
+        )
+        log.info("REST server listening on %s:%d", settings.rest_bind_address, port)
+
+    loading = asyncio.create_task(gateway.start())
+    exit_code = 0
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading in done:
+        loading.result()
+        _log_summary(gateway)
+        if single_model and not any(v.ready for v in gateway.manager.versions()):
+            log.error("the only configured model could not be loaded; exiting")
+            stop.set()
+            exit_code = 1
+        await stopping
+    else:
+        loading.cancel()
+
+    log.info("shutting down")
+    await gateway.stop()
+    if grpc_server is not None:
+        await grpc_server.stop(grace=5)
+    if rest_runner is not None:
+        await rest_runner.cleanup()
+    return exit_code
+
+
+def _log_summary(gateway: Gateway) -> None:
+    for row in gateway.repository_index():
+        level = logging.INFO if row.state == "READY" else logging.ERROR
+        log.log(level, "model %s version %s: %s%s", row.name, row.version or "-", row.state,
+                f" ({row.reason})" if row.reason else "")

@@ -1,0 +1,345 @@
+"""Server and model settings: the one source of truth, validated once at start-up.
+
+Model entries use OVMS's config.json schema (`{"model_config_list": [{"config": {...}}]}`)
+so an OVMS configuration works unchanged. Every error names the model, the field
+and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_GRPC_PORT = 8001  # Triton's defaults, so perf_analyzer and tritonclient examples need no flags
+DEFAULT_REST_PORT = 8000
+ONE_GIB = 1 << 30  # OVMS's message size limit for gRPC, and our default for REST bodies
+
+PluginValue = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """OVMS model_version_policy: which version folders are served."""
+
+    kind: str = "latest"  # latest | all | specific
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def select(self, available: list[int]) -> list[int]:
+        ordered = sorted(available)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered[-self.num_versions :]
+
+    def to_dict(self) -> dict:
+        if self.kind == "all":
+            return {"all": {}}
+        if self.kind == "specific":
+            return {"specific": {"versions": list(self.versions)}}
+        return {"latest": {"num_versions": self.num_versions}}
+
+
+# A dimension: an int (-1 = dynamic) or an inclusive (low, high) range.
+Dim = int | tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    name: str
+    base_path: str
+    target_device: str = "CPU"
+    plugin_config: dict[str, PluginValue] = field(default_factory=dict)
+    nireq: int = 0  # 0 = OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS
+    # shape / layout: None = as the model file says; a value for every input, or per input name.
+    shape: tuple[Dim, ...] | dict[str, tuple[Dim, ...]] | None = None
+    layout: str | dict[str, str] | None = None
+    batch_size: int | None = None  # -1 = dynamic ("auto" in OVMS)
+    version_policy: VersionPolicy = VersionPolicy()
+    allow_cache: bool | None = None  # None = use the cache when one is configured
+
+
+@dataclass(slots=True)
+class ServerSettings:
+    models: list[ModelSettings] = field(default_factory=list)
+    # Models that could not even be parsed: served as failed (reported, never ready) beside the good ones.
+    model_errors: dict[str, str] = field(default_factory=dict)
+    config_path: str | None = None
+    grpc_port: int = DEFAULT_GRPC_PORT
+    rest_port: int = DEFAULT_REST_PORT
+    grpc_bind_address: str = "0.0.0.0"
+    rest_bind_address: str = "0.0.0.0"
+    grpc_max_message_bytes: int = ONE_GIB
+    rest_max_body_bytes: int = ONE_GIB
+    grpc_workers: int = 1
+    cache_dir: str | None = None
+    log_level: str = "INFO"
+    log_path: str | None = None
+
+
+_MODEL_KEYS = {
+    "name",
+    "base_path",
+    "target_device",
+    "plugin_config",
+    "nireq",
+    "shape",
+    "layout",
+    "batch_size",
+    "model_version_policy",
+    "allow_cache",
+}
+# OVMS keys for stateful models: accepted at their defaults so OVMS configs load, refused when switched on.
+_STATEFUL_DEFAULTS = {
+    "stateful": False,
+    "low_latency_transformation": False,
+    "max_sequence_number": None,
+    "idle_sequence_cleanup": None,
+}
+_TOP_LEVEL_KEYS = {
+    "model_config_list",
+    "monitoring",
+    "pipeline_config_list",
+    "mediapipe_config_list",
+    "custom_node_library_config_list",
+    "custom_loader_config_list",
+}
+
+
+def _fail(model: str, key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"model '{model}': field '{key}' = {json.dumps(value, default=str)}: {why}")
+
+
+def parse_model_entry(entry: Any, config_dir: Path | None = None) -> ModelSettings:
+    """One `{"config": {...}}` entry (or the bare config object) -> ModelSettings."""
+    if isinstance(entry, dict) and set(entry) == {"config"}:
+        entry = entry["config"]
+    if not isinstance(entry, dict):
+        raise ConfigError(f"model entry {json.dumps(entry, default=str)}: expected a JSON object")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"model entry: field 'name' = {json.dumps(name)}: a non-empty string is required")
+    if "/" in name or name in (".", ".."):
+        raise _fail(name, "name", name, "must not contain '/' or be '.' or '..'")
+    for key in entry:
+        if key not in _MODEL_KEYS and key not in _STATEFUL_DEFAULTS:
+            raise _fail(name, key, entry[key], f"unknown key; allowed keys: {', '.join(sorted(_MODEL_KEYS))}")
+    for key, default in _STATEFUL_DEFAULTS.items():
+        if key in entry and entry[key] not in (default, False, 0):
+            raise _fail(name, key, entry[key], "stateful models are not supported by this gateway")
+
+    base_path = entry.get("base_path")
+    if not isinstance(base_path, str) or not base_path:
+        raise _fail(name, "base_path", base_path, "a non-empty string path is required")
+    if config_dir is not None and not Path(base_path).is_absolute():
+        base_path = str((config_dir / base_path).resolve())
+
+    device = entry.get("target_device", "CPU")
+    if not isinstance(device, str) or not device.strip():
+        raise _fail(name, "target_device", device, "a device string such as CPU, GPU, AUTO:GPU,CPU is required")
+
+    plugin_config = parse_plugin_config(name, entry.get("plugin_config", {}))
+
+    nireq = entry.get("nireq", 0)
+    if isinstance(nireq, bool) or not isinstance(nireq, int) or nireq < 0:
+        raise _fail(name, "nireq", nireq, "a non-negative integer is required (0 = OpenVINO's optimal number)")
+
+    return ModelSettings(
+        name=name,
+        base_path=base_path,
+        target_device=device.strip(),
+        plugin_config=plugin_config,
+        nireq=nireq,
+        shape=parse_shape_setting(name, entry.get("shape")),
+        layout=parse_layout_setting(name, entry.get("layout")),
+        batch_size=parse_batch_size(name, entry.get("batch_size")),
+        version_policy=parse_version_policy(name, entry.get("model_version_policy")),
+        allow_cache=_optional_bool(name, "allow_cache", entry.get("allow_cache")),
+    )
+
+
+def _optional_bool(model: str, key: str, value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise _fail(model, key, value, "true or false is required")
+
+
+def parse_plugin_config(model: str, value: Any) -> dict[str, PluginValue]:
+    if isinstance(value, str):  # the CLI passes JSON text
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as e:
+            raise _fail(model, "plugin_config", value, f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise _fail(model, "plugin_config", value, "a JSON object of OpenVINO properties is required")
+    for key, item in value.items():
+        if not isinstance(item, str | int | float | bool):
+            raise _fail(model, f"plugin_config.{key}", item, "values must be numbers, strings or booleans")
+    return dict(value)
+
+
+_DIM_RE = re.compile(r"^\s*(-?\d+)\s*(?::\s*(-?\d+)\s*)?$")
+
+
+def _parse_dims(model: str, key: str, text: Any) -> tuple[Dim, ...]:
+    if isinstance(text, list):
+        items = text
+    elif isinstance(text, str):
+        stripped = text.strip()
+        if not (stripped[:1] in "([" and stripped[-1:] in ")]"):
+            raise _fail(model, key, text, "expected a shape like (1,3,224,224), [1,-1,16] or (1:8,3,224,224)")
+        inner = stripped[1:-1].strip()
+        items = [s for s in inner.split(",")] if inner else []
+    else:
+        raise _fail(model, key, text, "expected a shape string or a list of dimensions")
+    dims: list[Dim] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise _fail(model, key, text, f"dimension {item!r} is not an integer")
+        if isinstance(item, int):
+            dims.append(item)
+            continue
+        m = _DIM_RE.match(str(item))
+        if not m:
+            raise _fail(model, key, text, f"dimension {item!r} is not an integer or a range low:high")
+        low = int(m.group(1))
+        dims.append(low if m.group(2) is None else (low, int(m.group(2))))
+    for d in dims:
+        if isinstance(d, int) and d < -1 or isinstance(d, tuple) and not (0 <= d[0] <= d[1]):
+            raise _fail(model, key, text, f"dimension {d} is invalid")
+    return tuple(dims)
+
+
+def parse_shape_setting(model: str, value: Any):
+    if value is None or value == "auto":
+        # OVMS's "auto" reshapes to each request; dynamic dimensions already accept any size here.
+        return None
+    if isinstance(value, dict):
+        return {k: _parse_dims(model, f"shape.{k}", v) for k, v in value.items()}
+    return _parse_dims(model, "shape", value)
+
+
+_LAYOUT_RE = re.compile(r"^[A-Za-z?.\[\],]+(:[A-Za-z?.\[\],]+)?$")
+
+
+def parse_layout_setting(model: str, value: Any):
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(v, str) or not _LAYOUT_RE.match(v):
+                raise _fail(model, f"layout.{k}", v, "expected a layout like NCHW or NHWC:NCHW (target:source)")
+        return dict(value)
+    if not isinstance(value, str) or not _LAYOUT_RE.match(value):
+        raise _fail(model, "layout", value, "expected a layout like NCHW or NHWC:NCHW (target:source)")
+    return value
+
+
+def parse_batch_size(model: str, value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if value == "auto":
+        return -1
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(model, "batch_size", value, "a positive integer or \"auto\" is required")
+    return value
+
+
+def parse_version_policy(model: str, value: Any) -> VersionPolicy:
+    if value is None:
+        return VersionPolicy()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise _fail(model, "model_version_policy", value, f"not valid JSON: {e}") from None
+    if not isinstance(value, dict) or len(value) != 1:
+        raise _fail(
+            model,
+            "model_version_policy",
+            value,
+            'expected one of {"latest": {"num_versions": N}}, {"all": {}}, {"specific": {"versions": [...]}}',
+        )
+    kind, body = next(iter(value.items()))
+    if not isinstance(body, dict):
+        raise _fail(model, f"model_version_policy.{kind}", body, "a JSON object is required")
+    if kind == "all" and not body:
+        return VersionPolicy("all")
+    if kind == "latest" and set(body) <= {"num_versions"}:
+        n = body.get("num_versions", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise _fail(model, "model_version_policy.latest.num_versions", n, "a positive integer is required")
+        return VersionPolicy("latest", num_versions=n)
+    if kind == "specific" and set(body) == {"versions"}:
+        versions = body["versions"]
+        if (
+            not isinstance(versions, list)
+            or not versions
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in versions)
+        ):
+            raise _fail(
+                model, "model_version_policy.specific.versions", versions, "a list of positive integers is required"
+            )
+        return VersionPolicy("specific", versions=tuple(sorted(set(versions))))
+    raise _fail(
+        model,
+        "model_version_policy",
+        value,
+        'expected one of {"latest": {"num_versions": N}}, {"all": {}}, {"specific": {"versions": [...]}}',
+    )
+
+
+def read_config_file(path: str) -> tuple[list[ModelSettings], dict[str, str]]:
+    """Parse an OVMS config.json (or a folder holding one).
+
+    A file that cannot be read or parsed, or has unknown top-level keys, is a
+    ConfigError. A bad model entry is returned in the error dict, so that the
+    other models still serve.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"config_path '{path}': cannot read: {e.strerror}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config_path '{p}': not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config_path '{p}': the top level must be a JSON object")
+    for key in doc:
+        if key not in _TOP_LEVEL_KEYS:
+            raise ConfigError(
+                f"config_path '{p}': unknown key '{key}'; allowed keys: {', '.join(sorted(_TOP_LEVEL_KEYS))}"
+            )
+    for key in ("pipeline_config_list", "mediapipe_config_list", "custom_node_library_config_list"):
+        if doc.get(key):
+            raise ConfigError(f"config_path '{p}': '{key}' is not supported by this gateway (pipelines/graphs)")
+    entries = doc.get("model_config_list", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"config_path '{p}': 'model_config_list' must be a list")
+    models: list[ModelSettings] = []
+    errors: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        try:
+            settings = parse_model_entry(entry, p.parent.resolve())
+        except ConfigError as e:
+            raw = entry.get("config", entry) if isinstance(entry, dict) else None
+            name = raw.get("name") if isinstance(raw, dict) else None
+            errors[name if isinstance(name, str) and name else f"model_config_list[{index}]"] = str(e)
+            continue
+        if settings.name in {m.name for m in models}:
+            errors[settings.name] = f"model '{settings.name}': field 'name': defined twice in model_config_list"
+            continue
+        models.append(settings)
+    return models, errors

@@ -1,0 +1,80 @@
+"""Start a real gateway process on loopback for tests, and stop it afterwards."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen
+    grpc_port: int
+    rest_port: int
+    log_path: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.rest_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_gateway(args: list[str], log_path: Path, wait_ready: bool = True, timeout: float = 90) -> GatewayProcess:
+    grpc_port, rest_port = free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "gateway",
+        "--port", str(grpc_port), "--rest_port", str(rest_port),
+        "--grpc_bind_address", "127.0.0.1", "--rest_bind_address", "127.0.0.1",
+        *args,
+    ]  # fmt: skip
+    log_file = open(log_path, "wb")  # noqa: SIM115 - the process owns it
+    process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+    gw = GatewayProcess(process, grpc_port, rest_port, log_path)
+    if wait_ready:
+        wait_until_ready(gw, timeout)
+    return gw
+
+
+def wait_until_ready(gw: GatewayProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gw.process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {gw.process.returncode}:\n{gw.log()}")
+        try:
+            with urllib.request.urlopen(f"http://{gw.http_url}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    gw.stop()
+    raise RuntimeError(f"gateway not ready after {timeout} s:\n{gw.log()}")

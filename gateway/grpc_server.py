@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from .errors import GatewayError, InvalidArgument
@@ -144,11 +145,19 @@ _UNARY = {
 }
 
 
-def _guard(method: Callable[..., Awaitable]):
-    """Turn GatewayError into its status; anything else into INTERNAL, with no traceback to the client."""
+def _guard(method: Callable[..., Awaitable], request_type):
+    """Parse the request, and turn GatewayError into its status and anything else into INTERNAL.
 
-    async def handler(request, context: aio.ServicerContext):
+    Parsing here rather than in grpc's deserializer lets a malformed message get
+    INVALID_ARGUMENT with a message instead of grpc's bare UNKNOWN.
+    """
+
+    async def handler(raw: bytes, context: aio.ServicerContext):
         try:
+            try:
+                request = request_type.FromString(raw)
+            except DecodeError:
+                raise InvalidArgument(f"the request is not a valid {request_type.DESCRIPTOR.name} message") from None
             return await method(request, context)
         except GatewayError as e:
             await context.abort(e.code.grpc_status, e.message)
@@ -164,8 +173,7 @@ def _guard(method: Callable[..., Awaitable]):
 def build_handlers(servicer: GrpcServicer) -> dict[str, grpc.RpcMethodHandler]:
     return {
         name: grpc.unary_unary_rpc_method_handler(
-            _guard(getattr(servicer, name)),
-            request_deserializer=req.FromString,
+            _guard(getattr(servicer, name), req),
             response_serializer=resp.SerializeToString,
         )
         for name, (req, resp) in _UNARY.items()

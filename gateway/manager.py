@@ -111,7 +111,7 @@ class ModelManager:
             inputs, bounds = port_specs(compiled.inputs, "input")
             outputs, _ = port_specs(compiled.outputs, "output")
             nireq = settings.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            executor = InferExecutor(compiled, nireq, [o.datatype for o in outputs])
+            executor = InferExecutor(compiled, nireq, [o.datatype for o in outputs], f"{version.name}-{version.version}")
         except Exception as e:  # OpenVINO raises plain RuntimeErrors with useful text
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             version.fail(f"failed to load from {version.path}: {reason}")

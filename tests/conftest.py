@@ -59,3 +59,14 @@ def gateway_server(model_repo, tmp_path_factory):
     yield gw
     code = gw.stop()
     assert code == 0, f"gateway exited with {code} on SIGTERM:\n{gw.log()[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def mixed_server(tmp_path_factory):
+    """A gateway whose config mixes good models with broken ones (see tests/model_builders.py)."""
+    from tests.model_builders import build_mixed_repository
+
+    config = build_mixed_repository(tmp_path_factory.mktemp("mixed"))
+    gw = start_gateway(["--config_path", str(config)], tmp_path_factory.mktemp("logs") / "mixed.log")
+    yield gw
+    gw.stop()

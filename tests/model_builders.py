@@ -1,0 +1,46 @@
+"""Test-only models: ones that fail, on purpose, in the ways the error table covers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import openvino as ov
+from openvino import opset13 as ops
+
+from gateway.demo_models import dummy_model, save
+
+
+def runtime_reshape_model() -> ov.Model:
+    """OUT = reshape(DATA, SHAPE): compiles, but fails inside OpenVINO when SHAPE does not fit DATA."""
+    data = ops.parameter([-1], ov.Type.f32, name="DATA")
+    data.output(0).get_tensor().set_names({"DATA"})
+    shape = ops.parameter([2], ov.Type.i64, name="SHAPE")
+    shape.output(0).get_tensor().set_names({"SHAPE"})
+    out = ops.reshape(data, shape, False)
+    out.output(0).get_tensor().set_names({"OUT"})
+    return ov.Model([out.output(0)], [data, shape], "runtime_reshape")
+
+
+def build_mixed_repository(root: Path) -> Path:
+    """A config where good and broken models sit side by side; returns the config path."""
+    save(dummy_model(), root / "dummy" / "1")
+    save(dummy_model(), root / "half_broken" / "1")
+    broken = root / "half_broken" / "2"
+    broken.mkdir(parents=True)
+    (broken / "model.xml").write_text("<net>not a model</net>")
+    (root / "empty_version" / "1").mkdir(parents=True)
+    save(runtime_reshape_model(), root / "runtime_reshape" / "1")
+    entries = [
+        {"name": "dummy", "base_path": "dummy"},
+        {"name": "missing_path", "base_path": "does/not/exist"},
+        {"name": "bad_device", "base_path": "dummy", "target_device": "NPU.7"},
+        {"name": "empty_version", "base_path": "empty_version"},
+        {"name": "half_broken", "base_path": "half_broken", "model_version_policy": {"all": {}}},
+        {"name": "unknown_key", "base_path": "dummy", "no_such_setting": 1},
+        {"name": "wrong_type", "base_path": "dummy", "nireq": "four"},
+        {"name": "runtime_reshape", "base_path": "runtime_reshape"},
+    ]
+    config = root / "config.json"
+    config.write_text(json.dumps({"model_config_list": [{"config": e} for e in entries]}))
+    return config

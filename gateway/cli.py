@@ -17,8 +17,13 @@ from .settings import (
     read_config_file,
 )
 
-LOG_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO,
-              "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+LOG_LEVELS = {
+    "TRACE": logging.DEBUG,
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +32,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve OpenVINO models over the KServe v2 / Open Inference Protocol (gRPC and REST).",
     )
     g = p.add_argument_group("server")
-    g.add_argument("--port", type=int, help=f"gRPC port, 0 = off (default {DEFAULT_GRPC_PORT} when no port is given)")
-    g.add_argument("--rest_port", type=int, help=f"REST port, 0 = off (default {DEFAULT_REST_PORT} when no port is given)")
+    g.add_argument(
+        "--port", type=int, help=f"gRPC port, 0 = off (default {DEFAULT_GRPC_PORT} when no port is given)"
+    )
+    g.add_argument(
+        "--rest_port",
+        type=int,
+        help=f"REST port, 0 = off (default {DEFAULT_REST_PORT} when no port is given)",
+    )
     g.add_argument("--grpc_bind_address", default="0.0.0.0")
     g.add_argument("--rest_bind_address", default="0.0.0.0")
-    g.add_argument("--grpc_max_message_bytes", type=int, default=ONE_GIB, help="gRPC send/receive limit (1 GiB)")
+    g.add_argument(
+        "--grpc_max_message_bytes", type=int, default=ONE_GIB, help="gRPC send/receive limit (1 GiB)"
+    )
     g.add_argument("--rest_max_body_bytes", type=int, default=ONE_GIB, help="REST request body limit (1 GiB)")
-    g.add_argument("--grpc_workers", type=int, default=1, help="accepted for OVMS compatibility; one event loop serves all")
+    g.add_argument(
+        "--grpc_workers",
+        type=int,
+        default=1,
+        help="accepted for OVMS compatibility; one event loop serves all",
+    )
     g.add_argument("--rest_workers", type=int, default=None, help="accepted for OVMS compatibility")
     g.add_argument("--cache_dir", help="OpenVINO compiled-blob cache folder")
     g.add_argument("--log_level", default="INFO", choices=list(LOG_LEVELS))
@@ -42,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("models (single-model mode, exclusive with --config_path)")
     m.add_argument("--config_path", help="OVMS config.json (or a folder holding one)")
     m.add_argument("--model_name")
-    m.add_argument("--model_path", help="the model's base path: <path>/<version>/model files, or one model file")
-    m.add_argument("--target_device", help="OpenVINO device string: CPU, GPU, GPU.1, NVIDIA, AUTO:GPU,CPU, ...")
+    m.add_argument(
+        "--model_path", help="the model's base path: <path>/<version>/model files, or one model file"
+    )
+    m.add_argument(
+        "--target_device", help="OpenVINO device string: CPU, GPU, GPU.1, NVIDIA, AUTO:GPU,CPU, ..."
+    )
     m.add_argument("--plugin_config", help="JSON object of OpenVINO properties, e.g. '{\"NUM_STREAMS\": 2}'")
     m.add_argument("--nireq", type=int, help="infer requests in the pool (0 = OpenVINO's optimal number)")
     m.add_argument("--batch_size", help="positive integer, or auto")
@@ -53,7 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_SINGLE_MODEL_FLAGS = ("target_device", "plugin_config", "nireq", "batch_size", "shape", "layout", "model_version_policy")
+_SINGLE_MODEL_FLAGS = (
+    "target_device",
+    "plugin_config",
+    "nireq",
+    "batch_size",
+    "shape",
+    "layout",
+    "model_version_policy",
+)
 
 
 def _maybe_json(text: str | None):
@@ -76,7 +106,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     if args.config_path:
         extra = [f"--{f}" for f in _SINGLE_MODEL_FLAGS if getattr(args, f) is not None]
         if extra:
-            raise ConfigError(f"{', '.join(extra)} apply to single-model mode; set them in {args.config_path}")
+            raise ConfigError(
+                f"{', '.join(extra)} apply to single-model mode; set them in {args.config_path}"
+            )
         models, errors = read_config_file(args.config_path)
     elif args.model_name or args.model_path:
         if not (args.model_name and args.model_path):

@@ -57,7 +57,9 @@ def from_openvino(element_type: ov.Type) -> Datatype:
     try:
         return _BY_OPENVINO[element_type]
     except KeyError:
-        raise ValueError(f"OpenVINO element type {element_type} has no Open Inference Protocol datatype") from None
+        raise ValueError(
+            f"OpenVINO element type {element_type} has no Open Inference Protocol datatype"
+        ) from None
 
 
 def from_numpy(dtype: np.dtype) -> Datatype:

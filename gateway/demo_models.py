@@ -91,7 +91,10 @@ def build_repository(root: str | Path) -> Path:
     entries = [
         {"config": {"name": "simple", "base_path": "simple"}},
         {"config": {"name": "dummy", "base_path": "dummy"}},
-        *({"config": {"name": f"identity_{n.lower()}", "base_path": f"identity_{n.lower()}"}} for n in IDENTITY_TYPES),
+        *(
+            {"config": {"name": f"identity_{n.lower()}", "base_path": f"identity_{n.lower()}"}}
+            for n in IDENTITY_TYPES
+        ),
         {"config": {"name": "versioned", "base_path": "versioned", "model_version_policy": {"all": {}}}},
     ]
     config = root / "config.json"

@@ -102,7 +102,9 @@ class Gateway:
             except ValueError as e:
                 raise InvalidArgument(f"input '{name}': {e}") from None
             if datatype == "BYTES" and array.dtype != object:
-                array = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(), otypes=[object])(array)
+                array = np.vectorize(
+                    lambda v: v if isinstance(v, bytes) else str(v).encode(), otypes=[object]
+                )(array)
             request_inputs.append(InferInput(name, datatype, tuple(array.shape), array))
         requested = [RequestedOutput(n) for n in outputs] if outputs is not None else None
         response = await self.infer(InferRequest(model_name, request_inputs, version, outputs=requested))

@@ -70,7 +70,9 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
         has_typed = tensor.HasField("contents")
         if raw:
             if has_typed:
-                raise InvalidArgument(f"input '{name}': has both raw_input_contents and typed contents; send one")
+                raise InvalidArgument(
+                    f"input '{name}': has both raw_input_contents and typed contents; send one"
+                )
             data = array_from_raw(name, dt.name, shape, raw[index])
         elif has_typed:
             if dt.contents_field is None:
@@ -79,7 +81,9 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
                 )
             data = array_from_contents(name, dt.name, shape, getattr(tensor.contents, dt.contents_field))
         else:
-            raise InvalidArgument(f"input '{name}': no data; send raw_input_contents or contents.{dt.contents_field}")
+            raise InvalidArgument(
+                f"input '{name}': no data; send raw_input_contents or contents.{dt.contents_field}"
+            )
         inputs.append(InferInput(name, dt.name, shape, data, parameters_from_proto(tensor.parameters)))
     outputs = [RequestedOutput(o.name, parameters_from_proto(o.parameters)) for o in msg.outputs] or None
     return InferRequest(
@@ -94,7 +98,9 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
 
 def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     # tritonclient reads outputs only from raw_output_contents: one entry per output, same order.
-    msg = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    msg = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
     for out in response.outputs:
         msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
         msg.raw_output_contents.append(bytes(raw_from_array(out.datatype, out.data)))
@@ -157,7 +163,9 @@ def _guard(method: Callable[..., Awaitable], request_type):
             try:
                 request = request_type.FromString(raw)
             except DecodeError:
-                raise InvalidArgument(f"the request is not a valid {request_type.DESCRIPTOR.name} message") from None
+                raise InvalidArgument(
+                    f"the request is not a valid {request_type.DESCRIPTOR.name} message"
+                ) from None
             return await method(request, context)
         except GatewayError as e:
             await context.abort(e.code.grpc_status, e.message)
@@ -180,7 +188,9 @@ def build_handlers(servicer: GrpcServicer) -> dict[str, grpc.RpcMethodHandler]:
     }
 
 
-async def start_grpc_server(gateway: Gateway, host: str, port: int, max_message_bytes: int) -> tuple[aio.Server, int]:
+async def start_grpc_server(
+    gateway: Gateway, host: str, port: int, max_message_bytes: int
+) -> tuple[aio.Server, int]:
     """Start the gRPC server; returns it and the port it bound (useful when port is 0 in tests)."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),

@@ -77,7 +77,8 @@ class ModelManager:
         chosen = settings.version_policy.select(list(on_disk))
         if not chosen:
             model.error = (
-                f"model '{settings.name}': field 'model_version_policy' = {settings.version_policy.to_dict()}: "
+                f"model '{settings.name}': field 'model_version_policy' = "
+                f"{settings.version_policy.to_dict()}: "
                 f"selects none of the versions on disk {sorted(on_disk)}"
             )
             log.error("model %s not served: %s", settings.name, model.error)
@@ -111,7 +112,9 @@ class ModelManager:
             inputs, bounds = port_specs(compiled.inputs, "input")
             outputs, _ = port_specs(compiled.outputs, "output")
             nireq = settings.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            executor = InferExecutor(compiled, nireq, [o.datatype for o in outputs], f"{version.name}-{version.version}")
+            executor = InferExecutor(
+                compiled, nireq, [o.datatype for o in outputs], f"{version.name}-{version.version}"
+            )
         except Exception as e:  # OpenVINO raises plain RuntimeErrors with useful text
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             version.fail(f"failed to load from {version.path}: {reason}")
@@ -130,7 +133,9 @@ class ModelManager:
 
     def _compile(self, version: ModelVersion) -> ov.CompiledModel:
         model = read_model(self._core, version.path, version.settings)
-        return self._core.compile_model(model, version.settings.target_device, self._compile_config(version.settings))
+        return self._core.compile_model(
+            model, version.settings.target_device, self._compile_config(version.settings)
+        )
 
     # --- look-ups -------------------------------------------------------------------------------
 
@@ -146,7 +151,9 @@ class ModelManager:
         if not version:
             return model.default_version()
         if not version.isdigit():
-            raise InvalidArgument(f"model version must be a positive integer; got '{version}' for model '{name}'")
+            raise InvalidArgument(
+                f"model version must be a positive integer; got '{version}' for model '{name}'"
+            )
         served = model.versions.get(int(version))
         if served is None:
             raise NotFound(f"Model with requested version is not found: model '{name}' version {version}")

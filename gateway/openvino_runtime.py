@@ -132,7 +132,9 @@ def _spec(port, index: int, kind: str) -> tuple[TensorSpec, tuple[tuple[int, int
     """Metadata for a port plus each dimension's (min, max) bounds (max -1 = unbounded)."""
     pshape = port.get_partial_shape()
     if pshape.rank.is_dynamic:
-        raise ConfigError(f"{kind} '{_port_name(port, index, kind)}' has a dynamic rank, which clients cannot describe")
+        raise ConfigError(
+            f"{kind} '{_port_name(port, index, kind)}' has a dynamic rank, which clients cannot describe"
+        )
     dims, bounds = [], []
     for d in pshape:
         if d.is_static:

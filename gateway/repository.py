@@ -29,7 +29,9 @@ def discover_versions(model_name: str, base_path: str) -> dict[int, Path]:
     """
     root = Path(base_path)
     if not root.exists():
-        raise ConfigError(f"model '{model_name}': field 'base_path' = \"{base_path}\": no such file or folder")
+        raise ConfigError(
+            f"model '{model_name}': field 'base_path' = \"{base_path}\": no such file or folder"
+        )
     if root.is_file():
         return {1: root}
     versions: dict[int, Path] = {}

@@ -84,7 +84,9 @@ def _object(value, what: str) -> dict:
     return value
 
 
-def decode_infer_request(model: str, version: str, header: bytes | memoryview, binary: memoryview) -> InferRequest:
+def decode_infer_request(
+    model: str, version: str, header: bytes | memoryview, binary: memoryview
+) -> InferRequest:
     try:
         doc = json.loads(bytes(header))
     except (ValueError, UnicodeDecodeError) as e:
@@ -105,8 +107,12 @@ def decode_infer_request(model: str, version: str, header: bytes | memoryview, b
             raise InvalidArgument(f"input '{name}': 'datatype' must be a string")
         dt = datatype_or_error(name, datatype)
         shape_value = item.get("shape")
-        if not isinstance(shape_value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape_value):
-            raise InvalidArgument(f"input '{name}': 'shape' must be a list of integers; got {json.dumps(shape_value)}")
+        if not isinstance(shape_value, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape_value
+        ):
+            raise InvalidArgument(
+                f"input '{name}': 'shape' must be a list of integers; got {json.dumps(shape_value)}"
+            )
         shape = check_shape(name, shape_value)
         params = _object(item.get("parameters", {}), f"input '{name}': parameters")
         if "shared_memory_region" in params:
@@ -144,9 +150,13 @@ def decode_infer_request(model: str, version: str, header: bytes | memoryview, b
                 raise InvalidArgument(f"outputs[{position}]: 'name' must be a string")
             out_params = _object(item.get("parameters", {}), f"output '{item['name']}': parameters")
             if "shared_memory_region" in out_params:
-                raise InvalidArgument(f"output '{item['name']}': shared memory is not supported by this server")
+                raise InvalidArgument(
+                    f"output '{item['name']}': shared memory is not supported by this server"
+                )
             if out_params.get("classification"):
-                raise InvalidArgument(f"output '{item['name']}': the classification extension is not supported")
+                raise InvalidArgument(
+                    f"output '{item['name']}': the classification extension is not supported"
+                )
             outputs.append(RequestedOutput(item["name"], out_params))
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
@@ -159,7 +169,8 @@ def single_raw_input_request(gateway: Gateway, model: str, version: str, body: m
     meta = gateway.model_metadata(model, version)
     if len(meta.inputs) != 1:
         raise InvalidArgument(
-            f"a request with no JSON header needs a model with exactly one input; '{model}' has {len(meta.inputs)}"
+            f"a request with no JSON header needs a model with exactly one input; "
+            f"'{model}' has {len(meta.inputs)}"
         )
     spec = meta.inputs[0]
     if spec.datatype == "BYTES":
@@ -174,13 +185,15 @@ def single_raw_input_request(gateway: Gateway, model: str, version: str, body: m
     shape = list(spec.shape)
     if len(dynamic) > 1:
         raise InvalidArgument(
-            f"a request with no JSON header cannot infer the shape of input '{spec.name}' {list(spec.shape)}: "
+            f"a request with no JSON header cannot infer the shape of input '{spec.name}' "
+            f"{list(spec.shape)}: "
             "more than one dynamic dimension"
         )
     if dynamic:
         if known == 0 or len(body) % (known * itemsize):
             raise InvalidArgument(
-                f"input '{spec.name}': {len(body)} bytes do not fit shape {list(spec.shape)} of {spec.datatype}"
+                f"input '{spec.name}': {len(body)} bytes do not fit shape {list(spec.shape)} "
+                f"of {spec.datatype}"
             )
         shape[dynamic[0]] = len(body) // (known * itemsize)
     data = array_from_raw(spec.name, spec.datatype, tuple(shape), body)
@@ -236,7 +249,9 @@ class RestHandlers:
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         meta = self.gateway.server_metadata()
-        return _json_response({"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)})
+        return _json_response(
+            {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
+        )
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         model, version = request.match_info["model"], request.match_info.get("version", "")
@@ -296,7 +311,9 @@ def build_app(gateway: Gateway, max_body_bytes: int) -> web.Application:
     return app
 
 
-async def start_rest_server(gateway: Gateway, host: str, port: int, max_body_bytes: int) -> tuple[web.AppRunner, int]:
+async def start_rest_server(
+    gateway: Gateway, host: str, port: int, max_body_bytes: int
+) -> tuple[web.AppRunner, int]:
     app = build_app(gateway, max_body_bytes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -1,4 +1,4 @@
-"""Run the gateway: both transports on one event loop, models loading behind them, clean shutdown on signals."""
+"""Run the gateway: both transports on one event loop, models loading behind them, clean shutdown."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from .settings import ServerSettings
 log = logging.getLogger(__name__)
 
 
-async def serve(settings: ServerSettings, stop: asyncio.Event | None = None, single_model: bool = False) -> int:
+async def serve(
+    settings: ServerSettings, stop: asyncio.Event | None = None, single_model: bool = False
+) -> int:
     """Serve until `stop` is set or SIGTERM/SIGINT arrives; returns the process exit code."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -65,5 +67,11 @@ async def serve(settings: ServerSettings, stop: asyncio.Event | None = None, sin
 def _log_summary(gateway: Gateway) -> None:
     for row in gateway.repository_index():
         level = logging.INFO if row.state == "READY" else logging.ERROR
-        log.log(level, "model %s version %s: %s%s", row.name, row.version or "-", row.state,
-                f" ({row.reason})" if row.reason else "")
+        log.log(
+            level,
+            "model %s version %s: %s%s",
+            row.name,
+            row.version or "-",
+            row.state,
+            f" ({row.reason})" if row.reason else "",
+        )

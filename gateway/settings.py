@@ -142,13 +142,17 @@ def parse_model_entry(entry: Any, config_dir: Path | None = None) -> ModelSettin
 
     device = entry.get("target_device", "CPU")
     if not isinstance(device, str) or not device.strip():
-        raise _fail(name, "target_device", device, "a device string such as CPU, GPU, AUTO:GPU,CPU is required")
+        raise _fail(
+            name, "target_device", device, "a device string such as CPU, GPU, AUTO:GPU,CPU is required"
+        )
 
     plugin_config = parse_plugin_config(name, entry.get("plugin_config", {}))
 
     nireq = entry.get("nireq", 0)
     if isinstance(nireq, bool) or not isinstance(nireq, int) or nireq < 0:
-        raise _fail(name, "nireq", nireq, "a non-negative integer is required (0 = OpenVINO's optimal number)")
+        raise _fail(
+            name, "nireq", nireq, "a non-negative integer is required (0 = OpenVINO's optimal number)"
+        )
 
     return ModelSettings(
         name=name,
@@ -234,7 +238,9 @@ def parse_layout_setting(model: str, value: Any):
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(v, str) or not _LAYOUT_RE.match(v):
-                raise _fail(model, f"layout.{k}", v, "expected a layout like NCHW or NHWC:NCHW (target:source)")
+                raise _fail(
+                    model, f"layout.{k}", v, "expected a layout like NCHW or NHWC:NCHW (target:source)"
+                )
         return dict(value)
     if not isinstance(value, str) or not _LAYOUT_RE.match(value):
         raise _fail(model, "layout", value, "expected a layout like NCHW or NHWC:NCHW (target:source)")
@@ -249,7 +255,7 @@ def parse_batch_size(model: str, value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _fail(model, "batch_size", value, "a positive integer or \"auto\" is required")
+        raise _fail(model, "batch_size", value, 'a positive integer or "auto" is required')
     return value
 
 
@@ -276,7 +282,9 @@ def parse_version_policy(model: str, value: Any) -> VersionPolicy:
     if kind == "latest" and set(body) <= {"num_versions"}:
         n = body.get("num_versions", 1)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise _fail(model, "model_version_policy.latest.num_versions", n, "a positive integer is required")
+            raise _fail(
+                model, "model_version_policy.latest.num_versions", n, "a positive integer is required"
+            )
         return VersionPolicy("latest", num_versions=n)
     if kind == "specific" and set(body) == {"versions"}:
         versions = body["versions"]
@@ -286,7 +294,10 @@ def parse_version_policy(model: str, value: Any) -> VersionPolicy:
             or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in versions)
         ):
             raise _fail(
-                model, "model_version_policy.specific.versions", versions, "a list of positive integers is required"
+                model,
+                "model_version_policy.specific.versions",
+                versions,
+                "a list of positive integers is required",
             )
         return VersionPolicy("specific", versions=tuple(sorted(set(versions))))
     raise _fail(
@@ -324,7 +335,9 @@ def read_config_file(path: str) -> tuple[list[ModelSettings], dict[str, str]]:
             )
     for key in ("pipeline_config_list", "mediapipe_config_list", "custom_node_library_config_list"):
         if doc.get(key):
-            raise ConfigError(f"config_path '{p}': '{key}' is not supported by this gateway (pipelines/graphs)")
+            raise ConfigError(
+                f"config_path '{p}': '{key}' is not supported by this gateway (pipelines/graphs)"
+            )
     entries = doc.get("model_config_list", [])
     if not isinstance(entries, list):
         raise ConfigError(f"config_path '{p}': 'model_config_list' must be a list")
@@ -339,7 +352,9 @@ def read_config_file(path: str) -> tuple[list[ModelSettings], dict[str, str]]:
             errors[name if isinstance(name, str) and name else f"model_config_list[{index}]"] = str(e)
             continue
         if settings.name in {m.name for m in models}:
-            errors[settings.name] = f"model '{settings.name}': field 'name': defined twice in model_config_list"
+            errors[settings.name] = (
+                f"model '{settings.name}': field 'name': defined twice in model_config_list"
+            )
             continue
         models.append(settings)
     return models, errors

@@ -55,7 +55,9 @@ def array_from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes 
     return np.frombuffer(raw, dtype=wire).reshape(shape)
 
 
-def _bytes_array_from_raw(name: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview) -> np.ndarray:
+def _bytes_array_from_raw(
+    name: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview
+) -> np.ndarray:
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     offset, end = 0, len(view)
@@ -112,7 +114,9 @@ def array_from_contents(name: str, datatype: str, shape: tuple[int, ...], values
             if isinstance(v, str):
                 v = v.encode()
             elif not isinstance(v, bytes | bytearray):
-                raise InvalidArgument(f"input '{name}': BYTES element {i} is {type(v).__name__}, not a string")
+                raise InvalidArgument(
+                    f"input '{name}': BYTES element {i} is {type(v).__name__}, not a string"
+                )
             out[i] = bytes(v)
         return out.reshape(shape)
     try:

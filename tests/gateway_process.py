@@ -48,7 +48,9 @@ class GatewayProcess:
         return self.process.returncode
 
 
-def start_gateway(args: list[str], log_path: Path, wait_ready: bool = True, timeout: float = 90) -> GatewayProcess:
+def start_gateway(
+    args: list[str], log_path: Path, wait_ready: bool = True, timeout: float = 90
+) -> GatewayProcess:
     grpc_port, rest_port = free_port(), free_port()
     cmd = [
         sys.executable, "-m", "gateway",

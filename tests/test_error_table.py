@@ -85,26 +85,70 @@ GRPC_CASES = [
     # (case, request, status, fragments the message must name)
     ("unknown model", lambda: dummy_request(model="nope"), grpc.StatusCode.NOT_FOUND, ["nope"]),
     ("unknown version", lambda: dummy_request(version="9"), grpc.StatusCode.NOT_FOUND, ["9"]),
-    ("non-numeric version", lambda: dummy_request(version="latest"), grpc.StatusCode.INVALID_ARGUMENT, ["latest"]),
-    ("wrong shape", lambda: simple_request(shape=(1, 8)), grpc.StatusCode.INVALID_ARGUMENT,
-     ["INPUT0", "[-1,16]", "[1,8]"]),
+    (
+        "non-numeric version",
+        lambda: dummy_request(version="latest"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["latest"],
+    ),
+    (
+        "wrong shape",
+        lambda: simple_request(shape=(1, 8)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["INPUT0", "[-1,16]", "[1,8]"],
+    ),
     ("wrong rank", lambda: simple_request(shape=(16,)), grpc.StatusCode.INVALID_ARGUMENT, ["INPUT0", "[16]"]),
-    ("wrong datatype", lambda: simple_request(datatype="FP32"), grpc.StatusCode.INVALID_ARGUMENT,
-     ["INPUT0", "INT32", "FP32"]),
-    ("unknown datatype", lambda: simple_request(datatype="FLOAT"), grpc.StatusCode.INVALID_ARGUMENT, ["FLOAT"]),
-    ("missing input", lambda: simple_request(names=("INPUT0",)), grpc.StatusCode.INVALID_ARGUMENT, ["INPUT1"]),
-    ("unknown input name", lambda: simple_request(names=("INPUT0", "INPUTX")), grpc.StatusCode.INVALID_ARGUMENT,
-     ["INPUTX"]),
-    ("duplicate input", lambda: simple_request(names=("INPUT0", "INPUT0")), grpc.StatusCode.INVALID_ARGUMENT,
-     ["INPUT0"]),
-    ("content size mismatch", lambda: dummy_request(raw=b"\0" * 12), grpc.StatusCode.INVALID_ARGUMENT,
-     ["'b'", "12", "40"]),
+    (
+        "wrong datatype",
+        lambda: simple_request(datatype="FP32"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["INPUT0", "INT32", "FP32"],
+    ),
+    (
+        "unknown datatype",
+        lambda: simple_request(datatype="FLOAT"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["FLOAT"],
+    ),
+    (
+        "missing input",
+        lambda: simple_request(names=("INPUT0",)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["INPUT1"],
+    ),
+    (
+        "unknown input name",
+        lambda: simple_request(names=("INPUT0", "INPUTX")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["INPUTX"],
+    ),
+    (
+        "duplicate input",
+        lambda: simple_request(names=("INPUT0", "INPUT0")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["INPUT0"],
+    ),
+    (
+        "content size mismatch",
+        lambda: dummy_request(raw=b"\0" * 12),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["'b'", "12", "40"],
+    ),
     ("raw entries != inputs", _raw_count_mismatch, grpc.StatusCode.INVALID_ARGUMENT, ["raw_input_contents"]),
     ("raw and typed contents", _both_contents, grpc.StatusCode.INVALID_ARGUMENT, ["'b'", "both"]),
-    ("typed contents count", lambda: _typed_only([1.0] * 3), grpc.StatusCode.INVALID_ARGUMENT, ["'b'", "3", "10"]),
+    (
+        "typed contents count",
+        lambda: _typed_only([1.0] * 3),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["'b'", "3", "10"],
+    ),
     ("no data", _no_data, grpc.StatusCode.INVALID_ARGUMENT, ["'b'", "no data"]),
-    ("negative dimension", lambda: dummy_request(shape=(-1, 10), raw=b""), grpc.StatusCode.INVALID_ARGUMENT,
-     ["'b'", "negative"]),
+    (
+        "negative dimension",
+        lambda: dummy_request(shape=(-1, 10), raw=b""),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["'b'", "negative"],
+    ),
     ("bad BYTES framing", _bad_bytes_framing, grpc.StatusCode.INVALID_ARGUMENT, ["INPUT0", "99"]),
 ]
 
@@ -190,23 +234,47 @@ REST_CASES = [
     # (case, path, body, headers, status, fragments)
     ("unknown model", "/v2/models/nope/infer", json.dumps(DUMMY_JSON).encode(), {}, 404, ["nope"]),
     ("unknown version", "/v2/models/dummy/versions/9/infer", json.dumps(DUMMY_JSON).encode(), {}, 404, ["9"]),
-    ("non-numeric version", "/v2/models/dummy/versions/x1/infer", json.dumps(DUMMY_JSON).encode(), {}, 400,
-     ["x1"]),
+    (
+        "non-numeric version",
+        "/v2/models/dummy/versions/x1/infer",
+        json.dumps(DUMMY_JSON).encode(),
+        {},
+        400,
+        ["x1"],
+    ),
     ("malformed JSON", "/v2/models/dummy/infer", b'{"inputs": [', {}, 400, ["JSON"]),
     ("not an object", "/v2/models/dummy/infer", b"[1, 2]", {}, 400, ["object"]),
     ("empty body", "/v2/models/dummy/infer", b"", {}, 400, ["empty"]),
     ("no inputs", "/v2/models/dummy/infer", b'{"inputs": []}', {}, 400, ["inputs"]),
     ("wrong shape", "/v2/models/dummy/infer", _with(shape=[1, 5], data=[0.0] * 5), {}, 400, ["b", "[1,5]"]),
-    ("wrong datatype", "/v2/models/dummy/infer", _with(datatype="INT32", data=[0] * 10), {}, 400,
-     ["FP32", "INT32"]),
+    (
+        "wrong datatype",
+        "/v2/models/dummy/infer",
+        _with(datatype="INT32", data=[0] * 10),
+        {},
+        400,
+        ["FP32", "INT32"],
+    ),
     ("wrong name", "/v2/models/dummy/infer", _with(name="c"), {}, 400, ["'c'"]),
     ("data count mismatch", "/v2/models/dummy/infer", _with(data=[0.0] * 9), {}, 400, ["9", "10"]),
     ("data not numbers", "/v2/models/dummy/infer", _with(data=["a"] * 10), {}, 400, ["FP32"]),
     ("shape not ints", "/v2/models/dummy/infer", _with(shape=["1", 10]), {}, 400, ["shape"]),
-    ("header length too large", "/v2/models/dummy/infer", json.dumps(DUMMY_JSON).encode(),
-     {"Inference-Header-Content-Length": "100000"}, 400, ["Inference-Header-Content-Length"]),
-    ("header length not a number", "/v2/models/dummy/infer", json.dumps(DUMMY_JSON).encode(),
-     {"Inference-Header-Content-Length": "ten"}, 400, ["ten"]),
+    (
+        "header length too large",
+        "/v2/models/dummy/infer",
+        json.dumps(DUMMY_JSON).encode(),
+        {"Inference-Header-Content-Length": "100000"},
+        400,
+        ["Inference-Header-Content-Length"],
+    ),
+    (
+        "header length not a number",
+        "/v2/models/dummy/infer",
+        json.dumps(DUMMY_JSON).encode(),
+        {"Inference-Header-Content-Length": "ten"},
+        400,
+        ["ten"],
+    ),
     ("binary size beyond body", "/v2/models/dummy/infer", None, "binary-short", 400, ["binary_data_size"]),
     ("binary bytes left over", "/v2/models/dummy/infer", None, "binary-long", 400, ["4 bytes"]),
     ("corrupt gzip", "/v2/models/dummy/infer", b"not gzip at all", {"Content-Encoding": "gzip"}, 400, []),
@@ -215,7 +283,11 @@ REST_CASES = [
 
 def _binary_body(extra: int) -> tuple[bytes, dict]:
     header = json.dumps(
-        {"inputs": [{"name": "b", "shape": [1, 10], "datatype": "FP32", "parameters": {"binary_data_size": 40}}]}
+        {
+            "inputs": [
+                {"name": "b", "shape": [1, 10], "datatype": "FP32", "parameters": {"binary_data_size": 40}}
+            ]
+        }
     ).encode()
     raw = np.zeros(10, np.float32).tobytes()
     raw = raw[:extra] if extra < 0 else raw + b"\0" * extra
@@ -228,12 +300,16 @@ async def _post(session, base, path, body, headers):
 
 
 async def _assert_good_rest(session, base):
-    status, body, _ = await _post(session, base, "/v2/models/dummy/infer", json.dumps(DUMMY_JSON).encode(), {})
+    status, body, _ = await _post(
+        session, base, "/v2/models/dummy/infer", json.dumps(DUMMY_JSON).encode(), {}
+    )
     assert status == 200, body
     assert json.loads(body)["outputs"][0]["data"] == [1.0] * 10
 
 
-@pytest.mark.parametrize("case, path, body, headers, status, fragments", REST_CASES, ids=[c[0] for c in REST_CASES])
+@pytest.mark.parametrize(
+    "case, path, body, headers, status, fragments", REST_CASES, ids=[c[0] for c in REST_CASES]
+)
 async def test_rest_error_table(gateway_server, case, path, body, headers, status, fragments):
     if headers == "binary-short":
         body, headers = _binary_body(-4)
@@ -272,7 +348,9 @@ async def test_rest_inference_failure_is_500(mixed_server):
         ]
     }
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"http://{mixed_server.http_url}/v2/models/runtime_reshape/infer", json=doc) as r:
+        async with session.post(
+            f"http://{mixed_server.http_url}/v2/models/runtime_reshape/infer", json=doc
+        ) as r:
             assert r.status == 500
             assert "OpenVINO" in (await r.json())["error"]
 
@@ -282,7 +360,9 @@ async def test_rest_body_without_content_type_and_gzip(gateway_server):
     base = f"http://{gateway_server.http_url}"
     async with aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as session:
         body = gzip.compress(json.dumps(DUMMY_JSON).encode())
-        status, raw, _ = await _post(session, base, "/v2/models/dummy/infer", body, {"Content-Encoding": "gzip"})
+        status, raw, _ = await _post(
+            session, base, "/v2/models/dummy/infer", body, {"Content-Encoding": "gzip"}
+        )
         assert status == 200 and json.loads(raw)["outputs"][0]["data"] == [1.0] * 10
 
 

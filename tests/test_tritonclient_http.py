@@ -50,7 +50,10 @@ def test_simple_binary_and_json(client, binary_in, binary_out):
     b = np.ones((2, 16), dtype=np.int32)
     outputs = [httpclient.InferRequestedOutput(n, binary_data=binary_out) for n in ("OUTPUT0", "OUTPUT1")]
     result = client.infer(
-        "simple", [_input("INPUT0", a, binary_in), _input("INPUT1", b, binary_in)], outputs=outputs, request_id="7"
+        "simple",
+        [_input("INPUT0", a, binary_in), _input("INPUT1", b, binary_in)],
+        outputs=outputs,
+        request_id="7",
     )
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
@@ -89,7 +92,9 @@ def test_identity_roundtrip_every_datatype(client, datatype, binary):
     if datatype == "BF16" and not binary:
         pytest.skip("tritonclient sends BF16 only as binary data")
     out_req = [httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)]
-    result = client.infer(f"identity_{datatype.lower()}", [_input("INPUT0", array, binary, datatype)], outputs=out_req)
+    result = client.infer(
+        f"identity_{datatype.lower()}", [_input("INPUT0", array, binary, datatype)], outputs=out_req
+    )
     out = result.as_numpy("OUTPUT0")
     if datatype == "BYTES" and not binary:
         out = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(), otypes=[object])(out)
@@ -107,7 +112,10 @@ def test_version_routing(client):
 
 def test_errors_carry_the_message(client):
     with pytest.raises(InferenceServerException) as err:
-        client.infer("simple", [_input("INPUT0", np.ones((1, 8), np.int32)), _input("INPUT1", np.ones((1, 8), np.int32))])
+        client.infer(
+            "simple",
+            [_input("INPUT0", np.ones((1, 8), np.int32)), _input("INPUT1", np.ones((1, 8), np.int32))],
+        )
     assert "Invalid input shape" in err.value.message() and "INPUT0" in err.value.message()
 
 

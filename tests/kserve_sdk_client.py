@@ -1,0 +1,107 @@
+"""The kserve SDK's clients against a gateway. Run in a process of its own.
+
+The kserve SDK's generated gRPC modules claim the same `inference.*` protobuf
+names as tritonclient's, so the two cannot be imported in one process; the test
+(tests/test_kserve_sdk.py) runs this script with `python -m` and reads its exit code.
+
+    python -m tests.kserve_sdk_client rest|grpc HOST:PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import numpy as np
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise AssertionError(what)
+    print(f"ok: {what}")
+
+
+def _simple_inputs(binary: bool) -> tuple[list[InferInput], np.ndarray]:
+    a = np.arange(32, dtype=np.int32).reshape(2, 16)
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        t = InferInput(name, [2, 16], "INT32")
+        t.set_data_from_numpy(a, binary_data=binary)
+        inputs.append(t)
+    return inputs, a
+
+
+def _bytes_input(binary: bool) -> tuple[InferInput, np.ndarray]:
+    values = np.array([[b"alpha", b"beta", "\u00e9".encode()]], dtype=np.object_)
+    t = InferInput("INPUT0", [1, 3], "BYTES")
+    t.set_data_from_numpy(values, binary_data=binary)
+    return t, values
+
+
+async def check_rest(url: str) -> None:
+    client = InferenceRESTClient(RESTConfig(protocol="v2", retries=1, timeout=30))
+    base = f"http://{url}"
+    try:
+        _check(await client.is_server_live(base) is True, "REST server live")
+        _check(await client.is_server_ready(base) is True, "REST server ready")
+        _check(await client.is_model_ready(base, "simple") is True, "REST model ready")
+        for binary in (False, True):
+            inputs, a = _simple_inputs(binary)
+            response = await client.infer(
+                base, InferRequest("simple", inputs, request_id="k1"), model_name="simple"
+            )
+            outputs = {o.name: o.as_numpy() for o in response.outputs}
+            _check(np.array_equal(outputs["OUTPUT0"], a + a), f"REST simple sum (binary={binary})")
+            _check(np.array_equal(outputs["OUTPUT1"], a - a), f"REST simple difference (binary={binary})")
+        t, values = _bytes_input(False)
+        response = await client.infer(base, InferRequest("identity_bytes", [t]), model_name="identity_bytes")
+        out = response.outputs[0].as_numpy()
+        _check(
+            [bytes(v) if not isinstance(v, str) else v.encode() for v in out.ravel()] == list(values.ravel()),
+            "REST BYTES identity",
+        )
+        try:
+            inputs, _ = _simple_inputs(False)
+            await client.infer(base, InferRequest("nope", inputs), model_name="nope")
+        except Exception as e:  # httpx.HTTPStatusError
+            _check(
+                getattr(getattr(e, "response", None), "status_code", None) == 404, "REST unknown model is 404"
+            )
+        else:
+            raise AssertionError("an unknown model must fail")
+    finally:
+        await client.close()
+
+
+async def check_grpc(url: str) -> None:
+    client = InferenceGRPCClient(url, timeout=30)
+    try:
+        _check(await client.is_server_live() is True, "gRPC server live")
+        _check(await client.is_server_ready() is True, "gRPC server ready")
+        _check(await client.is_model_ready("simple") is True, "gRPC model ready")
+        inputs, a = _simple_inputs(True)
+        response = await client.infer(InferRequest("simple", inputs, request_id="k2"))
+        outputs = {o.name: o.as_numpy() for o in response.outputs}
+        _check(np.array_equal(outputs["OUTPUT0"], a + a), "gRPC simple sum")
+        _check(response.id == "k2", "gRPC request id echoed")
+        b = np.linspace(0, 1, 20, dtype=np.float32).reshape(2, 10)
+        t = InferInput("b", [2, 10], "FP32")
+        t.set_data_from_numpy(b)
+        response = await client.infer(InferRequest("dummy", [t]))
+        _check(np.allclose(response.outputs[0].as_numpy(), b + 1), "gRPC dummy")
+        t, values = _bytes_input(True)
+        response = await client.infer(InferRequest("identity_bytes", [t]))
+        out = response.outputs[0].as_numpy()
+        _check(
+            [v if isinstance(v, bytes) else v.encode() for v in out.ravel()] == list(values.ravel()),
+            "gRPC BYTES identity",
+        )
+    finally:
+        await client.close()
+
+
+if __name__ == "__main__":
+    mode, address = sys.argv[1], sys.argv[2]
+    asyncio.run(check_rest(address) if mode == "rest" else check_grpc(address))
+    print("all kserve SDK checks passed")

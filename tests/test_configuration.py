@@ -1,0 +1,145 @@
+"""OVMS-compatible configuration: config.json entries, command-line flags, and start-up errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gateway.cli import build_parser, settings_from_args
+from gateway.errors import ConfigError
+from gateway.settings import VersionPolicy, parse_model_entry, read_config_file
+
+
+def _settings(*argv):
+    return settings_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_ports_default_to_triton_ports_when_none_is_given():
+    s = _settings("--model_name", "m", "--model_path", "/tmp/m")
+    assert (s.grpc_port, s.rest_port) == (8001, 8000)
+
+
+def test_a_port_not_given_is_off_when_the_other_is_given():
+    s = _settings("--model_name", "m", "--model_path", "/tmp/m", "--port", "9000")
+    assert (s.grpc_port, s.rest_port) == (9000, 0)
+    s = _settings("--model_name", "m", "--model_path", "/tmp/m", "--port", "0", "--rest_port", "8080")
+    assert (s.grpc_port, s.rest_port) == (0, 8080)
+
+
+def test_single_model_flags_become_one_model_entry():
+    s = _settings(
+        "--model_name", "resnet", "--model_path", "/models/resnet", "--target_device", "AUTO:GPU,CPU",
+        "--plugin_config", '{"NUM_STREAMS": 2, "ENABLE_PROFILING": false}', "--nireq", "4",
+        "--batch_size", "auto", "--shape", "(1,3,224,224)", "--layout", "NHWC:NCHW",
+        "--model_version_policy", '{"latest": {"num_versions": 2}}',
+    )  # fmt: skip
+    (m,) = s.models
+    assert m.name == "resnet" and m.target_device == "AUTO:GPU,CPU"
+    assert m.plugin_config == {"NUM_STREAMS": 2, "ENABLE_PROFILING": False}
+    assert m.nireq == 4 and m.batch_size == -1 and m.shape == (1, 3, 224, 224) and m.layout == "NHWC:NCHW"
+    assert m.version_policy == VersionPolicy("latest", num_versions=2)
+
+
+def test_mixing_single_model_and_config_is_an_error():
+    with pytest.raises(ConfigError, match="config_path"):
+        _settings("--config_path", "/tmp/c.json", "--model_name", "m", "--model_path", "/tmp/m")
+
+
+@pytest.mark.parametrize(
+    "entry, fragments",
+    [
+        ({"name": "m", "base_path": "/x", "nireq": -1}, ["'m'", "nireq", "-1"]),
+        ({"name": "m", "base_path": "/x", "plugin_config": {"A": [1]}}, ["plugin_config.A", "[1]"]),
+        ({"name": "m", "base_path": "/x", "shape": "1,3"}, ["shape", "1,3"]),
+        ({"name": "m", "base_path": "/x", "batch_size": 0}, ["batch_size", "0"]),
+        ({"name": "m", "base_path": "/x", "model_version_policy": {"newest": {}}}, ["model_version_policy"]),
+        (
+            {"name": "m", "base_path": "/x", "model_version_policy": {"specific": {"versions": [0]}}},
+            ["versions"],
+        ),
+        ({"name": "m", "base_path": "/x", "bogus": 1}, ["bogus", "unknown key"]),
+        ({"name": "m", "base_path": "/x", "stateful": True}, ["stateful"]),
+        ({"name": "m"}, ["base_path"]),
+        ({"base_path": "/x"}, ["name"]),
+    ],
+)
+def test_bad_model_entries_name_model_field_and_value(entry, fragments):
+    with pytest.raises(ConfigError) as err:
+        parse_model_entry({"config": entry})
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_ovms_config_file_with_all_supported_keys(tmp_path):
+    config = {
+        "model_config_list": [
+            {
+                "config": {
+                    "name": "resnet",
+                    "base_path": "models/resnet",
+                    "target_device": "CPU",
+                    "plugin_config": {"PERFORMANCE_HINT": "LATENCY"},
+                    "nireq": 2,
+                    "batch_size": "4",
+                    "shape": {"input": "(1,3,224:448,224:448)"},
+                    "layout": {"input": "NHWC:NCHW"},
+                    "model_version_policy": {"specific": {"versions": [2, 1]}},
+                    "allow_cache": False,
+                    "stateful": False,
+                }
+            }
+        ],
+        "monitoring": {"metrics": {"enable": True}},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    models, errors = read_config_file(str(tmp_path))  # a folder holding config.json works too
+    assert errors == {}
+    (m,) = models
+    assert m.base_path == str(tmp_path / "models" / "resnet")  # relative to the config file, as in OVMS
+    assert m.batch_size == 4 and m.shape == {"input": (1, 3, (224, 448), (224, 448))}
+    assert m.version_policy.select([1, 2, 3]) == [1, 2] and m.allow_cache is False
+
+
+def test_unparseable_config_file_is_fatal(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        read_config_file(str(tmp_path / "config.json"))
+    (tmp_path / "config.json").write_text('{"model_config_list": [], "surprise": 1}')
+    with pytest.raises(ConfigError, match="surprise"):
+        read_config_file(str(tmp_path / "config.json"))
+
+
+def test_version_policies_select_versions():
+    assert VersionPolicy().select([3, 1, 2]) == [3]
+    assert VersionPolicy("latest", num_versions=2).select([3, 1, 2]) == [2, 3]
+    assert VersionPolicy("all").select([3, 1, 2]) == [1, 2, 3]
+    assert VersionPolicy("specific", versions=(1, 5)).select([3, 1, 2]) == [1]
+
+
+def _run_cli(*argv, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *argv], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_cli_configuration_error_exits_2_with_a_message():
+    result = _run_cli("--config_path", "/tmp/c.json", "--model_name", "m", "--model_path", "/m")
+    assert result.returncode == 2
+    assert "cannot be combined" in result.stderr
+
+
+def test_cli_single_model_on_a_missing_device_exits_1_listing_devices(model_repo):
+    from tests.gateway_process import free_port
+
+    result = _run_cli(
+        "--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--target_device", "GPU.3",
+        "--port", str(free_port()), "--rest_port", str(free_port()),
+        "--grpc_bind_address", "127.0.0.1", "--rest_bind_address", "127.0.0.1",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "'dummy'" in result.stderr and "target_device" in result.stderr and "GPU.3" in result.stderr
+    assert "available devices: CPU" in result.stderr

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from .errors import ConfigError
 from .settings import (
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = p.add_argument_group("models (single-model mode, exclusive with --config_path)")
     m.add_argument("--config_path", help="OVMS config.json (or a folder holding one)")
+    m.add_argument(
+        "--model_repository_path",
+        help="folder the repository API loads models from by name (default: the config file's folder, "
+        "or the parent of --model_path)",
+    )
     m.add_argument("--model_name")
     m.add_argument(
         "--model_path", help="the model's base path: <path>/<version>/model files, or one model file"
@@ -133,10 +139,18 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ConfigError(f"--port and --rest_port are both {grpc_port}")
     if not grpc_port and not rest_port:
         raise ConfigError("both --port and --rest_port are 0: nothing would serve")
+    repository = args.model_repository_path
+    if repository is None:
+        if args.config_path:
+            config = Path(args.config_path)
+            repository = str((config if config.is_dir() else config.parent).resolve())
+        else:
+            repository = str(Path(args.model_path).resolve().parent)
     return ServerSettings(
         models=models,
         model_errors=errors,
         config_path=args.config_path,
+        model_repository_path=repository,
         grpc_port=grpc_port,
         rest_port=rest_port,
         grpc_bind_address=args.grpc_bind_address,

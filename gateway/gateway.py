@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from time import perf_counter_ns
 
 import numpy as np
 import openvino as ov
@@ -21,6 +22,7 @@ from . import __version__
 from .datatypes import from_numpy
 from .errors import GatewayError, InternalError, InvalidArgument
 from .manager import ModelManager
+from .model_config import model_config
 from .settings import ServerSettings
 from .types import (
     InferInput,
@@ -37,7 +39,13 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "ovgw"
 
 # Protocol extensions that work at this commit; clients (perf_analyzer) trust this list.
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "parameters",
+)
 
 
 class Gateway:
@@ -70,20 +78,38 @@ class Gateway:
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         return self.manager.metadata(name, version)
 
-    def repository_index(self) -> list[VersionStatus]:
-        return self.manager.index()
+    def model_config(self, name: str, version: str = "") -> dict:
+        """Triton's model configuration, derived from the served version (model_configuration extension)."""
+        served = self.manager.version(name, version)
+        return model_config(served, served.settings.version_policy)
+
+    def statistics(self, name: str = "", version: str = "") -> list[dict]:
+        return [v.stats.to_dict(v.name, str(v.version)) for v in self.manager.served_versions(name, version)]
+
+    def repository_index(self, ready_only: bool = False) -> list[VersionStatus]:
+        return self.manager.index(ready_only)
+
+    async def load_model(self, name: str, config: dict | None = None) -> None:
+        await self.manager.load(name, config)
+
+    async def unload_model(self, name: str) -> None:
+        await self.manager.unload(name)
 
     # --- inference -----------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
         version = self.manager.version(request.model_name, request.model_version)
+        started = perf_counter_ns()
         try:
             outputs = await version.infer(request.inputs, request.outputs)
         except GatewayError:
+            version.stats.record_request(False, perf_counter_ns() - started)
             raise
         except Exception as e:  # an OpenVINO failure during inference
+            version.stats.record_request(False, perf_counter_ns() - started)
             log.exception("inference failed for model %s version %d", version.name, version.version)
             raise InternalError(f"inference failed for model '{version.name}': {e}") from None
+        version.stats.record_request(True, perf_counter_ns() - started)
         return InferResponse(request.model_name, str(version.version), outputs, id=request.id)
 
     async def infer_numpy(

@@ -8,10 +8,13 @@ this module share a process with tritonclient (see protos/ovgw_grpc_service.prot
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc import aio
 
@@ -140,8 +143,119 @@ class GrpcServicer:
         response = await self.gateway.infer(decode_infer_request(request))
         return encode_infer_response(response)
 
+    async def ModelConfig(self, request, context):
+        config = self.gateway.model_config(request.name, request.version)
+        return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
+
+    async def ModelStatistics(self, request, context):
+        stats = self.gateway.statistics(request.name, request.version)
+        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request, context):
+        msg = pb.RepositoryIndexResponse()
+        for row in self.gateway.repository_index(ready_only=request.ready):
+            msg.models.add(name=row.name, version=row.version, state=row.state, reason=row.reason)
+        return msg
+
+    async def RepositoryModelLoad(self, request, context):
+        params = _repository_parameters(request.parameters)
+        await self.gateway.load_model(request.model_name, _config_parameter(params))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        await self.gateway.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def ModelStreamInfer(self, raw_requests, context):
+        """Triton's bidirectional stream: each request answered on the stream as soon as it completes.
+
+        A failed request gets a response with `error_message`; the stream goes on.
+        """
+        responses: asyncio.Queue = asyncio.Queue()
+        in_flight: set[asyncio.Task] = set()
+
+        async def answer(raw: bytes) -> None:
+            request_id = ""
+            try:
+                try:
+                    msg = pb.ModelInferRequest.FromString(raw)
+                except DecodeError:
+                    raise InvalidArgument("the request is not a valid ModelInferRequest message") from None
+                request_id = msg.id
+                request = decode_infer_request(msg)
+                out = encode_infer_response(await self.gateway.infer(request))
+                if request.parameters.get("triton_enable_empty_final_response"):
+                    # Not decoupled: the one response is also the final one.
+                    out.parameters["triton_final_response"].bool_param = True
+                await responses.put(pb.ModelStreamInferResponse(infer_response=out))
+            except GatewayError as e:
+                await responses.put(_stream_error(e.message, request_id))
+            except Exception as e:
+                log.exception("unexpected error in ModelStreamInfer")
+                await responses.put(_stream_error(f"internal error: {type(e).__name__}: {e}", request_id))
+
+        async def read_all() -> None:
+            try:
+                async for raw in raw_requests:
+                    task = asyncio.create_task(answer(raw))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if in_flight:
+                    await asyncio.gather(*in_flight)
+            finally:
+                await responses.put(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (item := await responses.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(in_flight):
+                task.cancel()
+
+
+def _stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(
+        error_message=message, infer_response=pb.ModelInferResponse(id=request_id)
+    )
+
+
+def _repository_parameters(params) -> dict:
+    out = {}
+    for key, value in params.items():
+        which = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, which) if which else None
+    return out
+
+
+def _config_parameter(params: dict) -> dict | None:
+    """The `config` parameter of a load request: an OVMS model config entry as JSON text."""
+    for key in params:
+        if key.startswith("file:"):
+            raise InvalidArgument(
+                f"parameter '{key}': uploading model files is not supported; place them in the repository"
+            )
+    text = params.get("config")
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    try:
+        config = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"parameter 'config' is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise InvalidArgument("parameter 'config' must be a JSON object (an OVMS model config entry)")
+    return config
+
 
 _UNARY = {
+    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
+    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
     "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
     "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
     "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
@@ -179,13 +293,17 @@ def _guard(method: Callable[..., Awaitable], request_type):
 
 
 def build_handlers(servicer: GrpcServicer) -> dict[str, grpc.RpcMethodHandler]:
-    return {
+    handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             _guard(getattr(servicer, name), req),
             response_serializer=resp.SerializeToString,
         )
         for name, (req, resp) in _UNARY.items()
     }
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer, response_serializer=pb.ModelStreamInferResponse.SerializeToString
+    )
+    return handlers
 
 
 async def start_grpc_server(

@@ -6,14 +6,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import openvino as ov
 
-from .errors import ConfigError, InvalidArgument, NotFound, Unavailable
+from .errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .model_version import ModelVersion, State
 from .openvino_runtime import InferExecutor, check_device, port_specs, read_model
-from .repository import discover_versions
-from .settings import ModelSettings, ServerSettings
+from .repository import discover_versions, looks_like_model, resolve_inside
+from .settings import ModelSettings, ServerSettings, parse_model_entry
 from .types import ModelMetadata, VersionStatus
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,65 @@ class ModelManager:
             model, version.settings.target_device, self._compile_config(version.settings)
         )
 
+    # --- the model_repository extension -----------------------------------------------------------
+
+    @property
+    def repository_root(self) -> Path | None:
+        root = self._settings.model_repository_path
+        return Path(root).resolve() if root else None
+
+    def _settings_for_load(self, name: str, entry: dict | None) -> ModelSettings:
+        root = self.repository_root
+        if root is None:
+            raise FailedPrecondition("no model repository is configured (--model_repository_path)")
+        # The name becomes a folder under the repository: it must not climb out of it.
+        resolve_inside(root, name, f"model name '{name}'")
+        if entry is None:
+            known = self._models.get(name)
+            if known is not None and known.settings is not None:
+                return known.settings
+            return ModelSettings(name=name, base_path=str(resolve_inside(root, name, f"model name '{name}'")))
+        entry = dict(entry.get("config", entry)) if isinstance(entry, dict) else entry
+        if not isinstance(entry, dict):
+            raise InvalidArgument("the 'config' parameter must be a JSON object (an OVMS model config entry)")
+        entry.setdefault("name", name)
+        if entry["name"] != name:
+            raise InvalidArgument(f"the 'config' parameter names model '{entry['name']}', not '{name}'")
+        entry.setdefault("base_path", name)
+        if isinstance(entry["base_path"], str):
+            entry["base_path"] = str(resolve_inside(root, entry["base_path"], "base_path"))
+        try:
+            return parse_model_entry(entry)
+        except ConfigError as e:
+            raise InvalidArgument(str(e)) from None
+
+    async def load(self, name: str, entry: dict | None = None) -> None:
+        """Load (or reload) a model. The serving set changes only when the new one has a ready version."""
+        settings = self._settings_for_load(name, entry)
+        candidate = ServedModel(name, settings)
+        await self._load_model(candidate)
+        ready = any(v.ready for v in candidate.versions.values())
+        if not ready:
+            reason = candidate._why().strip(" ()") or "no version could be loaded"
+            if name not in self._models or not any(v.ready for v in self._models[name].versions.values()):
+                self._models[name] = candidate  # reported by the index with its reason
+            raise FailedPrecondition(f"failed to load model '{name}': {reason}")
+        previous = self._models.get(name)
+        self._models[name] = candidate
+        if previous is not None:
+            self._retire(previous, "replaced by a reload")
+
+    async def unload(self, name: str) -> None:
+        model = self.model(name)
+        self._retire(model, "unloaded")
+
+    @staticmethod
+    def _retire(model: ServedModel, reason: str) -> None:
+        # In-flight requests hold their own reference to the executor and finish normally;
+        # its threads end when the last reference goes.
+        for version in model.versions.values():
+            version.fail(reason)
+
     # --- look-ups -------------------------------------------------------------------------------
 
     def model(self, name: str) -> ServedModel:
@@ -186,15 +246,38 @@ class ModelManager:
         """Server readiness: loading has finished (failures are reported, not waited for)."""
         return self.loading_done.is_set()
 
-    def index(self) -> list[VersionStatus]:
+    def index(self, ready_only: bool = False) -> list[VersionStatus]:
         rows = []
+        root = self.repository_root
+        if root is not None and root.is_dir() and not ready_only:
+            for child in sorted(root.iterdir()):
+                if child.name not in self._models and looks_like_model(child):
+                    rows.append(VersionStatus(child.name, "", State.UNAVAILABLE.value, "not loaded"))
         for model in self._models.values():
-            if not model.versions:
+            if not model.versions and not ready_only:
                 rows.append(VersionStatus(model.name, "", State.UNAVAILABLE.value, model.error))
             for number, v in sorted(model.versions.items()):
-                rows.append(VersionStatus(model.name, str(number), v.state.value, v.reason))
-        return rows
+                if v.ready or not ready_only:
+                    rows.append(VersionStatus(model.name, str(number), v.state.value, v.reason))
+        return sorted(rows, key=lambda r: (r.name, int(r.version or 0)))
 
     def versions(self):
         for model in self._models.values():
             yield from model.versions.values()
+
+    def served_versions(self, name: str = "", version: str = "") -> list[ModelVersion]:
+        """The versions a statistics request covers: all, one model's, or one version."""
+        if not name:
+            if version:
+                raise InvalidArgument("a version needs a model name")
+            return [v for m in self._models.values() for _, v in sorted(m.versions.items())]
+        model = self.model(name)
+        if not version:
+            return [v for _, v in sorted(model.versions.items())]
+        if not version.isdigit():
+            raise InvalidArgument(
+                f"model version must be a positive integer; got '{version}' for model '{name}'"
+            )
+        if int(version) not in model.versions:
+            raise NotFound(f"Model with requested version is not found: model '{name}' version {version}")
+        return [model.versions[int(version)]]

@@ -8,10 +8,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, Unavailable
 from .openvino_runtime import InferExecutor
 from .settings import ModelSettings
+from .statistics import VersionStats
 from .types import InferInput, InferOutput, RequestedOutput, TensorSpec
+
+# What the model config reports as max_batch_size when the batch dimension has no upper bound: the
+# gateway takes any batch size then, and clients such as perf_analyzer only compare their -b against it.
+UNBOUNDED_BATCH = 2**31 - 1
+
+
+def batch_capacity(inputs, input_bounds, outputs) -> int:
+    """Triton's max_batch_size for a model: > 0 when dimension 0 of every input and output is dynamic."""
+    if not inputs or not all(s.shape and s.shape[0] == -1 for s in (*inputs, *outputs)):
+        return 0
+    limits = [bounds[0][1] for bounds in input_bounds if bounds[0][1] >= 0]
+    return min(limits) if limits else UNBOUNDED_BATCH
 
 
 class State(enum.Enum):
@@ -38,6 +51,8 @@ class ModelVersion:
     outputs: tuple[TensorSpec, ...] = ()
     input_bounds: tuple[tuple[tuple[int, int], ...], ...] = ()
     executor: InferExecutor | None = None
+    max_batch_size: int = 0  # > 0: dimension 0 is the batch (Triton's convention)
+    stats: VersionStats = field(default_factory=VersionStats)
     _input_index: dict[str, int] = field(default_factory=dict)
     _output_index: dict[str, int] = field(default_factory=dict)
 
@@ -46,6 +61,7 @@ class ModelVersion:
         self._input_index = {s.name: i for i, s in enumerate(inputs)}
         self._output_index = {s.name: i for i, s in enumerate(outputs)}
         self.executor = executor
+        self.max_batch_size = batch_capacity(inputs, input_bounds, outputs)
         self.state, self.reason = State.READY, ""
 
     def fail(self, reason: str) -> None:
@@ -116,10 +132,14 @@ class ModelVersion:
     async def infer(
         self, inputs: Sequence[InferInput], requested: Sequence[RequestedOutput] | None
     ) -> list[InferOutput]:
+        executor = self.executor  # an unload may clear it while this request runs
+        if executor is None:
+            raise Unavailable(f"model '{self.name}' version {self.version} is not ready: {self.reason}")
         arrays = self.order_inputs(inputs)
         picked = self.select_outputs(requested)
-        assert self.executor is not None
-        results = await self.executor.run(arrays, [s.datatype for s in self.inputs])
+        results, times = await executor.run(arrays, [s.datatype for s in self.inputs])
+        batch = arrays[0].shape[0] if self.max_batch_size and arrays[0].ndim else 1
+        self.stats.record_execution(times, batch)
         outputs = []
         for position, index in enumerate(picked):
             spec, array = self.outputs[index], results[index]

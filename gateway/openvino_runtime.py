@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter_ns
 
 import numpy as np
 import openvino as ov
@@ -23,6 +24,7 @@ import openvino as ov
 from .datatypes import from_openvino
 from .errors import ConfigError, InternalError
 from .settings import ModelSettings
+from .statistics import ExecutionTimes
 from .types import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -172,16 +174,28 @@ class InferExecutor:
     def busy(self) -> int:
         return self.nireq - self._idle.qsize()
 
-    def _infer(self, request: ov.InferRequest, inputs, input_types) -> list[np.ndarray]:
+    def _infer(self, request: ov.InferRequest, inputs, input_types, queued_at: int):
+        started = perf_counter_ns()
         feeds = {i: _to_tensor(a, t) for i, (a, t) in enumerate(zip(inputs, input_types, strict=True))}
+        prepared = perf_counter_ns()
         request.infer(feeds, share_inputs=True)
+        inferred = perf_counter_ns()
         # The request is reused by the next inference: copy its outputs out first.
-        return [_read_output(request.get_output_tensor(i), t) for i, t in enumerate(self._output_types)]
+        outputs = [_read_output(request.get_output_tensor(i), t) for i, t in enumerate(self._output_types)]
+        times = ExecutionTimes(
+            started - queued_at, prepared - started, inferred - prepared, perf_counter_ns() - inferred
+        )
+        return outputs, times
 
-    async def run(self, inputs: Sequence[np.ndarray], input_types: Sequence[str]) -> list[np.ndarray]:
+    async def run(
+        self, inputs: Sequence[np.ndarray], input_types: Sequence[str]
+    ) -> tuple[list[np.ndarray], ExecutionTimes]:
         """Infer one set of inputs (in model input order); returns the outputs in model output order."""
+        queued_at = perf_counter_ns()
         request = await self._idle.get()
-        future = self._loop.run_in_executor(self._threads, self._infer, request, inputs, input_types)
+        future = self._loop.run_in_executor(
+            self._threads, self._infer, request, inputs, input_types, queued_at
+        )
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -196,9 +210,6 @@ class InferExecutor:
         finally:
             if request is not None:
                 self._idle.put_nowait(request)
-
-    def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 def _first_line(error: Exception) -> str:

@@ -55,3 +55,27 @@ def discover_versions(model_name: str, base_path: str) -> dict[int, Path]:
             "(expected <base_path>/<version>/ with integer versions > 0)"
         )
     return versions
+
+
+def looks_like_model(folder: Path) -> bool:
+    """A folder with at least one positive-integer version folder, as the repository index lists them."""
+    try:
+        return folder.is_dir() and any(
+            c.is_dir() and c.name.isdigit() and int(c.name) > 0 for c in folder.iterdir()
+        )
+    except OSError:
+        return False
+
+
+def resolve_inside(root: Path, relative: str, what: str) -> Path:
+    """root / relative, refused when it is absolute or escapes root (through '..' or a symbolic link)."""
+    from .errors import InvalidArgument
+
+    if not relative or Path(relative).is_absolute() or "\x00" in relative:
+        raise InvalidArgument(
+            f"{what}: must be a relative path inside the model repository; got '{relative}'"
+        )
+    candidate = (root / relative).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise InvalidArgument(f"{what}: '{relative}' points outside the model repository")
+    return candidate

@@ -277,6 +277,46 @@ class RestHandlers:
         what = f"model '{model}'" + (f" version {version}" if version else "")
         return _json_response({"name": model, "ready": False, "error": f"{what} is not ready"}, 503)
 
+    async def model_config(self, request: web.Request) -> web.Response:
+        model, version = request.match_info["model"], request.match_info.get("version", "")
+        return _json_response(self.gateway.model_config(model, version))
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        model, version = request.match_info.get("model", ""), request.match_info.get("version", "")
+        return _json_response({"model_stats": self.gateway.statistics(model, version)})
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await _optional_json(request)
+        ready = body.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidArgument("'ready' must be true or false")
+        rows = self.gateway.repository_index(ready_only=ready)
+        return _json_response(
+            [{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows]
+        )
+
+    async def repository_load(self, request: web.Request) -> web.Response:
+        body = await _optional_json(request)
+        params = _object(body.get("parameters", {}), "parameters")
+        for key in params:
+            if key.startswith("file:"):
+                raise InvalidArgument(f"parameter '{key}': uploading model files is not supported")
+        config = params.get("config")
+        if isinstance(config, str):
+            try:
+                config = json.loads(config)
+            except ValueError as e:
+                raise InvalidArgument(f"parameter 'config' is not valid JSON: {e}") from None
+        if config is not None and not isinstance(config, dict):
+            raise InvalidArgument("parameter 'config' must be a JSON object (an OVMS model config entry)")
+        await self.gateway.load_model(request.match_info["model"], config)
+        return _json_response({})
+
+    async def repository_unload(self, request: web.Request) -> web.Response:
+        await _optional_json(request)
+        await self.gateway.unload_model(request.match_info["model"])
+        return _json_response({})
+
     async def infer(self, request: web.Request) -> web.Response:
         model, version = request.match_info["model"], request.match_info.get("version", "")
         # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
@@ -296,6 +336,16 @@ class RestHandlers:
         return encode_infer_response(response, binary_default)
 
 
+async def _optional_json(request: web.Request) -> dict:
+    body = await request.read()
+    if not body.strip():
+        return {}
+    try:
+        return _object(json.loads(body), "the request body")
+    except ValueError as e:
+        raise InvalidArgument(f"request body is not valid JSON: {e}") from None
+
+
 def build_app(gateway: Gateway, max_body_bytes: int) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes, middlewares=[errors_middleware])
     h = RestHandlers(gateway, max_body_bytes)
@@ -304,10 +354,17 @@ def build_app(gateway: Gateway, max_body_bytes: int) -> web.Application:
     app.router.add_get("/v2/health/live", h.live)
     app.router.add_get("/v2/health/ready", h.ready)
     app.router.add_get("/v2", h.server_metadata)
+    # Before /v2/models/{model}, which would otherwise take "stats" for a model name.
+    app.router.add_get("/v2/models/stats", h.statistics)
     for base in (model, versioned):
         app.router.add_get(base, h.model_metadata)
         app.router.add_get(base + "/ready", h.model_ready)
         app.router.add_post(base + "/infer", h.infer)
+        app.router.add_get(base + "/config", h.model_config)
+        app.router.add_get(base + "/stats", h.statistics)
+    app.router.add_post("/v2/repository/index", h.repository_index)
+    app.router.add_post("/v2/repository/models/{model}/load", h.repository_load)
+    app.router.add_post("/v2/repository/models/{model}/unload", h.repository_unload)
     return app
 
 

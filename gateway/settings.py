@@ -71,6 +71,8 @@ class ServerSettings:
     # Models that could not even be parsed: served as failed (reported, never ready) beside the good ones.
     model_errors: dict[str, str] = field(default_factory=dict)
     config_path: str | None = None
+    # Where the model_repository extension loads models from by name.
+    model_repository_path: str | None = None
     grpc_port: int = DEFAULT_GRPC_PORT
     rest_port: int = DEFAULT_REST_PORT
     grpc_bind_address: str = "0.0.0.0"

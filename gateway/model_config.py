@@ -1,0 +1,82 @@
+"""The Triton-style model configuration (the `model_configuration` extension), derived from a served version.
+
+One dict serves both transports: REST returns it as JSON (numbers stay numbers,
+as Triton's own HTTP endpoint writes them), gRPC parses it into ModelConfig.
+Optional blocks are complete when present, because perf_analyzer's HTTP
+client reads `model_transaction_policy.decoupled` and `response_cache.enable`
+without checking for them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .datatypes import BY_NAME
+from .model_version import ModelVersion
+from .settings import VersionPolicy
+
+PLATFORM = "openvino"
+
+
+def _instance_kind(device: str) -> str:
+    head = device.split(":")[0].split(".")[0].upper()
+    if head == "CPU":
+        return "KIND_CPU"
+    if head in ("GPU", "NVIDIA"):
+        return "KIND_GPU"
+    return "KIND_MODEL"  # AUTO, HETERO, MULTI, BATCH, NPU: the device decides
+
+
+def _dims(shape: tuple[int, ...], batched: bool) -> list[int]:
+    return list(shape[1:] if batched else shape)
+
+
+def model_config(version: ModelVersion, policy: VersionPolicy) -> dict:
+    settings = version.settings
+    batched = version.max_batch_size > 0
+    parameters = {"target_device": {"string_value": settings.target_device}}
+    for key, value in settings.plugin_config.items():
+        parameters[key] = {"string_value": str(value)}
+    return {
+        "name": version.name,
+        "platform": PLATFORM,
+        "backend": PLATFORM,
+        "runtime": "",
+        "version_policy": policy.to_dict(),
+        "max_batch_size": version.max_batch_size,
+        "input": [
+            {
+                "name": s.name,
+                "data_type": BY_NAME[s.datatype].config_name,
+                "format": "FORMAT_NONE",
+                "dims": _dims(s.shape, batched),
+                "is_shape_tensor": False,
+                "allow_ragged_batch": False,
+                "optional": False,
+            }
+            for s in version.inputs
+        ],
+        "output": [
+            {
+                "name": s.name,
+                "data_type": BY_NAME[s.datatype].config_name,
+                "dims": _dims(s.shape, batched),
+                "label_filename": "",
+                "is_shape_tensor": False,
+            }
+            for s in version.outputs
+        ],
+        "instance_group": [
+            {
+                "name": f"{version.name}_0",
+                "kind": _instance_kind(settings.target_device),
+                "count": version.executor.nireq if version.executor else 0,
+                "gpus": [],
+            }
+        ],
+        "default_model_filename": os.path.basename(version.path),
+        "optimization": {"priority": "PRIORITY_DEFAULT"},
+        "parameters": parameters,
+        "model_transaction_policy": {"decoupled": False},
+        "response_cache": {"enable": False},
+    }

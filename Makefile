@@ -7,7 +7,9 @@ PIP := $(VENV)/bin/pip
 DEMO_REPO ?= .cache/demo_models
 CACHE_DIR ?= .cache
 
-.PHONY: help venv install install-test protos demo demo-models test lint clean
+PERF_ANALYZER_DIR ?= $(CACHE_DIR)/perf_analyzer
+
+.PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer
 
 help:
 	@echo "make demo      create .venv, install, build demo models, serve REST :8000 and gRPC :8001"
@@ -15,6 +17,7 @@ help:
 	@echo "make install   install the gateway into .venv"
 	@echo "make protos    regenerate gateway/proto/*_pb2.py from protos/*.proto"
 	@echo "make lint      ruff over the code"
+	@echo "make perf-analyzer  install Triton's perf_analyzer into $(PERF_ANALYZER_DIR)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +55,16 @@ demo-models: $(VENV)/.installed
 demo: demo-models
 	$(PY) -m gateway --config_path $(DEMO_REPO)/config.json --port 8001 --rest_port 8000
 
+# Triton's perf_analyzer (see loadgen/install_perf_analyzer.sh for why it needs a private runtime).
+perf-analyzer: $(VENV)/.installed-test
+	loadgen/install_perf_analyzer.sh $(PERF_ANALYZER_DIR) $(PY)
+
+# perf_analyzer's install may fail on a machine without the registries; its tests then skip and say why.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	@mkdir -p $(CACHE_DIR)
+	-@$(MAKE) --no-print-directory perf-analyzer > $(CACHE_DIR)/perf_analyzer_install.log 2>&1 \
+		|| echo "perf_analyzer could not be installed; see $(CACHE_DIR)/perf_analyzer_install.log"
+	PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer $(PY) -m pytest -q tests
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check gateway tests loadgen

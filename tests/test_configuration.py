@@ -133,7 +133,7 @@ def test_cli_configuration_error_exits_2_with_a_message():
 
 
 def test_cli_single_model_on_a_missing_device_exits_1_listing_devices(model_repo):
-    from tests.gateway_process import free_port
+    from loadgen.gateway_process import free_port
 
     result = _run_cli(
         "--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--target_device", "GPU.3",

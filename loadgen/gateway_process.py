@@ -1,4 +1,4 @@
-"""Start a real gateway process on loopback for tests, and stop it afterwards."""
+"""Start a real gateway process on loopback (for tests and benchmarks), and stop it afterwards."""
 
 from __future__ import annotations
 

@@ -1,0 +1,226 @@
+"""make bench: the gateway against OpenVINO's own benchmark_app on the same models, back to back.
+
+For each bench model: benchmark_app with the throughput and latency hints (the
+ceiling), then the gateway under loadgen over gRPC and REST (binary tensors) at
+several concurrencies, each repeated; medians are reported. Beside wall-clock
+figures, the server's CPU time per request (from /proc/<pid>/stat around each
+run, divided by the requests its statistics counted) is reported: on a shared
+2-core machine it is far steadier than throughput. Results go to bench-results/
+as Markdown and JSON (git-ignored).
+
+    python -m loadgen.bench [--repetitions 3] [--window-ms 3000] [--models simple,resnet50,ppocr_det]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.demo_models import save, simple_model
+
+from .bench_models import fetch_ppocr_det, resnet50_shaped
+from .gateway_process import start_gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class BenchModel:
+    name: str
+    path: Path
+    benchmark_shape: str  # benchmark_app -shape
+    loadgen_shape: list[str]  # loadgen --shape (non-batch dims)
+
+
+def prepare_models(names: list[str]) -> list[BenchModel]:
+    root = CACHE / "bench_models"
+    models = []
+    if "simple" in names:
+        path = root / "simple" / "1" / "model.xml"
+        if not path.exists():
+            save(simple_model(), path.parent)
+        models.append(BenchModel("simple", path, "INPUT0[1,16],INPUT1[1,16]", []))
+    if "resnet50" in names:
+        path = root / "resnet50" / "1" / "model.xml"
+        if not path.exists():
+            save(resnet50_shaped(), path.parent)
+        models.append(BenchModel("resnet50", path, "input[1,3,224,224]", []))
+    if "ppocr_det" in names:
+        try:
+            path = fetch_ppocr_det(CACHE)
+            models.append(BenchModel("ppocr_det", path, "x[1,3,480,480]", ["x:3,480,480"]))
+        except RuntimeError as e:
+            print(f"skipping ppocr_det: {e}")
+    return models
+
+
+def benchmark_app(model: BenchModel, hint: str, seconds: int) -> dict:
+    tool = Path(sys.executable).parent / "benchmark_app"
+    cmd = [
+        str(tool),
+        "-m",
+        str(model.path),
+        "-d",
+        "CPU",
+        "-hint",
+        hint,
+        "-t",
+        str(seconds),
+        "-shape",
+        model.benchmark_shape,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120).stdout
+    fps = float(re.search(r"Throughput:\s+([\d.]+) FPS", out).group(1))
+    value, unit = re.search(r"Median:\s+([\d.]+) (ms|us)", out).groups()
+    streams = re.search(r"NUM_STREAMS:\s+(\d+)", out) or re.search(r"NUM_STREAMS\s*,\s*(\d+)", out)
+    return {
+        "hint": hint,
+        "fps": fps,
+        "median_us": float(value) * (1000 if unit == "ms" else 1),
+        "streams": int(streams.group(1)) if streams else None,
+    }
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def success_count(http_url: str, model: str) -> int:
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as r:
+        stats = json.load(r)["model_stats"]
+    return sum(s["inference_stats"]["success"]["count"] for s in stats)
+
+
+def gateway_run(
+    gw, model: BenchModel, protocol: str, concurrency: int, window_ms: int, out_dir: Path
+) -> dict:
+    url = gw.grpc_url if protocol == "grpc" else gw.http_url
+    report = out_dir / f"{model.name}-{protocol}-c{concurrency}-{time.time_ns()}.csv"
+    shapes = [a for s in model.loadgen_shape for a in ("--shape", s)]
+    cmd = [sys.executable, "-m", "loadgen", "-m", model.name, "-u", url, "-i", protocol,
+           "--concurrency-range", str(concurrency), "-p", str(window_ms),
+           "-f", str(report), *shapes]  # fmt: skip
+    cpu0, count0 = process_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=window_ms / 1000 * 4 + 120)
+    cpu1, count1 = process_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    if result.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
+    row = next(csv.DictReader(report.open()))
+    loader = re.search(r"Loader: \d+ processes, (\d+)% of one core", result.stdout)
+    return {
+        "throughput": float(row["Inferences/Second"]),
+        "p50_us": float(row["p50 latency"]),
+        "p99_us": float(row["p99 latency"]),
+        "server_cpu_us_per_request": (cpu1 - cpu0) / max(1, count1 - count0) * 1e6,
+        "loader_cpu_pct": int(loader.group(1)) if loader else None,
+    }
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadgen.bench")
+    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--window-ms", type=int, default=3000)
+    p.add_argument("--benchmark-seconds", type=int, default=10)
+    p.add_argument("--models", default="simple,resnet50,ppocr_det")
+    p.add_argument("--concurrency", default="1,2,4,8,16")
+    args = p.parse_args(argv)
+
+    out_dir = ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S")
+    (out_dir / "raw").mkdir(parents=True)
+    models = prepare_models(args.models.split(","))
+    config = {
+        "model_config_list": [
+            {"config": {"name": m.name, "base_path": str(m.path.parent.parent)}} for m in models
+        ]
+    }
+    (out_dir / "config.json").write_text(json.dumps(config))
+    results = {"machine": {"cores": os.cpu_count(), "loadavg_start": os.getloadavg()}, "models": {}}
+    gw = start_gateway(["--config_path", str(out_dir / "config.json")], out_dir / "gateway.log", timeout=300)
+    try:
+        for model in models:
+            entry = results["models"][model.name] = {"benchmark_app": {}, "gateway": []}
+            # Back to back on the same machine state: the ceiling first, then the gateway.
+            for hint in ("throughput", "latency"):
+                entry["benchmark_app"][hint] = benchmark_app(model, hint, args.benchmark_seconds)
+                print(f"{model.name} benchmark_app {hint}: {entry['benchmark_app'][hint]}", flush=True)
+            ceiling = entry["benchmark_app"]["throughput"]["fps"]
+            for protocol in ("grpc", "http"):
+                for concurrency in (int(c) for c in args.concurrency.split(",")):
+                    runs = [
+                        gateway_run(gw, model, protocol, concurrency, args.window_ms, out_dir / "raw")
+                        for _ in range(args.repetitions)
+                    ]
+                    row = {
+                        "protocol": protocol,
+                        "concurrency": concurrency,
+                        "runs": runs,
+                        **{
+                            f"median_{k}": median_of(runs, k)
+                            for k in ("throughput", "p50_us", "p99_us", "server_cpu_us_per_request")
+                        },  # fmt: skip
+                        "loadavg": os.getloadavg()[0],
+                    }
+                    row["ratio_to_benchmark_app"] = row["median_throughput"] / ceiling
+                    entry["gateway"].append(row)
+                    print(
+                        f"{model.name} {protocol} c={concurrency}: {row['median_throughput']:.1f}/s "
+                        f"({row['ratio_to_benchmark_app']:.2f} x benchmark_app), "
+                        f"p99 {row['median_p99_us']:.0f} us, "
+                        f"server {row['median_server_cpu_us_per_request']:.0f} us CPU/req",
+                        flush=True,
+                    )
+    finally:
+        gw.stop()
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results, args.repetitions)
+    (out_dir / "results.md").write_text(table)
+    print(table)
+    print(f"written to {out_dir}")
+    return 0
+
+
+def markdown(results: dict, repetitions: int) -> str:
+    lines = [
+        f"# Gateway vs benchmark_app ({results['machine']['cores']} cores; medians of {repetitions} runs)",
+        "",
+        f"Load average at start {results['machine']['loadavg_start'][0]:.2f}, at end "
+        f"{results['machine'].get('loadavg_end', (0,))[0]:.2f}.",
+        "",
+        "| model | benchmark_app tput FPS | benchmark_app latency p50 us | protocol | concurrency "
+        "| gateway infer/s | ratio | p50 us | p99 us | server CPU us/req | load avg |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, entry in results["models"].items():
+        tput = entry["benchmark_app"]["throughput"]["fps"]
+        lat = entry["benchmark_app"]["latency"]["median_us"]
+        for row in entry["gateway"]:
+            cells = [
+                name, f"{tput:.1f}", f"{lat:.0f}", row["protocol"], str(row["concurrency"]),
+                f"{row['median_throughput']:.1f}", f"{row['ratio_to_benchmark_app']:.2f}",
+                f"{row['median_p50_us']:.0f}", f"{row['median_p99_us']:.0f}",
+                f"{row['median_server_cpu_us_per_request']:.0f}", f"{row['loadavg']:.2f}",
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -354,9 +354,9 @@ def read_config_file(path: str) -> tuple[list[ModelSettings], dict[str, str]]:
             errors[name if isinstance(name, str) and name else f"model_config_list[{index}]"] = str(e)
             continue
         if settings.name in {m.name for m in models}:
-            errors[settings.name] = (
-                f"model '{settings.name}': field 'name': defined twice in model_config_list"
+            # Which of the two would serve is ambiguous: refuse the file, as for any other unusable config.
+            raise ConfigError(
+                f"config_path '{p}': model '{settings.name}' is defined twice in model_config_list"
             )
-            continue
         models.append(settings)
     return models, errors

@@ -111,6 +111,10 @@ def test_unparseable_config_file_is_fatal(tmp_path):
     (tmp_path / "config.json").write_text('{"model_config_list": [], "surprise": 1}')
     with pytest.raises(ConfigError, match="surprise"):
         read_config_file(str(tmp_path / "config.json"))
+    twice = {"config": {"name": "m", "base_path": "/m"}}
+    (tmp_path / "config.json").write_text(json.dumps({"model_config_list": [twice, twice]}))
+    with pytest.raises(ConfigError, match="defined twice"):
+        read_config_file(str(tmp_path / "config.json"))
 
 
 def test_version_policies_select_versions():

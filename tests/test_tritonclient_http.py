@@ -144,7 +144,9 @@ async def test_bf16_as_json_numbers(gateway_server):
 
     doc = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "BF16", "data": [1.0, -2.0, 0.5]}]}
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"http://{gateway_server.http_url}/v2/models/identity_bf16/infer", json=doc) as r:
+        async with session.post(
+            f"http://{gateway_server.http_url}/v2/models/identity_bf16/infer", json=doc
+        ) as r:
             assert r.status == 200, await r.text()
             out = (await r.json())["outputs"][0]
     assert out["datatype"] == "BF16" and out["shape"] == [1, 3] and out["data"] == [1.0, -2.0, 0.5]

@@ -36,27 +36,12 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 
 
 def parameters_from_proto(params) -> dict:
+    """InferParameter and ModelRepositoryParameter maps alike: both are a `parameter_choice` oneof."""
     out = {}
     for key, value in params.items():
         which = value.WhichOneof("parameter_choice")
         out[key] = getattr(value, which) if which else None
     return out
-
-
-def parameters_to_proto(target, params: dict) -> None:
-    for key, value in params.items():
-        slot = target[key]
-        if isinstance(value, bool):
-            slot.bool_param = value
-        elif isinstance(value, int):
-            if value >= 1 << 63:
-                slot.uint64_param = value
-            else:
-                slot.int64_param = value
-        elif isinstance(value, float):
-            slot.double_param = value
-        else:
-            slot.string_param = str(value)
 
 
 def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
@@ -158,7 +143,7 @@ class GrpcServicer:
         return msg
 
     async def RepositoryModelLoad(self, request, context):
-        params = _repository_parameters(request.parameters)
+        params = parameters_from_proto(request.parameters)
         await self.gateway.load_model(request.model_name, _config_parameter(params))
         return pb.RepositoryModelLoadResponse()
 
@@ -219,14 +204,6 @@ def _stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
     return pb.ModelStreamInferResponse(
         error_message=message, infer_response=pb.ModelInferResponse(id=request_id)
     )
-
-
-def _repository_parameters(params) -> dict:
-    out = {}
-    for key, value in params.items():
-        which = value.WhichOneof("parameter_choice")
-        out[key] = getattr(value, which) if which else None
-    return out
 
 
 def _config_parameter(params: dict) -> dict | None:

@@ -138,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benchmark-seconds", type=int, default=10)
     p.add_argument("--models", default="simple,resnet50,ppocr_det")
     p.add_argument("--concurrency", default="1,2,4,8,16")
+    p.add_argument("--output", default=str(ROOT / "bench-results"), help="results go to OUTPUT/<time>/")
     args = p.parse_args(argv)
 
-    out_dir = ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(args.output) / time.strftime("%Y%m%d-%H%M%S")
     (out_dir / "raw").mkdir(parents=True)
     models = prepare_models(args.models.split(","))
     config = {

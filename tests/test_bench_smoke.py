@@ -1,0 +1,28 @@
+"""`make bench` keeps working: one tiny run of the harness (its timings are benchmarks, not checked here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_harness_writes_its_tables(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "loadgen.bench", "--models", "simple", "--repetitions", "1",
+         "--window-ms", "500", "--benchmark-seconds", "1", "--concurrency", "1", "--output", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    results = json.loads((run / "results.json").read_text())
+    entry = results["models"]["simple"]
+    assert entry["benchmark_app"]["throughput"]["fps"] > 0
+    assert {row["protocol"] for row in entry["gateway"]} == {"grpc", "http"}
+    for row in entry["gateway"]:
+        assert row["median_throughput"] > 0 and row["median_server_cpu_us_per_request"] > 0
+    table = (run / "results.md").read_text()
+    assert "| simple |" in table and "ratio" in table

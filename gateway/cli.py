@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError
+from .metrics import select_families
 from .settings import (
     DEFAULT_GRPC_PORT,
     DEFAULT_REST_PORT,
@@ -55,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--rest_workers", type=int, default=None, help="accepted for OVMS compatibility")
     g.add_argument("--cache_dir", help="OpenVINO compiled-blob cache folder")
+    g.add_argument(
+        "--metrics_enable",
+        nargs="?",
+        const="true",
+        choices=["true", "false"],
+        help="Prometheus metrics at /metrics on the REST port (on by default; OVMS's flag, accepted bare)",
+    )
+    g.add_argument("--metrics_list", help="comma-separated metric families to expose (default: all)")
     g.add_argument("--log_level", default="INFO", choices=list(LOG_LEVELS))
     g.add_argument("--log_path", help="write the log to this file instead of stderr")
 
@@ -115,7 +124,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
             raise ConfigError(
                 f"{', '.join(extra)} apply to single-model mode; set them in {args.config_path}"
             )
-        models, errors = read_config_file(args.config_path)
+        config = read_config_file(args.config_path)
+        models, errors = config.models, config.model_errors
+        metrics_enable, metrics_list = config.metrics_enable, config.metrics_list
     elif args.model_name or args.model_path:
         if not (args.model_name and args.model_path):
             raise ConfigError("single-model mode needs both --model_name and --model_path")
@@ -125,6 +136,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
             if value is not None:
                 entry[flag] = _maybe_json(value) if flag in ("shape", "layout") else value
         models, errors = [parse_model_entry(entry)], {}
+        metrics_enable, metrics_list = None, None
     else:
         raise ConfigError("give --model_name and --model_path, or --config_path")
 
@@ -139,6 +151,12 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ConfigError(f"--port and --rest_port are both {grpc_port}")
     if not grpc_port and not rest_port:
         raise ConfigError("both --port and --rest_port are 0: nothing would serve")
+    if args.metrics_enable is not None:  # the command line wins over config.json
+        metrics_enable = args.metrics_enable == "true"
+    if args.metrics_list is not None:
+        metrics_list = args.metrics_list.split(",")
+    metrics_enable = True if metrics_enable is None else metrics_enable
+    select_families(metrics_enable, metrics_list)  # unknown names: a start-up error
     repository = args.model_repository_path
     if repository is None:
         if args.config_path:
@@ -161,6 +179,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         cache_dir=args.cache_dir,
         log_level=args.log_level,
         log_path=args.log_path,
+        metrics_enable=metrics_enable,
+        metrics_list=metrics_list,
     )
 
 

@@ -22,6 +22,7 @@ from . import __version__
 from .datatypes import from_numpy
 from .errors import GatewayError, InternalError, InvalidArgument
 from .manager import ModelManager
+from .metrics import Metrics, select_families
 from .model_config import model_config
 from .settings import ServerSettings
 from .types import (
@@ -52,6 +53,9 @@ class Gateway:
     def __init__(self, settings: ServerSettings, core: ov.Core | None = None):
         self.settings = settings
         self.manager = ModelManager(settings, core)
+        self.metrics = Metrics(self.manager, select_families(settings.metrics_enable, settings.metrics_list))
+        if self.metrics.enabled:
+            self.manager.on_execution = self.metrics.execution
         self._accepting = True
 
     async def start(self) -> None:
@@ -72,11 +76,17 @@ class Gateway:
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)
 
-    def model_ready(self, name: str, version: str = "") -> bool:
-        return self.manager.is_ready(name, version)
+    def model_ready(self, name: str, version: str = "", interface: str = "") -> bool:
+        ready = self.manager.is_ready(name, version)
+        if interface and self.metrics.enabled:
+            self.metrics.request(True, interface, "ModelReady", name, version)
+        return ready
 
-    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
-        return self.manager.metadata(name, version)
+    def model_metadata(self, name: str, version: str = "", interface: str = "") -> ModelMetadata:
+        meta = self.manager.metadata(name, version)
+        if interface and self.metrics.enabled:
+            self.metrics.request(True, interface, "ModelMetadata", name, version or meta.versions[-1])
+        return meta
 
     def model_config(self, name: str, version: str = "") -> dict:
         """Triton's model configuration, derived from the served version (model_configuration extension)."""
@@ -97,19 +107,33 @@ class Gateway:
 
     # --- inference -----------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(
+        self, request: InferRequest, interface: str = "", received_ns: int | None = None
+    ) -> InferResponse:
+        """Run one inference. `interface` ("gRPC", "REST") labels the OVMS request metrics; `received_ns`
+        (perf_counter_ns when the transport got the request) makes the request time include decoding."""
         version = self.manager.version(request.model_name, request.model_version)
         started = perf_counter_ns()
+        ok = False
+        version.in_flight += 1
         try:
             outputs = await version.infer(request.inputs, request.outputs)
+            ok = True
         except GatewayError:
-            version.stats.record_request(False, perf_counter_ns() - started)
             raise
         except Exception as e:  # an OpenVINO failure during inference
-            version.stats.record_request(False, perf_counter_ns() - started)
             log.exception("inference failed for model %s version %d", version.name, version.version)
             raise InternalError(f"inference failed for model '{version.name}': {e}") from None
-        version.stats.record_request(True, perf_counter_ns() - started)
+        finally:
+            version.in_flight -= 1
+            finished = perf_counter_ns()
+            version.stats.record_request(ok, finished - started)
+            if interface and self.metrics.enabled:
+                label = str(version.version)
+                self.metrics.request(ok, interface, "ModelInfer", version.name, label)
+                self.metrics.request_time(
+                    interface, version.name, label, (finished - (received_ns or started)) / 1000
+                )
         return InferResponse(request.model_name, str(version.version), outputs, id=request.id)
 
     async def infer_numpy(

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from time import perf_counter_ns
 
 import grpc
 from google.protobuf import json_format
@@ -111,21 +112,22 @@ class GrpcServicer:
         return pb.ServerReadyResponse(ready=self.gateway.ready())
 
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.gateway.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=self.gateway.model_ready(request.name, request.version, "gRPC"))
 
     async def ServerMetadata(self, request, context):
         meta = self.gateway.server_metadata()
         return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
 
     async def ModelMetadata(self, request, context):
-        meta = self.gateway.model_metadata(request.name, request.version)
+        meta = self.gateway.model_metadata(request.name, request.version, "gRPC")
         msg = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
         _tensor_metadata(msg.inputs, meta.inputs)
         _tensor_metadata(msg.outputs, meta.outputs)
         return msg
 
     async def ModelInfer(self, request, context):
-        response = await self.gateway.infer(decode_infer_request(request))
+        received = perf_counter_ns()
+        response = await self.gateway.infer(decode_infer_request(request), "gRPC", received)
         return encode_infer_response(response)
 
     async def ModelConfig(self, request, context):
@@ -168,7 +170,7 @@ class GrpcServicer:
                     raise InvalidArgument("the request is not a valid ModelInferRequest message") from None
                 request_id = msg.id
                 request = decode_infer_request(msg)
-                out = encode_infer_response(await self.gateway.infer(request))
+                out = encode_infer_response(await self.gateway.infer(request, "gRPC"))
                 if request.parameters.get("triton_enable_empty_final_response"):
                     # Not decoupled: the one response is also the final one.
                     out.parameters["triton_final_response"].bool_param = True

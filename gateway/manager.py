@@ -48,8 +48,8 @@ class ModelManager:
         self._settings = settings
         self._core = core or ov.Core()
         self._models: dict[str, ServedModel] = {}
-        self._load_tasks: list[asyncio.Task] = []
         self.loading_done = asyncio.Event()
+        self.on_execution = None  # set by the Gateway to its metrics recorder
 
     @property
     def core(self) -> ov.Core:
@@ -85,7 +85,9 @@ class ModelManager:
             log.error("model %s not served: %s", settings.name, model.error)
             return
         for number in chosen:
-            model.versions[number] = ModelVersion(settings.name, number, settings, str(on_disk[number]))
+            model.versions[number] = ModelVersion(
+                settings.name, number, settings, str(on_disk[number]), on_execution=self.on_execution
+            )
         await asyncio.gather(*(self._load_version(v) for v in model.versions.values()))
 
     def _compile_config(self, settings: ModelSettings) -> dict:
@@ -121,6 +123,7 @@ class ModelManager:
             version.fail(f"failed to load from {version.path}: {reason}")
             log.error("model %s version %d: %s", version.name, version.version, version.reason)
             return
+        version.streams = _streams(compiled, nireq)
         version.activate(inputs, bounds, outputs, executor)
         log.info(
             "model %s version %d ready on %s in %.2f s (nireq %d, from %s)",
@@ -281,3 +284,11 @@ class ModelManager:
         if int(version) not in model.versions:
             raise NotFound(f"Model with requested version is not found: model '{name}' version {version}")
         return [model.versions[int(version)]]
+
+
+def _streams(compiled: ov.CompiledModel, nireq: int) -> int:
+    """OpenVINO's execution streams (what ovms_streams reports); devices without the property run nireq."""
+    try:
+        return int(compiled.get_property("NUM_STREAMS"))
+    except Exception:
+        return nireq

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +11,7 @@ import numpy as np
 from .errors import InvalidArgument, Unavailable
 from .openvino_runtime import InferExecutor
 from .settings import ModelSettings
-from .statistics import VersionStats
+from .statistics import ExecutionTimes, VersionStats
 from .types import InferInput, InferOutput, RequestedOutput, TensorSpec
 
 # What the model config reports as max_batch_size when the batch dimension has no upper bound: the
@@ -52,7 +52,10 @@ class ModelVersion:
     input_bounds: tuple[tuple[tuple[int, int], ...], ...] = ()
     executor: InferExecutor | None = None
     max_batch_size: int = 0  # > 0: dimension 0 is the batch (Triton's convention)
+    streams: int = 0  # OpenVINO execution streams (ovms_streams)
+    in_flight: int = 0  # requests inside the gateway for this version (ovms_current_requests)
     stats: VersionStats = field(default_factory=VersionStats)
+    on_execution: Callable[[str, str, ExecutionTimes], None] | None = None  # the metrics recorder
     _input_index: dict[str, int] = field(default_factory=dict)
     _output_index: dict[str, int] = field(default_factory=dict)
 
@@ -140,6 +143,8 @@ class ModelVersion:
         results, times = await executor.run(arrays, [s.datatype for s in self.inputs])
         batch = arrays[0].shape[0] if self.max_batch_size and arrays[0].ndim else 1
         self.stats.record_execution(times, batch)
+        if self.on_execution is not None:
+            self.on_execution(self.name, str(self.version), times)
         outputs = []
         for position, index in enumerate(picked):
             spec, array = self.outputs[index], results[index]

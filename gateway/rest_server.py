@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+from time import perf_counter_ns
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
-from .errors import GatewayError, InvalidArgument
+from .errors import GatewayError, InvalidArgument, NotFound
 from .gateway import Gateway
 from .tensor_codec import (
     array_from_contents,
@@ -255,7 +256,7 @@ class RestHandlers:
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         model, version = request.match_info["model"], request.match_info.get("version", "")
-        meta = self.gateway.model_metadata(model, version)
+        meta = self.gateway.model_metadata(model, version, "REST")
 
         def tensors(specs):
             return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
@@ -272,7 +273,7 @@ class RestHandlers:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         model, version = request.match_info["model"], request.match_info.get("version", "")
-        if self.gateway.model_ready(model, version):
+        if self.gateway.model_ready(model, version, "REST"):
             return _json_response({"name": model, "ready": True})
         what = f"model '{model}'" + (f" version {version}" if version else "")
         return _json_response({"name": model, "ready": False, "error": f"{what} is not ready"}, 503)
@@ -318,6 +319,7 @@ class RestHandlers:
         return _json_response({})
 
     async def infer(self, request: web.Request) -> web.Response:
+        received = perf_counter_ns()
         model, version = request.match_info["model"], request.match_info.get("version", "")
         # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
         # aiohttp has already undone a gzip/deflate Content-Encoding (and refuses a corrupt one with 400).
@@ -332,8 +334,18 @@ class RestHandlers:
             header, binary = split_body(body, header_length)
             infer_request = decode_infer_request(model, version, header, binary)
             binary_default = bool(infer_request.parameters.get("binary_data_output", False))
-        response = await self.gateway.infer(infer_request)
+        response = await self.gateway.infer(infer_request, "REST", received)
         return encode_infer_response(response, binary_default)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if not self.gateway.metrics.enabled:
+            raise NotFound("metrics are disabled (--metrics_enable false)")
+        return web.Response(
+            text=self.gateway.metrics.render(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
 
 async def _optional_json(request: web.Request) -> dict:
@@ -354,6 +366,7 @@ def build_app(gateway: Gateway, max_body_bytes: int) -> web.Application:
     app.router.add_get("/v2/health/live", h.live)
     app.router.add_get("/v2/health/ready", h.ready)
     app.router.add_get("/v2", h.server_metadata)
+    app.router.add_get("/metrics", h.metrics)
     # Before /v2/models/{model}, which would otherwise take "stats" for a model name.
     app.router.add_get("/v2/models/stats", h.statistics)
     for base in (model, versioned):

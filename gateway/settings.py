@@ -83,6 +83,8 @@ class ServerSettings:
     cache_dir: str | None = None
     log_level: str = "INFO"
     log_path: str | None = None
+    metrics_enable: bool = True  # on by default, unlike OVMS
+    metrics_list: list[str] | None = None  # None = every family
 
 
 _MODEL_KEYS = {
@@ -310,7 +312,34 @@ def parse_version_policy(model: str, value: Any) -> VersionPolicy:
     )
 
 
-def read_config_file(path: str) -> tuple[list[ModelSettings], dict[str, str]]:
+@dataclass(slots=True)
+class ConfigFile:
+    models: list[ModelSettings]
+    model_errors: dict[str, str]
+    metrics_enable: bool | None = None  # monitoring.metrics.enable; None = not set
+    metrics_list: list[str] | None = None
+
+
+def _monitoring(doc: dict, where: str) -> tuple[bool | None, list[str] | None]:
+    monitoring = doc.get("monitoring", {})
+    metrics = monitoring.get("metrics", {}) if isinstance(monitoring, dict) else None
+    if not isinstance(metrics, dict) or set(metrics) - {"enable", "metrics_list"}:
+        raise ConfigError(
+            f'{where}: \'monitoring\' must be {{"metrics": {{"enable": bool, "metrics_list": [...]}}}}'
+        )
+    enable, names = metrics.get("enable"), metrics.get("metrics_list")
+    if enable is not None and not isinstance(enable, bool):
+        raise ConfigError(
+            f"{where}: monitoring.metrics.enable = {json.dumps(enable)}: true or false is required"
+        )
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise ConfigError(
+            f"{where}: monitoring.metrics.metrics_list = {json.dumps(names)}: a list of names is required"
+        )
+    return enable, names
+
+
+def read_config_file(path: str) -> ConfigFile:
     """Parse an OVMS config.json (or a folder holding one).
 
     A file that cannot be read or parsed, or has unknown top-level keys, is a
@@ -340,6 +369,7 @@ def read_config_file(path: str) -> tuple[list[ModelSettings], dict[str, str]]:
             raise ConfigError(
                 f"config_path '{p}': '{key}' is not supported by this gateway (pipelines/graphs)"
             )
+    metrics_enable, metrics_list = _monitoring(doc, f"config_path '{p}'")
     entries = doc.get("model_config_list", [])
     if not isinstance(entries, list):
         raise ConfigError(f"config_path '{p}': 'model_config_list' must be a list")
@@ -359,4 +389,4 @@ def read_config_file(path: str) -> tuple[list[ModelSettings], dict[str, str]]:
                 f"config_path '{p}': model '{settings.name}' is defined twice in model_config_list"
             )
         models.append(settings)
-    return models, errors
+    return ConfigFile(models, errors, metrics_enable, metrics_list)

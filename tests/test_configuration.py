@@ -96,9 +96,9 @@ def test_ovms_config_file_with_all_supported_keys(tmp_path):
     }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    models, errors = read_config_file(str(tmp_path))  # a folder holding config.json works too
-    assert errors == {}
-    (m,) = models
+    parsed = read_config_file(str(tmp_path))  # a folder holding config.json works too
+    assert parsed.model_errors == {} and parsed.metrics_enable is True
+    (m,) = parsed.models
     assert m.base_path == str(tmp_path / "models" / "resnet")  # relative to the config file, as in OVMS
     assert m.batch_size == 4 and m.shape == {"input": (1, 3, (224, 448), (224, 448))}
     assert m.version_policy.select([1, 2, 3]) == [1, 2] and m.allow_cache is False

@@ -1,0 +1,234 @@
+"""Prometheus metrics: the one place that names them.
+
+OVMS's families with OVMS's names, labels and buckets (so its Grafana dashboards and
+its autoscaling recipe `ovms_current_requests / ovms_streams` work unchanged), and
+Triton's `nv_inference_*` families. Counters keep their bare names (no `_total`),
+as OVMS and Triton expose them. Request counters and histograms are recorded on the
+request path; gauges and the Triton counters are read from the live model state and
+its statistics when Prometheus scrapes, so they cost nothing per request.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Iterable
+
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from .errors import ConfigError
+from .statistics import ExecutionTimes
+
+# OVMS's histogram buckets: floor(10 * 1.8^i) microseconds, 33 of them.
+BUCKETS_US = tuple(math.floor(10 * 1.8**i) for i in range(33))
+
+# family -> (type, help, on by default in OVMS)
+OVMS_FAMILIES = {
+    "ovms_requests_success": ("counter", "Number of successful requests to a model or a DAG.", True),
+    "ovms_requests_fail": ("counter", "Number of failed requests to a model or a DAG.", True),
+    "ovms_request_time_us": ("histogram", "Processing time of requests to a model or a DAG.", True),
+    "ovms_inference_time_us": ("histogram", "Inference execution time in the OpenVINO backend.", True),
+    "ovms_wait_for_infer_req_time_us": ("histogram", "Request waiting time in the scheduling queue.", True),
+    "ovms_streams": ("gauge", "Number of OpenVINO execution streams.", True),
+    "ovms_current_requests": ("gauge", "Number of inference requests currently in process.", True),
+    "ovms_infer_req_queue_size": ("gauge", "Inference request queue size (nireq).", False),
+    "ovms_infer_req_active": (
+        "gauge",
+        "Number of currently consumed inference requests from the pool.",
+        False,
+    ),
+}
+TRITON_FAMILIES = {
+    "nv_inference_request_success": ("counter", "Number of successful inference requests, all batch sizes"),
+    "nv_inference_request_failure": ("counter", "Number of failed inference requests, all batch sizes"),
+    "nv_inference_count": ("counter", "Number of inferences performed (does not include cached requests)"),
+    "nv_inference_exec_count": ("counter", "Number of model executions performed"),
+    "nv_inference_pending_request_count": (
+        "gauge",
+        "Instantaneous number of pending requests awaiting execution",
+    ),
+    "nv_inference_request_duration_us": ("counter", "Cumulative inference request duration in microseconds"),
+    "nv_inference_queue_duration_us": ("counter", "Cumulative inference queuing duration in microseconds"),
+    "nv_inference_compute_input_duration_us": (
+        "counter",
+        "Cumulative compute input duration in microseconds",
+    ),
+    "nv_inference_compute_infer_duration_us": (
+        "counter",
+        "Cumulative compute inference duration in microseconds",
+    ),
+    "nv_inference_compute_output_duration_us": (
+        "counter",
+        "Cumulative compute output duration in microseconds",
+    ),
+}
+ALL_FAMILIES = (*OVMS_FAMILIES, *TRITON_FAMILIES)
+
+
+def select_families(enabled: bool, metrics_list: Iterable[str] | None) -> frozenset[str]:
+    """The families to expose: all of them unless metrics_list names some (an unknown name is an error)."""
+    if not enabled:
+        return frozenset()
+    if metrics_list is None:
+        return frozenset(ALL_FAMILIES)
+    names = [n.strip() for n in metrics_list if n.strip()]
+    unknown = [n for n in names if n not in ALL_FAMILIES]
+    if unknown:
+        raise ConfigError(
+            f"metrics_list: unknown metric(s) {', '.join(unknown)}; known: {', '.join(ALL_FAMILIES)}"
+        )
+    return frozenset(names)
+
+
+class _Histogram:
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS_US) + 1)  # the last slot is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value_us: float) -> None:
+        self.counts[bisect_left(BUCKETS_US, value_us)] += 1
+        self.sum += value_us
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, n in zip((*BUCKETS_US, "+Inf"), self.counts, strict=True):
+            running += n
+            out.append((str(bound), running))
+        return out
+
+
+class Metrics:
+    """Recorders for the request path, and a Prometheus collector over them and the live model state."""
+
+    def __init__(self, manager, families: frozenset[str]):
+        self._manager = manager
+        self.families = families
+        self._requests: dict[
+            tuple[str, str, str, str, str], int
+        ] = {}  # (outcome, interface, method, name, version)
+        self._histograms: dict[tuple, _Histogram] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.families)
+
+    # --- recording (request path) ----------------------------------------------------------------
+
+    def request(self, ok: bool, interface: str, method: str, name: str, version: str) -> None:
+        key = ("ovms_requests_success" if ok else "ovms_requests_fail", interface, method, name, version)
+        self._requests[key] = self._requests.get(key, 0) + 1
+
+    def request_time(self, interface: str, name: str, version: str, microseconds: float) -> None:
+        self._observe(("ovms_request_time_us", interface, name, version), microseconds)
+
+    def execution(self, name: str, version: str, times: ExecutionTimes) -> None:
+        self._observe(("ovms_inference_time_us", name, version), times.infer_ns / 1000)
+        self._observe(("ovms_wait_for_infer_req_time_us", name, version), times.queue_ns / 1000)
+
+    def _observe(self, key: tuple, value_us: float) -> None:
+        histogram = self._histograms.get(key)
+        if histogram is None:
+            histogram = self._histograms[key] = _Histogram()
+        histogram.observe(value_us)
+
+    # --- collection (scrape time) ---------------------------------------------------------------
+
+    def render(self) -> str:
+        """Prometheus text format, 0.0.4. Written here rather than by prometheus_client's generate_latest,
+        which renames counter families to `<name>_total` in HELP/TYPE: OVMS and Triton expose bare names."""
+        lines = []
+        for metric in self.collect():
+            lines.append(f"# HELP {metric.name} {metric.documentation}")
+            lines.append(f"# TYPE {metric.name} {metric.type}")
+            for sample in metric.samples:
+                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+                value = sample.value
+                text = repr(float(value)) if isinstance(value, float) else str(value)
+                lines.append(f"{sample.name}{{{labels}}} {text}" if labels else f"{sample.name} {text}")
+        return "\n".join(lines) + "\n"
+
+    def collect(self):
+        wanted = self.families
+        for family in ("ovms_requests_success", "ovms_requests_fail"):
+            if family in wanted:
+                metric = Metric(family, OVMS_FAMILIES[family][1], "counter")
+                for (f, interface, method, name, version), value in sorted(self._requests.items()):
+                    if f == family:
+                        labels = {"api": "KServe", "interface": interface, "method": method, "name": name,
+                                  "version": version}  # fmt: skip
+                        metric.add_sample(family, labels, value)
+                yield metric
+        yield from self._collect_histograms(wanted)
+        yield from self._collect_live(wanted)
+
+    def _collect_histograms(self, wanted):
+        label_names = {
+            "ovms_request_time_us": ["interface", "name", "version"],
+            "ovms_inference_time_us": ["name", "version"],
+            "ovms_wait_for_infer_req_time_us": ["name", "version"],
+        }
+        for family, labels in label_names.items():
+            if family not in wanted:
+                continue
+            metric = HistogramMetricFamily(family, OVMS_FAMILIES[family][1], labels=labels)
+            for key, h in sorted(self._histograms.items()):
+                if key[0] == family:
+                    metric.add_metric(list(key[1:]), h.buckets(), h.sum)
+            yield metric
+
+    def _collect_live(self, wanted):
+        versions = list(self._manager.versions())
+        gauges = {
+            "ovms_streams": lambda v: v.streams,
+            "ovms_current_requests": lambda v: v.in_flight,
+            "ovms_infer_req_queue_size": lambda v: v.executor.nireq if v.executor else 0,
+            "ovms_infer_req_active": lambda v: v.executor.busy if v.executor else 0,
+        }
+        for family, value in gauges.items():
+            if family in wanted:
+                metric = GaugeMetricFamily(family, OVMS_FAMILIES[family][1], labels=["name", "version"])
+                for v in versions:
+                    metric.add_metric([v.name, str(v.version)], value(v))
+                yield metric
+        if "nv_inference_pending_request_count" in wanted:
+            metric = GaugeMetricFamily(
+                "nv_inference_pending_request_count",
+                TRITON_FAMILIES["nv_inference_pending_request_count"][1],
+                labels=["model", "version"],
+            )
+            for v in versions:
+                metric.add_metric([v.name, str(v.version)], v.in_flight)
+            yield metric
+        counters = {
+            "nv_inference_request_success": lambda s: s.durations["success"].count,
+            "nv_inference_count": lambda s: s.inference_count,
+            "nv_inference_exec_count": lambda s: s.execution_count,
+            "nv_inference_request_duration_us": lambda s: (
+                (s.durations["success"].ns + s.durations["fail"].ns) // 1000
+            ),
+            "nv_inference_queue_duration_us": lambda s: s.durations["queue"].ns // 1000,
+            "nv_inference_compute_input_duration_us": lambda s: s.durations["compute_input"].ns // 1000,
+            "nv_inference_compute_infer_duration_us": lambda s: s.durations["compute_infer"].ns // 1000,
+            "nv_inference_compute_output_duration_us": lambda s: s.durations["compute_output"].ns // 1000,
+        }
+        for family, value in counters.items():
+            if family in wanted:
+                metric = Metric(family, TRITON_FAMILIES[family][1], "counter")
+                for v in versions:
+                    metric.add_sample(family, {"model": v.name, "version": str(v.version)}, value(v.stats))
+                yield metric
+        if "nv_inference_request_failure" in wanted:
+            family = "nv_inference_request_failure"
+            metric = Metric(family, TRITON_FAMILIES[family][1], "counter")
+            for v in versions:
+                labels = {"model": v.name, "version": str(v.version), "reason": "OTHER"}
+                metric.add_sample(family, labels, v.stats.durations["fail"].count)
+            yield metric
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

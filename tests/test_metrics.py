@@ -1,0 +1,152 @@
+"""Prometheus metrics at /metrics: OVMS's and Triton's families, with figures that match what was sent."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
+
+from loadgen.gateway_process import start_gateway
+
+
+def scrape(gw) -> dict:
+    with urllib.request.urlopen(f"http://{gw.http_url}/metrics", timeout=10) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}, text
+
+
+def value(families, family, **labels):
+    """One sample's value (the parser names counter samples `<family>_total`; the text does not)."""
+    for sample in families[family].samples:
+        if all(sample.labels.get(k) == v for k, v in labels.items()) and sample.name in (
+            family,
+            family + "_count",
+            family + "_total",
+        ):
+            return sample.value
+    raise AssertionError(f"no {family} sample with {labels}")
+
+
+@pytest.fixture(scope="module")
+def metrics_server(model_repo, tmp_path_factory):
+    gw = start_gateway(
+        ["--config_path", str(model_repo / "config.json")], tmp_path_factory.mktemp("logs") / "m.log"
+    )
+    yield gw
+    gw.stop()
+
+
+def _dummy_input(module, rows):
+    t = module.InferInput("b", [rows, 10], "FP32")
+    t.set_data_from_numpy(np.zeros((rows, 10), np.float32))
+    return t
+
+
+def test_counters_and_histograms_match_what_was_sent(metrics_server):
+    g = grpcclient.InferenceServerClient(metrics_server.grpc_url)
+    h = httpclient.InferenceServerClient(metrics_server.http_url)
+    started = time.perf_counter()
+    for _ in range(5):
+        g.infer("dummy", [_dummy_input(grpcclient, 2)])
+    grpc_wall_us = (time.perf_counter() - started) * 1e6
+    for _ in range(3):
+        h.infer("dummy", [_dummy_input(httpclient, 1)])
+    bad = httpclient.InferInput("b", [1, 3], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 3), np.float32))
+    with pytest.raises(InferenceServerException):
+        h.infer("dummy", [bad])
+    g.get_model_metadata("dummy")
+    g.get_model_metadata("dummy")
+    assert h.is_model_ready("dummy")
+    g.close()
+    h.close()
+
+    families, text = scrape(metrics_server)
+    infer = {"api": "KServe", "method": "ModelInfer", "name": "dummy", "version": "1"}
+    assert value(families, "ovms_requests_success", interface="gRPC", **infer) == 5
+    assert value(families, "ovms_requests_success", interface="REST", **infer) == 3
+    assert value(families, "ovms_requests_fail", interface="REST", **infer) == 1
+    assert (
+        value(families, "ovms_requests_success", interface="gRPC", method="ModelMetadata", name="dummy") == 2
+    )
+    assert value(families, "ovms_requests_success", interface="REST", method="ModelReady", name="dummy") == 1
+    # counters keep OVMS's and Triton's bare names
+    assert "# TYPE ovms_requests_success counter" in text and "ovms_requests_success_total" not in text
+    assert "# TYPE nv_inference_count counter" in text
+
+    assert value(families, "ovms_request_time_us", interface="gRPC", name="dummy", version="1") == 5
+    assert value(families, "ovms_request_time_us", interface="REST", name="dummy", version="1") == 4
+    assert value(families, "ovms_inference_time_us", name="dummy", version="1") == 8  # the bad one never ran
+    assert value(families, "ovms_wait_for_infer_req_time_us", name="dummy", version="1") == 8
+    # the server's request times fit inside what the client saw
+    sums = {
+        (s.labels["interface"], s.labels["name"]): s.value
+        for s in families["ovms_request_time_us"].samples
+        if s.name == "ovms_request_time_us_sum"
+    }
+    grpc_sum = sums[("gRPC", "dummy")]
+    assert 0 < grpc_sum < grpc_wall_us
+    bounds = [
+        s.labels["le"] for s in families["ovms_request_time_us"].samples
+        if s.name.endswith("_bucket") and s.labels["interface"] == "gRPC" and s.labels["name"] == "dummy"
+    ]  # fmt: skip
+    assert [float(b) for b in bounds] == [math.floor(10 * 1.8**i) for i in range(33)] + [math.inf]
+
+    assert value(families, "ovms_streams", name="dummy", version="1") >= 1
+    assert value(families, "ovms_current_requests", name="dummy", version="1") == 0
+    assert value(families, "ovms_infer_req_queue_size", name="dummy", version="1") >= 1
+    assert value(families, "ovms_infer_req_active", name="dummy", version="1") == 0
+
+    assert value(families, "nv_inference_request_success", model="dummy", version="1") == 8
+    assert value(families, "nv_inference_request_failure", model="dummy", version="1") == 1
+    assert value(families, "nv_inference_exec_count", model="dummy", version="1") == 8
+    assert value(families, "nv_inference_count", model="dummy", version="1") == 5 * 2 + 3 * 1
+    assert value(families, "nv_inference_pending_request_count", model="dummy", version="1") == 0
+    assert value(families, "nv_inference_compute_infer_duration_us", model="dummy", version="1") > 0
+
+
+def test_metrics_list_limits_the_families(model_repo, tmp_path):
+    gw = start_gateway(
+        ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"),
+         "--metrics_list", "ovms_streams,ovms_current_requests"],
+        tmp_path / "gw.log",
+    )  # fmt: skip
+    try:
+        families, _ = scrape(gw)
+        assert set(families) == {"ovms_streams", "ovms_current_requests"}
+    finally:
+        gw.stop()
+
+
+def test_metrics_can_be_disabled(model_repo, tmp_path):
+    gw = start_gateway(
+        ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--metrics_enable", "false"],
+        tmp_path / "gw.log",
+    )
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://{gw.http_url}/metrics", timeout=10)
+        assert err.value.code == 404
+    finally:
+        gw.stop()
+
+
+def test_unknown_metric_name_is_a_startup_error(model_repo):
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--model_name", "dummy", "--model_path", str(model_repo / "dummy"),
+         "--metrics_list", "ovms_streams,ovms_bogus"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "ovms_bogus" in result.stderr

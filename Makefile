@@ -8,8 +8,9 @@ DEMO_REPO ?= .cache/demo_models
 CACHE_DIR ?= .cache
 
 PERF_ANALYZER_DIR ?= $(CACHE_DIR)/perf_analyzer
+PROMETHEUS_DIR ?= $(CACHE_DIR)/prometheus
 
-.PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer bench
+.PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer bench prometheus
 
 help:
 	@echo "make demo      create .venv, install, build demo models, serve REST :8000 and gRPC :8001"
@@ -60,12 +61,23 @@ demo: demo-models
 perf-analyzer: $(VENV)/.installed-test
 	loadgen/install_perf_analyzer.sh $(PERF_ANALYZER_DIR) $(PY)
 
+# Debian's prometheus package (server and promtool), unpacked into the cache: no service, no system change.
+prometheus:
+	@if [ ! -x $(PROMETHEUS_DIR)/usr/bin/prometheus ]; then \
+		mkdir -p $(PROMETHEUS_DIR) && cd $(PROMETHEUS_DIR) && apt-get update -qq \
+		&& apt-get download -o APT::Sandbox::User=root prometheus && dpkg-deb -x prometheus_*.deb . \
+		&& rm -f prometheus_*.deb; fi
+	$(PROMETHEUS_DIR)/usr/bin/prometheus --version
+
 # perf_analyzer's install may fail on a machine without the registries; its tests then skip and say why.
 test: $(VENV)/.installed-test
 	@mkdir -p $(CACHE_DIR)
 	-@$(MAKE) --no-print-directory perf-analyzer > $(CACHE_DIR)/perf_analyzer_install.log 2>&1 \
 		|| echo "perf_analyzer could not be installed; see $(CACHE_DIR)/perf_analyzer_install.log"
-	PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer $(PY) -m pytest -q tests
+	-@$(MAKE) --no-print-directory prometheus > $(CACHE_DIR)/prometheus_install.log 2>&1 \
+		|| echo "prometheus could not be installed; see $(CACHE_DIR)/prometheus_install.log"
+	PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer \
+	PROMETHEUS=$(abspath $(PROMETHEUS_DIR))/usr/bin/prometheus $(PY) -m pytest -q tests
 
 # Benchmarks (not tests): gateway vs benchmark_app, results in bench-results/ (git-ignored).
 bench: $(VENV)/.installed-test

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +20,7 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from loadgen.gateway_process import start_gateway
+from loadgen.gateway_process import free_port, start_gateway
 
 
 def scrape(gw) -> dict:
@@ -150,3 +154,79 @@ def test_unknown_metric_name_is_a_startup_error(model_repo):
     )  # fmt: skip
     assert result.returncode == 2
     assert "ovms_bogus" in result.stderr
+
+
+# --- a real Prometheus server scrapes the gateway -------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_DIR = ROOT / ".cache" / "prometheus"
+
+
+@pytest.fixture(scope="module")
+def prometheus_binary() -> Path:
+    binary = Path(os.environ.get("PROMETHEUS", PROMETHEUS_DIR / "usr" / "bin" / "prometheus"))
+    if not binary.exists():
+        result = subprocess.run(
+            ["make", "--no-print-directory", "prometheus"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode != 0 or not binary.exists():
+            reason = (result.stdout + result.stderr)[-600:]
+            pytest.skip(f"Debian's prometheus package could not be installed: {reason}")
+    return binary
+
+
+def _query(port: int, promql: str) -> list:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(url, timeout=5) as r:
+        body = json.load(r)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_prometheus_scrapes_the_ovms_autoscaling_ratio(metrics_server, prometheus_binary, tmp_path):
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ovgw\n"
+        f"    static_configs:\n      - targets: ['{metrics_server.http_url}']\n"
+    )
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - the process owns it
+    server = subprocess.Popen(
+        [str(prometheus_binary), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        client = httpclient.InferenceServerClient(metrics_server.http_url)
+        t = httpclient.InferInput("INPUT0", [1, 3], "FP32")
+        t.set_data_from_numpy(np.ones((1, 3), np.float32))
+        for _ in range(7):
+            client.infer("identity_fp32", [t])
+        client.close()
+        count_query = 'sum(ovms_requests_success{name="identity_fp32",method="ModelInfer"})'
+        deadline = time.monotonic() + 60
+        counted = None
+        while time.monotonic() < deadline:
+            try:
+                result = _query(port, count_query)
+                counted = float(result[0]["value"][1]) if result else None
+            except (urllib.error.URLError, ConnectionError):
+                counted = None
+            if counted == 7:
+                break
+            time.sleep(0.5)
+        assert counted == 7, (tmp_path / "prometheus.log").read_text()[-2000:]
+        assert float(_query(port, 'up{job="ovgw"}')[0]["value"][1]) == 1
+        # the OVMS autoscaling recipe's ratio, per model version
+        ratio = _query(
+            port, 'ovms_current_requests{name="identity_fp32"} / ovms_streams{name="identity_fp32"}'
+        )
+        assert len(ratio) == 1 and ratio[0]["metric"]["version"] == "1"
+        assert float(ratio[0]["value"][1]) == 0.0  # no request in flight now; streams > 0 so it is defined
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+OVMS_DEFAULT_CACHE = "/opt/cache"
+
 _SINGLE_MODEL_FLAGS = (
     "target_device",
     "plugin_config",
@@ -157,6 +160,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         metrics_list = args.metrics_list.split(",")
     metrics_enable = True if metrics_enable is None else metrics_enable
     select_families(metrics_enable, metrics_list)  # unknown names: a start-up error
+    cache_dir = args.cache_dir
+    if cache_dir is None and os.path.isdir(OVMS_DEFAULT_CACHE) and os.access(OVMS_DEFAULT_CACHE, os.W_OK):
+        cache_dir = OVMS_DEFAULT_CACHE  # as OVMS: a writable /opt/cache turns the cache on
     repository = args.model_repository_path
     if repository is None:
         if args.config_path:
@@ -176,7 +182,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         grpc_max_message_bytes=args.grpc_max_message_bytes,
         rest_max_body_bytes=args.rest_max_body_bytes,
         grpc_workers=args.grpc_workers,
-        cache_dir=args.cache_dir,
+        cache_dir=cache_dir,
         log_level=args.log_level,
         log_path=args.log_path,
         metrics_enable=metrics_enable,

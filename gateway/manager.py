@@ -50,6 +50,8 @@ class ModelManager:
         self._models: dict[str, ServedModel] = {}
         self.loading_done = asyncio.Event()
         self.on_execution = None  # set by the Gateway to its metrics recorder
+        # (name, version, "hit" | "miss") -> loads, over the process's life (reloads included)
+        self.cache_loads: dict[tuple[str, str, str], int] = {}
 
     @property
     def core(self) -> ov.Core:
@@ -124,22 +126,37 @@ class ModelManager:
             log.error("model %s version %d: %s", version.name, version.version, version.reason)
             return
         version.streams = _streams(compiled, nireq)
+        version.load_seconds = time.perf_counter() - started
+        cache_dir = self._compile_config(settings).get("CACHE_DIR")
+        if cache_dir:
+            version.cache_result = "hit" if _loaded_from_cache(compiled) else "miss"
+            key = (version.name, str(version.version), version.cache_result)
+            self.cache_loads[key] = self.cache_loads.get(key, 0) + 1
+            how = "imported from the cache" if version.cache_result == "hit" else "compiled and cached"
+            how += f" in {cache_dir}"
+        else:
+            how = "compiled, no cache"
         version.activate(inputs, bounds, outputs, executor)
         log.info(
-            "model %s version %d ready on %s in %.2f s (nireq %d, from %s)",
+            "model %s version %d ready on %s in %.2f s (%s; nireq %d, streams %d; from %s)",
             version.name,
             version.version,
             settings.target_device,
-            time.perf_counter() - started,
+            version.load_seconds,
+            how,
             nireq,
+            version.streams,
             version.path,
         )
 
     def _compile(self, version: ModelVersion) -> ov.CompiledModel:
-        model = read_model(self._core, version.path, version.settings)
-        return self._core.compile_model(
-            model, version.settings.target_device, self._compile_config(version.settings)
-        )
+        settings = version.settings
+        config = self._compile_config(settings)
+        if settings.shape is None and settings.layout is None and settings.batch_size is None:
+            # From the file, OpenVINO checks its blob cache before reading the model at all.
+            return self._core.compile_model(version.path, settings.target_device, config)
+        model = read_model(self._core, version.path, settings)
+        return self._core.compile_model(model, settings.target_device, config)
 
     # --- the model_repository extension -----------------------------------------------------------
 
@@ -292,3 +309,10 @@ def _streams(compiled: ov.CompiledModel, nireq: int) -> int:
         return int(compiled.get_property("NUM_STREAMS"))
     except Exception:
         return nireq
+
+
+def _loaded_from_cache(compiled: ov.CompiledModel) -> bool:
+    try:
+        return bool(compiled.get_property("LOADED_FROM_CACHE"))
+    except Exception:  # a device without the property did not import a blob
+        return False

@@ -62,7 +62,18 @@ TRITON_FAMILIES = {
         "Cumulative compute output duration in microseconds",
     ),
 }
-ALL_FAMILIES = (*OVMS_FAMILIES, *TRITON_FAMILIES)
+# The gateway's own families.
+GATEWAY_FAMILIES = {
+    "ovgw_model_load_seconds": (
+        "gauge",
+        "Time to read and compile (or import from the cache) a model version.",
+    ),
+    "ovgw_model_cache_loads": (
+        "counter",
+        "Model version loads with a compiled-blob cache, by result (hit, miss).",
+    ),
+}
+ALL_FAMILIES = (*OVMS_FAMILIES, *TRITON_FAMILIES, *GATEWAY_FAMILIES)
 
 
 def select_families(enabled: bool, metrics_list: Iterable[str] | None) -> frozenset[str]:
@@ -221,6 +232,19 @@ class Metrics:
                 for v in versions:
                     metric.add_sample(family, {"model": v.name, "version": str(v.version)}, value(v.stats))
                 yield metric
+        if "ovgw_model_load_seconds" in wanted:
+            family = "ovgw_model_load_seconds"
+            metric = GaugeMetricFamily(family, GATEWAY_FAMILIES[family][1], labels=["name", "version"])
+            for v in versions:
+                if v.load_seconds:
+                    metric.add_metric([v.name, str(v.version)], v.load_seconds)
+            yield metric
+        if "ovgw_model_cache_loads" in wanted:
+            family = "ovgw_model_cache_loads"
+            metric = Metric(family, GATEWAY_FAMILIES[family][1], "counter")
+            for (name, version, result), count in sorted(self._manager.cache_loads.items()):
+                metric.add_sample(family, {"name": name, "version": version, "result": result}, count)
+            yield metric
         if "nv_inference_request_failure" in wanted:
             family = "nv_inference_request_failure"
             metric = Metric(family, TRITON_FAMILIES[family][1], "counter")

@@ -54,6 +54,8 @@ class ModelVersion:
     max_batch_size: int = 0  # > 0: dimension 0 is the batch (Triton's convention)
     streams: int = 0  # OpenVINO execution streams (ovms_streams)
     in_flight: int = 0  # requests inside the gateway for this version (ovms_current_requests)
+    load_seconds: float = 0.0  # read + compile (or cache import) time
+    cache_result: str = ""  # "hit" (imported a compiled blob), "miss" (compiled and cached), "" (no cache)
     stats: VersionStats = field(default_factory=VersionStats)
     on_execution: Callable[[str, str, ExecutionTimes], None] | None = None  # the metrics recorder
     _input_index: dict[str, int] = field(default_factory=dict)

@@ -66,6 +66,8 @@ async def serve(
 
 def _log_summary(gateway: Gateway) -> None:
     for row in gateway.repository_index():
+        if row.reason == "not loaded":  # a folder in the repository that no configuration asked for
+            continue
         level = logging.INFO if row.state == "READY" else logging.ERROR
         log.log(
             level,

@@ -161,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                     warmup_s=args.warmup, seed=k,
                 ))  # fmt: skip
             before = _stats(args.protocol, url, args.model, args.version) if has_stats else None
-            results = pool.map(run_worker, jobs)
+            try:
+                results = pool.map_async(run_worker, jobs).get(timeout=args.warmup + window_s + 150)
+            except multiprocessing.TimeoutError:
+                print(f"load processes did not finish at level {level}; giving up", file=sys.stderr)
+                return 2
             after = _stats(args.protocol, url, args.model, args.version) if has_stats else None
             rows.append(_report(mode, level, args, results, window_s, _server_columns(before, after)))
     _summary(mode, rows, args)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+REQUEST_TIMEOUT_S = 60.0
+
 
 @dataclass
 class WorkerJob:
@@ -69,10 +71,13 @@ async def _run(job: WorkerJob) -> WorkerResult:
         nonlocal cpu_at_start
         sent = time.perf_counter()
         try:
-            await client.infer(job.model, inputs, model_version=job.version)
+            # A request that never returns is an error to count and show, not a hung load run.
+            await asyncio.wait_for(
+                client.infer(job.model, inputs, model_version=job.version), REQUEST_TIMEOUT_S
+            )
             ok, message = True, ""
         except Exception as e:  # counted and shown, never fatal to the run
-            ok, message = False, str(e)
+            ok, message = False, str(e) or type(e).__name__
         done = time.perf_counter()
         if window_start_pc <= sent and done <= window_end_pc:
             if ok:

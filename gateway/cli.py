@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rest_workers", type=int, default=None, help="accepted for OVMS compatibility")
     g.add_argument("--cache_dir", help="OpenVINO compiled-blob cache folder")
     g.add_argument(
+        "--shutdown_timeout",
+        type=float,
+        default=30.0,
+        help="seconds to let in-flight requests finish on SIGTERM",
+    )
+    g.add_argument(
         "--metrics_enable",
         nargs="?",
         const="true",
@@ -187,6 +193,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         log_path=args.log_path,
         metrics_enable=metrics_enable,
         metrics_list=metrics_list,
+        shutdown_timeout=args.shutdown_timeout,
     )
 
 

@@ -11,7 +11,9 @@ the transports decode, and errors are GatewayError with a protocol code.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from time import perf_counter_ns
 
@@ -20,7 +22,7 @@ import openvino as ov
 
 from . import __version__
 from .datatypes import from_numpy
-from .errors import GatewayError, InternalError, InvalidArgument
+from .errors import GatewayError, InternalError, InvalidArgument, Unavailable
 from .manager import ModelManager
 from .metrics import Metrics, select_families
 from .model_config import model_config
@@ -62,8 +64,16 @@ class Gateway:
         """Load every configured model. Returns when each has loaded or failed (and been reported)."""
         await self.manager.load_all()
 
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout: float = 30.0) -> bool:
+        """Refuse new requests (UNAVAILABLE), wait for the accepted ones; True when all finished in time."""
         self._accepting = False
+        deadline = time.monotonic() + drain_timeout
+        while self.in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.in_flight() == 0
+
+    def in_flight(self) -> int:
+        return sum(v.in_flight for v in self.manager.versions())
 
     # --- health and metadata -------------------------------------------------------------------
 
@@ -112,6 +122,8 @@ class Gateway:
     ) -> InferResponse:
         """Run one inference. `interface` ("gRPC", "REST") labels the OVMS request metrics; `received_ns`
         (perf_counter_ns when the transport got the request) makes the request time include decoding."""
+        if not self._accepting:
+            raise Unavailable("the server is shutting down")
         version = self.manager.version(request.model_name, request.model_version)
         started = perf_counter_ns()
         ok = False

@@ -55,12 +55,22 @@ async def serve(
     else:
         loading.cancel()
 
-    log.info("shutting down")
-    await gateway.stop()
+    # Drain: readiness goes false and new requests get UNAVAILABLE / 503 at once, while the ones
+    # already accepted finish (up to the drain timeout); only then do the transports close.
+    in_flight = gateway.in_flight()
+    log.info(
+        "shutting down: %d request(s) in flight, draining for up to %.0f s",
+        in_flight,
+        settings.shutdown_timeout,
+    )
+    drained = await gateway.stop(settings.shutdown_timeout)
+    if not drained:
+        log.warning("drain timeout: %d request(s) still in flight are cut off", gateway.in_flight())
     if grpc_server is not None:
-        await grpc_server.stop(grace=5)
+        await grpc_server.stop(grace=1)
     if rest_runner is not None:
         await rest_runner.cleanup()
+    log.info("stopped")
     return exit_code
 
 

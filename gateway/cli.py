@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus metrics at /metrics on the REST port (on by default; OVMS's flag, accepted bare)",
     )
     g.add_argument("--metrics_list", help="comma-separated metric families to expose (default: all)")
+    g.add_argument("--metrics_port", type=int, default=0, help="also serve /metrics alone on this port")
+    g.add_argument("--log_format", choices=["text", "json"], default="text", help="json: one object per line")
     g.add_argument("--log_level", default="INFO", choices=list(LOG_LEVELS))
     g.add_argument("--log_path", help="write the log to this file instead of stderr")
 
@@ -115,8 +118,6 @@ def _maybe_json(text: str | None):
         return None
     stripped = text.strip()
     if stripped.startswith("{"):
-        import json
-
         try:
             return json.loads(stripped)
         except json.JSONDecodeError:
@@ -156,6 +157,12 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     for flag, value in (("--port", grpc_port), ("--rest_port", rest_port)):
         if not 0 <= value <= 65535:
             raise ConfigError(f"{flag} = {value}: must be 0..65535")
+    if not 0 <= args.metrics_port <= 65535 or (
+        args.metrics_port and args.metrics_port in (grpc_port, rest_port)
+    ):
+        raise ConfigError(
+            f"--metrics_port = {args.metrics_port}: must be 0..65535 and differ from the other ports"
+        )
     if grpc_port and grpc_port == rest_port:
         raise ConfigError(f"--port and --rest_port are both {grpc_port}")
     if not grpc_port and not rest_port:
@@ -194,12 +201,31 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         metrics_enable=metrics_enable,
         metrics_list=metrics_list,
         shutdown_timeout=args.shutdown_timeout,
+        metrics_port=args.metrics_port,
     )
 
 
-def configure_logging(level: str, path: str | None) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, path: str | None, log_format: str = "text") -> None:
     handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s][%(name)s] %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s][%(name)s] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LOG_LEVELS[level])
@@ -207,7 +233,7 @@ def configure_logging(level: str, path: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, args.log_path)
+    configure_logging(args.log_level, args.log_path, args.log_format)
     try:
         settings = settings_from_args(args)
     except ConfigError as e:

@@ -381,10 +381,20 @@ def build_app(gateway: Gateway, max_body_bytes: int) -> web.Application:
     return app
 
 
+async def start_metrics_server(gateway: Gateway, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """`--metrics_port`: /metrics alone, on a port of its own (for a scraper that must not reach the API)."""
+    app = web.Application(middlewares=[errors_middleware])
+    app.router.add_get("/metrics", RestHandlers(gateway, 0).metrics)
+    return await _start(app, host, port)
+
+
 async def start_rest_server(
     gateway: Gateway, host: str, port: int, max_body_bytes: int
 ) -> tuple[web.AppRunner, int]:
-    app = build_app(gateway, max_body_bytes)
+    return await _start(build_app(gateway, max_body_bytes), host, port)
+
+
+async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

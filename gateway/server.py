@@ -8,7 +8,7 @@ import signal
 
 from .gateway import Gateway
 from .grpc_server import start_grpc_server
-from .rest_server import start_rest_server
+from .rest_server import start_metrics_server, start_rest_server
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,12 @@ async def serve(
             gateway, settings.rest_bind_address, settings.rest_port, settings.rest_max_body_bytes
         )
         log.info("REST server listening on %s:%d", settings.rest_bind_address, port)
+    metrics_runner = None
+    if settings.metrics_port:
+        metrics_runner, port = await start_metrics_server(
+            gateway, settings.rest_bind_address, settings.metrics_port
+        )
+        log.info("metrics on %s:%d/metrics", settings.rest_bind_address, port)
 
     loading = asyncio.create_task(gateway.start())
     exit_code = 0
@@ -68,8 +74,9 @@ async def serve(
         log.warning("drain timeout: %d request(s) still in flight are cut off", gateway.in_flight())
     if grpc_server is not None:
         await grpc_server.stop(grace=1)
-    if rest_runner is not None:
-        await rest_runner.cleanup()
+    for runner in (rest_runner, metrics_runner):
+        if runner is not None:
+            await runner.cleanup()
     log.info("stopped")
     return exit_code
 

@@ -83,6 +83,7 @@ class ServerSettings:
     cache_dir: str | None = None
     log_level: str = "INFO"
     log_path: str | None = None
+    metrics_port: int = 0  # 0 = /metrics only on the REST port
     shutdown_timeout: float = 30.0  # seconds to drain in-flight requests after SIGTERM
     metrics_enable: bool = True  # on by default, unlike OVMS
     metrics_list: list[str] | None = None  # None = every family

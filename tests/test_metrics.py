@@ -230,3 +230,24 @@ def test_prometheus_scrapes_the_ovms_autoscaling_ratio(metrics_server, prometheu
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_metrics_port_and_json_logs(model_repo, tmp_path):
+    port = free_port()
+    log = tmp_path / "gw.json.log"
+    gw = start_gateway(
+        ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--metrics_port", str(port),
+         "--log_format", "json", "--log_path", str(log)],
+        tmp_path / "stdout.log",
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            assert "ovms_streams{" in r.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as err:  # that port serves /metrics alone
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=10)
+        assert err.value.code == 404
+    finally:
+        assert gw.stop() == 0
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert any("dummy version 1 ready on CPU" in e["message"] for e in entries)

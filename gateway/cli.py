@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--metrics_list", help="comma-separated metric families to expose (default: all)")
     g.add_argument("--metrics_port", type=int, default=0, help="also serve /metrics alone on this port")
+    g.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="seconds between checks for config and version-folder changes (0 = off)",
+    )
     g.add_argument("--log_format", choices=["text", "json"], default="text", help="json: one object per line")
     g.add_argument("--log_level", default="INFO", choices=list(LOG_LEVELS))
     g.add_argument("--log_path", help="write the log to this file instead of stderr")
@@ -202,6 +208,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         metrics_list=metrics_list,
         shutdown_timeout=args.shutdown_timeout,
         metrics_port=args.metrics_port,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
     )
 
 

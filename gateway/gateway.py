@@ -26,6 +26,7 @@ from .errors import GatewayError, InternalError, InvalidArgument, Unavailable
 from .manager import ModelManager
 from .metrics import Metrics, select_families
 from .model_config import model_config
+from .reloader import Reloader
 from .settings import ServerSettings
 from .types import (
     InferInput,
@@ -58,6 +59,7 @@ class Gateway:
         self.metrics = Metrics(self.manager, select_families(settings.metrics_enable, settings.metrics_list))
         if self.metrics.enabled:
             self.manager.on_execution = self.metrics.execution
+        self.reloader = Reloader(self.manager, settings)
         self._accepting = True
 
     async def start(self) -> None:
@@ -114,6 +116,10 @@ class Gateway:
 
     async def unload_model(self, name: str) -> None:
         await self.manager.unload(name)
+
+    async def reload_config(self) -> dict[str, str]:
+        """OVMS's config reload: apply the config file (or the version folders) now."""
+        return await self.reloader.reload()
 
     # --- inference -----------------------------------------------------------------------------
 

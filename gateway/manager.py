@@ -191,8 +191,13 @@ class ModelManager:
             raise InvalidArgument(str(e)) from None
 
     async def load(self, name: str, entry: dict | None = None) -> None:
-        """Load (or reload) a model. The serving set changes only when the new one has a ready version."""
-        settings = self._settings_for_load(name, entry)
+        """Load (or reload) a model by name (the repository API)."""
+        await self.load_settings(self._settings_for_load(name, entry))
+
+    async def load_settings(self, settings: ModelSettings) -> None:
+        """Blue/green: new versions compile beside the serving ones and take traffic once one is ready;
+        the old ones finish their in-flight requests. A failed load leaves the serving model alone."""
+        name = settings.name
         candidate = ServedModel(name, settings)
         await self._load_model(candidate)
         ready = any(v.ready for v in candidate.versions.values())
@@ -209,6 +214,53 @@ class ModelManager:
     async def unload(self, name: str) -> None:
         model = self.model(name)
         self._retire(model, "unloaded")
+
+    # --- hot reload (config file and version folders) -------------------------------------------
+
+    def served_settings(self) -> dict[str, ModelSettings]:
+        return {name: m.settings for name, m in self._models.items() if m.settings is not None and m.versions}
+
+    def version_folders(self, settings: ModelSettings) -> tuple[int, ...]:
+        """The versions the policy would serve from disk now (what a reload compares)."""
+        try:
+            return tuple(
+                settings.version_policy.select(list(discover_versions(settings.name, settings.base_path)))
+            )
+        except ConfigError:
+            return ()
+
+    def served_version_numbers(self, name: str) -> tuple[int, ...]:
+        model = self._models.get(name)
+        return tuple(sorted(model.versions)) if model else ()
+
+    async def apply(self, wanted: list[ModelSettings]) -> dict[str, str]:
+        """Make the serving set match `wanted`: load new or changed models (blue/green), retire removed ones,
+        reload a model whose version folders changed. Returns what happened per model."""
+        report: dict[str, str] = {}
+        wanted_by_name = {s.name: s for s in wanted}
+        for name, model in list(self._models.items()):
+            if (
+                name not in wanted_by_name
+                and model.settings is not None
+                and any(v.ready for v in model.versions.values())
+            ):
+                self._retire(model, "removed from the configuration")
+                report[name] = "removed"
+        for settings in wanted:
+            current = self._models.get(settings.name)
+            serving = current is not None and any(v.ready for v in current.versions.values())
+            changed = not serving or current.settings != settings
+            if not changed and self.version_folders(settings) == self.served_version_numbers(settings.name):
+                continue
+            try:
+                await self.load_settings(settings)
+                report[settings.name] = "reloaded" if serving else "loaded"
+            except FailedPrecondition as e:
+                report[settings.name] = f"failed: {e.message}"
+                log.error(
+                    "reload of model %s failed; the serving versions stay: %s", settings.name, e.message
+                )
+        return report
 
     @staticmethod
     def _retire(model: ServedModel, reason: str) -> None:

@@ -337,6 +337,10 @@ class RestHandlers:
         response = await self.gateway.infer(infer_request, "REST", received)
         return encode_infer_response(response, binary_default)
 
+    async def config_reload(self, request: web.Request) -> web.Response:
+        report = await self.gateway.reload_config()
+        return _json_response({"status": "reloaded", "models": report})
+
     async def metrics(self, request: web.Request) -> web.Response:
         if not self.gateway.metrics.enabled:
             raise NotFound("metrics are disabled (--metrics_enable false)")
@@ -367,6 +371,7 @@ def build_app(gateway: Gateway, max_body_bytes: int) -> web.Application:
     app.router.add_get("/v2/health/ready", h.ready)
     app.router.add_get("/v2", h.server_metadata)
     app.router.add_get("/metrics", h.metrics)
+    app.router.add_post("/v1/config/reload", h.config_reload)  # OVMS's endpoint
     # Before /v2/models/{model}, which would otherwise take "stats" for a model name.
     app.router.add_get("/v2/models/stats", h.statistics)
     for base in (model, versioned):

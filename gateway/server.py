@@ -50,9 +50,12 @@ async def serve(
     exit_code = 0
     stopping = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    watcher = None
     if loading in done:
         loading.result()
         _log_summary(gateway)
+        if settings.file_system_poll_wait_seconds > 0:
+            watcher = asyncio.create_task(gateway.reloader.watch(settings.file_system_poll_wait_seconds))
         if single_model and not any(v.ready for v in gateway.manager.versions()):
             log.error("the only configured model could not be loaded; exiting")
             stop.set()
@@ -61,6 +64,8 @@ async def serve(
     else:
         loading.cancel()
 
+    if watcher is not None:
+        watcher.cancel()
     # Drain: readiness goes false and new requests get UNAVAILABLE / 503 at once, while the ones
     # already accepted finish (up to the drain timeout); only then do the transports close.
     in_flight = gateway.in_flight()

@@ -83,6 +83,7 @@ class ServerSettings:
     cache_dir: str | None = None
     log_level: str = "INFO"
     log_path: str | None = None
+    file_system_poll_wait_seconds: float = 1.0  # config and version-folder polling; 0 = off
     metrics_port: int = 0  # 0 = /metrics only on the REST port
     shutdown_timeout: float = 30.0  # seconds to drain in-flight requests after SIGTERM
     metrics_enable: bool = True  # on by default, unlike OVMS

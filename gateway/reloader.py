@@ -1,0 +1,77 @@
+"""Hot reload: watch the config file and the model version folders, and apply changes blue/green.
+
+Every `--file_system_poll_wait_seconds` (and on OVMS's `POST /v1/config/reload`) the
+config file is re-read: new models load, removed ones retire, changed settings
+and new or removed version folders reload the model beside the serving one (see
+ModelManager.apply). A config file that does not parse is ignored as a whole, with
+an error in the log, and the serving set stays as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+
+from .errors import ConfigError, InvalidArgument
+from .manager import ModelManager
+from .settings import ServerSettings, read_config_file
+
+log = logging.getLogger(__name__)
+
+
+class Reloader:
+    def __init__(self, manager: ModelManager, settings: ServerSettings):
+        self._manager = manager
+        self._settings = settings
+        self._lock = asyncio.Lock()
+        self._last: tuple | None = None
+
+    def _config_file(self) -> Path | None:
+        if not self._settings.config_path:
+            return None
+        path = Path(self._settings.config_path)
+        return path / "config.json" if path.is_dir() else path
+
+    def _snapshot(self) -> tuple:
+        config = self._config_file()
+        digest = hashlib.sha256(config.read_bytes()).hexdigest() if config and config.exists() else ""
+        folders = tuple(
+            (name, self._manager.version_folders(s))
+            for name, s in sorted(self._manager.served_settings().items())
+        )
+        return digest, folders
+
+    async def reload(self) -> dict[str, str]:
+        """Apply the config file (or, in single-model mode, the version folders) now."""
+        async with self._lock:
+            config = self._config_file()
+            if config is None:
+                wanted = list(self._settings.models)
+            else:
+                try:
+                    wanted = (await asyncio.to_thread(read_config_file, str(config))).models
+                except ConfigError as e:
+                    log.error("config reload ignored, the serving models stay as they are: %s", e)
+                    raise InvalidArgument(f"the configuration was not applied: {e}") from None
+            report = await self._manager.apply(wanted)
+            self._last = await asyncio.to_thread(self._snapshot)
+            for name, what in report.items():
+                log.info("reload: model %s %s", name, what)
+            return report
+
+    async def watch(self, interval: float) -> None:
+        """Poll for changes until cancelled."""
+        self._last = await asyncio.to_thread(self._snapshot)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                current = await asyncio.to_thread(self._snapshot)
+                if current != self._last:
+                    await self.reload()
+            except InvalidArgument:
+                # Logged by reload(); wait for the file to change again before retrying.
+                self._last = await asyncio.to_thread(self._snapshot)
+            except Exception:  # never let the watcher die: the next poll tries again
+                log.exception("config watcher failed")

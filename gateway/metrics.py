@@ -72,7 +72,9 @@ GATEWAY_FAMILIES = {
         "counter",
         "Model version loads with a compiled-blob cache, by result (hit, miss).",
     ),
+    "ovgw_batch_size": ("histogram", "Batch size of each OpenVINO execution."),
 }
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 ALL_FAMILIES = (*OVMS_FAMILIES, *TRITON_FAMILIES, *GATEWAY_FAMILIES)
 
 
@@ -244,6 +246,17 @@ class Metrics:
             metric = Metric(family, GATEWAY_FAMILIES[family][1], "counter")
             for (name, version, result), count in sorted(self._manager.cache_loads.items()):
                 metric.add_sample(family, {"name": name, "version": version, "result": result}, count)
+            yield metric
+        if "ovgw_batch_size" in wanted:
+            family = "ovgw_batch_size"
+            metric = HistogramMetricFamily(family, GATEWAY_FAMILIES[family][1], labels=["name", "version"])
+            for v in versions:
+                sizes = {size: b.compute_infer.count for size, b in v.stats.by_batch_size.items()}
+                buckets = [
+                    (str(bound), sum(n for s, n in sizes.items() if s <= bound)) for bound in BATCH_BUCKETS
+                ]
+                buckets.append(("+Inf", sum(sizes.values())))
+                metric.add_metric([v.name, str(v.version)], buckets, sum(s * n for s, n in sizes.items()))
             yield metric
         if "nv_inference_request_failure" in wanted:
             family = "nv_inference_request_failure"

@@ -119,6 +119,14 @@ def test_counters_and_histograms_match_what_was_sent(metrics_server):
     assert value(families, "nv_inference_pending_request_count", model="dummy", version="1") == 0
     assert value(families, "nv_inference_compute_infer_duration_us", model="dummy", version="1") > 0
 
+    # executions by batch size: 5 of batch 2 and 3 of batch 1
+    batch = {
+        float(s.labels["le"]): s.value
+        for s in families["ovgw_batch_size"].samples
+        if s.name == "ovgw_batch_size_bucket" and s.labels["name"] == "dummy"
+    }
+    assert batch[1] == 3 and batch[2] == 8 and batch[math.inf] == 8
+
 
 def test_metrics_list_limits_the_families(model_repo, tmp_path):
     gw = start_gateway(

@@ -48,10 +48,6 @@ _BY_OPENVINO: dict[ov.Type, Datatype] = {d.openvino: d for d in _TABLE}
 WIRE_DTYPE: dict[str, np.dtype] = {d.name: d.numpy.newbyteorder("<") for d in _TABLE if d.itemsize}
 
 
-def by_name(name: str) -> Datatype | None:
-    return BY_NAME.get(name)
-
-
 def from_openvino(element_type: ov.Type) -> Datatype:
     """The protocol datatype of an OpenVINO element type; raises ValueError when there is none."""
     try:

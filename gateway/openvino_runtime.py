@@ -12,7 +12,6 @@ INTERNAL.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,6 @@ from .settings import ModelSettings
 from .statistics import ExecutionTimes
 from .types import TensorSpec
 
-log = logging.getLogger(__name__)
 
 _VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 

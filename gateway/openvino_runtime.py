@@ -26,7 +26,6 @@ from .settings import ModelSettings
 from .statistics import ExecutionTimes
 from .types import TensorSpec
 
-
 _VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 
 

@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between checks for config and version-folder changes (0 = off)",
     )
+    g.add_argument(
+        "--priority_aging_ms",
+        type=float,
+        default=500.0,
+        help="the longest a lower-priority model's request waits behind higher-priority models on a device",
+    )
     g.add_argument("--log_format", choices=["text", "json"], default="text", help="json: one object per line")
     g.add_argument("--log_level", default="INFO", choices=list(LOG_LEVELS))
     g.add_argument("--log_path", help="write the log to this file instead of stderr")
@@ -103,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--shape", help="e.g. (1,3,224,224), [1,-1], auto, or a JSON object per input")
     m.add_argument("--layout", help="e.g. NCHW, or NHWC:NCHW (target:source), or a JSON object per input")
     m.add_argument("--model_version_policy", help='e.g. {"latest": {"num_versions": 2}}')
+    m.add_argument("--max_batch_size", help="server-side dynamic batching: the largest batch (0 = off)")
+    m.add_argument(
+        "--max_queue_delay_microseconds", help="how long the oldest request may wait for a batch to fill"
+    )
+    m.add_argument("--preferred_batch_size", help="comma-separated batch sizes sent as soon as formed")
+    m.add_argument(
+        "--max_queue_size",
+        help="requests that may wait for an infer request (0 = unbounded; default: "
+        "16 x the model's parallelism, at least 64)",
+    )
+    m.add_argument("--priority", help="HIGH, MEDIUM (default) or LOW, or a level (1 = highest)")
     return p
 
 
@@ -116,6 +133,11 @@ _SINGLE_MODEL_FLAGS = (
     "shape",
     "layout",
     "model_version_policy",
+    "max_batch_size",
+    "max_queue_delay_microseconds",
+    "preferred_batch_size",
+    "max_queue_size",
+    "priority",
 )
 
 
@@ -207,6 +229,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         metrics_enable=metrics_enable,
         metrics_list=metrics_list,
         shutdown_timeout=args.shutdown_timeout,
+        priority_aging_ms=args.priority_aging_ms,
         metrics_port=args.metrics_port,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
     )

@@ -22,7 +22,7 @@ import openvino as ov
 
 from . import __version__
 from .datatypes import from_numpy
-from .errors import GatewayError, InternalError, InvalidArgument, Unavailable
+from .errors import Code, GatewayError, InternalError, InvalidArgument, Unavailable
 from .manager import ModelManager
 from .metrics import Metrics, select_families
 from .model_config import model_config
@@ -49,7 +49,11 @@ EXTENSIONS = (
     "model_repository",
     "statistics",
     "parameters",
+    "schedule_policy",
 )
+
+# Outcomes that are not failures of the model: the scheduler refused or dropped the request.
+_REFUSALS = {Code.RESOURCE_EXHAUSTED: "rejected", Code.DEADLINE_EXCEEDED: "timed_out"}
 
 
 class Gateway:
@@ -124,28 +128,46 @@ class Gateway:
     # --- inference -----------------------------------------------------------------------------
 
     async def infer(
-        self, request: InferRequest, interface: str = "", received_ns: int | None = None
+        self,
+        request: InferRequest,
+        interface: str = "",
+        received_ns: int | None = None,
+        deadline: float | None = None,
     ) -> InferResponse:
         """Run one inference. `interface` ("gRPC", "REST") labels the OVMS request metrics; `received_ns`
-        (perf_counter_ns when the transport got the request) makes the request time include decoding."""
+        (perf_counter_ns when the transport got the request) makes the request time include decoding;
+        `deadline` (event-loop time, e.g. from the gRPC deadline) drops the request if it is still queued
+        then, as does the request's `timeout` parameter (µs)."""
         if not self._accepting:
             raise Unavailable("the server is shutting down")
         version = self.manager.version(request.model_name, request.model_version)
+        priority, deadline = schedule_policy(request.parameters, deadline)
         started = perf_counter_ns()
         ok = False
+        refusal = ""
+        backend_failure = False
         version.in_flight += 1
         try:
-            outputs = await version.infer(request.inputs, request.outputs)
+            outputs = await version.infer(request.inputs, request.outputs, priority, deadline)
             ok = True
-        except GatewayError:
+        except GatewayError as e:
+            refusal = _REFUSALS.get(e.code, "")
+            backend_failure = e.code is Code.INTERNAL
+            raise
+        except asyncio.CancelledError:
+            refusal = "cancelled"  # the client went away
             raise
         except Exception as e:  # an OpenVINO failure during inference
             log.exception("inference failed for model %s version %d", version.name, version.version)
+            backend_failure = True
             raise InternalError(f"inference failed for model '{version.name}': {e}") from None
         finally:
             version.in_flight -= 1
             finished = perf_counter_ns()
-            version.stats.record_request(ok, finished - started)
+            if refusal:
+                version.stats.record_refusal(refusal)
+            else:
+                version.stats.record_request(ok, finished - started, backend_failure)
             if interface and self.metrics.enabled:
                 label = str(version.version)
                 self.metrics.request(ok, interface, "ModelInfer", version.name, label)
@@ -177,3 +199,20 @@ class Gateway:
         requested = [RequestedOutput(n) for n in outputs] if outputs is not None else None
         response = await self.infer(InferRequest(model_name, request_inputs, version, outputs=requested))
         return {o.name: o.data for o in response.outputs}
+
+
+def schedule_policy(parameters: Mapping, deadline: float | None) -> tuple[int, float | None]:
+    """Triton's schedule_policy parameters: `priority` (1 = highest, 0 = the default level) and `timeout`
+    (µs, 0 = none). Returns the priority and the earlier of the two deadlines (event-loop time)."""
+    priority = parameters.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+        raise InvalidArgument(f"parameter 'priority' = {priority!r}: a non-negative integer is required")
+    timeout = parameters.get("timeout", 0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+        raise InvalidArgument(
+            f"parameter 'timeout' = {timeout!r}: a non-negative integer (microseconds) is required"
+        )
+    if timeout:
+        expires = asyncio.get_running_loop().time() + timeout / 1e6
+        deadline = expires if deadline is None else min(deadline, expires)
+    return priority, deadline

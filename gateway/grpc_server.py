@@ -127,7 +127,9 @@ class GrpcServicer:
 
     async def ModelInfer(self, request, context):
         received = perf_counter_ns()
-        response = await self.gateway.infer(decode_infer_request(request), "gRPC", received)
+        remaining = context.time_remaining()  # the client's deadline, if it set one
+        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
+        response = await self.gateway.infer(decode_infer_request(request), "gRPC", received, deadline)
         return encode_infer_response(response)
 
     async def ModelConfig(self, request, context):
@@ -136,7 +138,9 @@ class GrpcServicer:
 
     async def ModelStatistics(self, request, context):
         stats = self.gateway.statistics(request.name, request.version)
-        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+        return json_format.ParseDict(
+            {"model_stats": stats}, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
+        )
 
     async def RepositoryIndex(self, request, context):
         msg = pb.RepositoryIndexResponse()

@@ -11,9 +11,10 @@ from pathlib import Path
 import openvino as ov
 
 from .errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from .model_version import ModelVersion, State
+from .model_version import ModelVersion, State, apply_batching
 from .openvino_runtime import InferExecutor, check_device, port_specs, read_model
 from .repository import discover_versions, looks_like_model, resolve_inside
+from .scheduler import BatchingPolicy, DeviceGate, ModelScheduler, default_queue_size
 from .settings import ModelSettings, ServerSettings, parse_model_entry
 from .types import ModelMetadata, VersionStatus
 
@@ -52,6 +53,7 @@ class ModelManager:
         self.on_execution = None  # set by the Gateway to its metrics recorder
         # (name, version, "hit" | "miss") -> loads, over the process's life (reloads included)
         self.cache_loads: dict[tuple[str, str, str], int] = {}
+        self._gates: dict[str, DeviceGate] = {}  # target_device -> the gate its models share
 
     @property
     def core(self) -> ov.Core:
@@ -97,17 +99,27 @@ class ModelManager:
         cache_dir = self._settings.cache_dir
         if cache_dir and settings.allow_cache is not False:
             config.setdefault("CACHE_DIR", cache_dir)
-        if "PERFORMANCE_HINT" not in config and "NUM_STREAMS" not in config and self._supports_hint(settings):
+        hinted = "PERFORMANCE_HINT" in config or "NUM_STREAMS" in config
+        if not hinted and self._supports(settings, "PERFORMANCE_HINT"):
             # A server sees concurrent requests: ask the device for parallel streams.
             config["PERFORMANCE_HINT"] = "THROUGHPUT"
+        if "MODEL_PRIORITY" not in config and self._supports(settings, "MODEL_PRIORITY"):
+            # Devices that arbitrate between compiled models themselves (AUTO, GPU) get the priority too.
+            config["MODEL_PRIORITY"] = {1: "HIGH", 2: "MEDIUM"}.get(settings.priority, "LOW")
         return config
 
-    def _supports_hint(self, settings: ModelSettings) -> bool:
+    def _supports(self, settings: ModelSettings, prop: str) -> bool:
         try:
             supported = self._core.get_property(settings.target_device.split(":")[0], "SUPPORTED_PROPERTIES")
         except Exception:
             return False
-        return "PERFORMANCE_HINT" in supported
+        return prop in supported
+
+    def _gate(self, device: str) -> DeviceGate:
+        gate = self._gates.get(device)
+        if gate is None:
+            gate = self._gates[device] = DeviceGate(device, self._settings.priority_aging_ms / 1000)
+        return gate
 
     async def _load_version(self, version: ModelVersion) -> None:
         settings = version.settings
@@ -116,9 +128,16 @@ class ModelManager:
             compiled = await asyncio.to_thread(self._compile, version)
             inputs, bounds = port_specs(compiled.inputs, "input")
             outputs, _ = port_specs(compiled.outputs, "output")
+            pad_to = None
+            if settings.max_batch_size:
+                inputs, bounds, outputs, pad_to = apply_batching(settings, inputs, bounds, outputs)
             nireq = settings.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             executor = InferExecutor(
-                compiled, nireq, [o.datatype for o in outputs], f"{version.name}-{version.version}"
+                compiled,
+                nireq,
+                [i.datatype for i in inputs],
+                [o.datatype for o in outputs],
+                f"{version.name}-{version.version}",
             )
         except Exception as e:  # OpenVINO raises plain RuntimeErrors with useful text
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -136,9 +155,30 @@ class ModelManager:
             how += f" in {cache_dir}"
         else:
             how = "compiled, no cache"
-        version.activate(inputs, bounds, outputs, executor)
+        batching = None
+        if settings.max_batch_size:
+            batching = BatchingPolicy(
+                settings.max_batch_size,
+                settings.max_queue_delay_microseconds * 1000,
+                settings.preferred_batch_size,
+                pad_to,
+            )
+        queue_size = settings.max_queue_size
+        if queue_size is None:
+            queue_size = default_queue_size(nireq, settings.max_batch_size)
+        scheduler = ModelScheduler(
+            executor,
+            f"model '{version.name}' version {version.version}",
+            queue_size,
+            batching,
+            settings.priority,
+            version.streams,
+            self._gate(settings.target_device),
+        )
+        version.activate(inputs, bounds, outputs, scheduler)
         log.info(
-            "model %s version %d ready on %s in %.2f s (%s; nireq %d, streams %d; from %s)",
+            "model %s version %d ready on %s in %.2f s (%s; nireq %d, streams %d; batching %s; "
+            "queue %s; priority %d; from %s)",
             version.name,
             version.version,
             settings.target_device,
@@ -146,13 +186,23 @@ class ModelManager:
             how,
             nireq,
             version.streams,
+            f"up to {settings.max_batch_size}" + (f" padded to {pad_to}" if pad_to else "")
+            if batching
+            else "off",
+            queue_size or "unbounded",
+            settings.priority,
             version.path,
         )
 
     def _compile(self, version: ModelVersion) -> ov.CompiledModel:
         settings = version.settings
         config = self._compile_config(settings)
-        if settings.shape is None and settings.layout is None and settings.batch_size is None:
+        if (
+            settings.shape is None
+            and settings.layout is None
+            and settings.batch_size is None
+            and not settings.max_batch_size
+        ):
             # From the file, OpenVINO checks its blob cache before reading the model at all.
             return self._core.compile_model(version.path, settings.target_device, config)
         model = read_model(self._core, version.path, settings)

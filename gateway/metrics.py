@@ -73,6 +73,12 @@ GATEWAY_FAMILIES = {
         "Model version loads with a compiled-blob cache, by result (hit, miss).",
     ),
     "ovgw_batch_size": ("histogram", "Batch size of each OpenVINO execution."),
+    "ovgw_requests_rejected": ("counter", "Requests refused because the model's queue was full."),
+    "ovgw_requests_timed_out": (
+        "counter",
+        "Requests dropped from the queue when their deadline (gRPC deadline or timeout parameter) expired.",
+    ),
+    "ovgw_requests_cancelled": ("counter", "Requests dropped because their client went away while queued."),
 }
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 ALL_FAMILIES = (*OVMS_FAMILIES, *TRITON_FAMILIES, *GATEWAY_FAMILIES)
@@ -138,9 +144,11 @@ class Metrics:
     def request_time(self, interface: str, name: str, version: str, microseconds: float) -> None:
         self._observe(("ovms_request_time_us", interface, name, version), microseconds)
 
-    def execution(self, name: str, version: str, times: ExecutionTimes) -> None:
+    def execution(self, name: str, version: str, times: ExecutionTimes, queue_ns: list[int]) -> None:
+        """One OpenVINO execution (inference time) of a batch of requests (each with its queue time)."""
         self._observe(("ovms_inference_time_us", name, version), times.infer_ns / 1000)
-        self._observe(("ovms_wait_for_infer_req_time_us", name, version), times.queue_ns / 1000)
+        for ns in queue_ns:
+            self._observe(("ovms_wait_for_infer_req_time_us", name, version), ns / 1000)
 
     def _observe(self, key: tuple, value_us: float) -> None:
         histogram = self._histograms.get(key)
@@ -213,8 +221,8 @@ class Metrics:
                 TRITON_FAMILIES["nv_inference_pending_request_count"][1],
                 labels=["model", "version"],
             )
-            for v in versions:
-                metric.add_metric([v.name, str(v.version)], v.in_flight)
+            for v in versions:  # Triton's meaning: queued, not yet executing
+                metric.add_metric([v.name, str(v.version)], v.scheduler.queued if v.scheduler else 0)
             yield metric
         counters = {
             "nv_inference_request_success": lambda s: s.durations["success"].count,
@@ -262,9 +270,29 @@ class Metrics:
             family = "nv_inference_request_failure"
             metric = Metric(family, TRITON_FAMILIES[family][1], "counter")
             for v in versions:
-                labels = {"model": v.name, "version": str(v.version), "reason": "OTHER"}
-                metric.add_sample(family, labels, v.stats.durations["fail"].count)
+                s = v.stats
+                # Triton's reasons: REJECTED (queue full or timed out in it), CANCELED (the client left),
+                # BACKEND (the inference itself failed), OTHER (the request was invalid).
+                for reason, count in (
+                    ("REJECTED", s.rejected_count + s.timed_out_count),
+                    ("CANCELED", s.cancelled_count),
+                    ("BACKEND", s.backend_fail_count),
+                    ("OTHER", s.durations["fail"].count - s.backend_fail_count),
+                ):
+                    labels = {"model": v.name, "version": str(v.version), "reason": reason}
+                    metric.add_sample(family, labels, count)
             yield metric
+        for family, attribute in (
+            ("ovgw_requests_rejected", "rejected_count"),
+            ("ovgw_requests_timed_out", "timed_out_count"),
+            ("ovgw_requests_cancelled", "cancelled_count"),
+        ):
+            if family in wanted:
+                metric = Metric(family, GATEWAY_FAMILIES[family][1], "counter")
+                for v in versions:
+                    labels = {"name": v.name, "version": str(v.version)}
+                    metric.add_sample(family, labels, getattr(v.stats, attribute))
+                yield metric
 
 
 def _escape(value: str) -> str:

@@ -31,13 +31,36 @@ def _dims(shape: tuple[int, ...], batched: bool) -> list[int]:
     return list(shape[1:] if batched else shape)
 
 
+# The model's priority on its device, in Triton's ModelOptimizationPolicy terms.
+_PRIORITY = {1: "PRIORITY_MAX", 2: "PRIORITY_DEFAULT"}
+
+
+def _dynamic_batching(version: ModelVersion) -> dict:
+    settings = version.settings
+    scheduler = version.scheduler
+    return {
+        "preferred_batch_size": list(settings.preferred_batch_size),
+        "max_queue_delay_microseconds": settings.max_queue_delay_microseconds,
+        "preserve_ordering": False,
+        "priority_levels": 0,  # any request level is honoured: 1 highest, 0 = after every explicit level
+        "default_priority_level": 0,
+        "default_queue_policy": {
+            "timeout_action": "REJECT",
+            "default_timeout_microseconds": 0,
+            "allow_timeout_override": True,
+            "max_queue_size": scheduler.max_queue_size if scheduler is not None else 0,
+        },
+        "priority_queue_policy": {},
+    }
+
+
 def model_config(version: ModelVersion, policy: VersionPolicy) -> dict:
     settings = version.settings
     batched = version.max_batch_size > 0
     parameters = {"target_device": {"string_value": settings.target_device}}
     for key, value in settings.plugin_config.items():
         parameters[key] = {"string_value": str(value)}
-    return {
+    config = {
         "name": version.name,
         "platform": PLATFORM,
         "backend": PLATFORM,
@@ -75,8 +98,11 @@ def model_config(version: ModelVersion, policy: VersionPolicy) -> dict:
             }
         ],
         "default_model_filename": os.path.basename(version.path),
-        "optimization": {"priority": "PRIORITY_DEFAULT"},
+        "optimization": {"priority": _PRIORITY.get(settings.priority, "PRIORITY_MIN")},
         "parameters": parameters,
         "model_transaction_policy": {"decoupled": False},
         "response_cache": {"enable": False},
     }
+    if settings.max_batch_size:  # the gateway's dynamic batcher is on
+        config["dynamic_batching"] = _dynamic_batching(version)
+    return config

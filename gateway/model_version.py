@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InvalidArgument, Unavailable
-from .openvino_runtime import InferExecutor
+from .errors import ConfigError, InvalidArgument, Unavailable
+from .scheduler import ModelScheduler
 from .settings import ModelSettings
 from .statistics import ExecutionTimes, VersionStats
 from .types import InferInput, InferOutput, RequestedOutput, TensorSpec
@@ -25,6 +25,35 @@ def batch_capacity(inputs, input_bounds, outputs) -> int:
         return 0
     limits = [bounds[0][1] for bounds in input_bounds if bounds[0][1] >= 0]
     return min(limits) if limits else UNBOUNDED_BATCH
+
+
+def apply_batching(settings: ModelSettings, inputs, input_bounds, outputs):
+    """The client's view of a model under dynamic batching: dimension 0 of every input and output is the
+    batch, 1..max_batch_size. Returns (inputs, bounds, outputs, pad_to); pad_to is the static batch size a
+    reshaped model runs at (partial batches are padded), None when dimension 0 is dynamic."""
+    size = settings.max_batch_size
+    pad_to = None
+    for spec, bounds in zip(inputs, input_bounds, strict=True):
+        low, high = bounds[0]
+        if low == high:
+            pad_to = low
+        elif high >= 0 and high < size:
+            raise ConfigError(
+                f"model '{settings.name}': field 'max_batch_size' = {size}: input '{spec.name}' takes at "
+                f"most {high} in dimension 0"
+            )
+    for spec in outputs:
+        if not spec.shape or spec.shape[0] not in (-1, pad_to if pad_to is not None else -1):
+            raise ConfigError(
+                f"model '{settings.name}': field 'max_batch_size' = {size}: output '{spec.name}' (shape "
+                f"{_fmt(spec.shape)}) has no batch dimension 0, so a batch could not be split back"
+            )
+
+    def batched(spec: TensorSpec) -> TensorSpec:
+        return TensorSpec(spec.name, spec.datatype, (-1, *spec.shape[1:]))
+
+    bounds = tuple(((1, size), *b[1:]) for b in input_bounds)
+    return tuple(map(batched, inputs)), bounds, tuple(map(batched, outputs)), pad_to
 
 
 class State(enum.Enum):
@@ -50,27 +79,41 @@ class ModelVersion:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     input_bounds: tuple[tuple[tuple[int, int], ...], ...] = ()
-    executor: InferExecutor | None = None
+    scheduler: ModelScheduler | None = None
     max_batch_size: int = 0  # > 0: dimension 0 is the batch (Triton's convention)
     streams: int = 0  # OpenVINO execution streams (ovms_streams)
     in_flight: int = 0  # requests inside the gateway for this version (ovms_current_requests)
     load_seconds: float = 0.0  # read + compile (or cache import) time
     cache_result: str = ""  # "hit" (imported a compiled blob), "miss" (compiled and cached), "" (no cache)
     stats: VersionStats = field(default_factory=VersionStats)
-    on_execution: Callable[[str, str, ExecutionTimes], None] | None = None  # the metrics recorder
+    # The metrics recorder: (name, version, times of one execution, queue time of each of its requests).
+    on_execution: Callable[[str, str, ExecutionTimes, list[int]], None] | None = None
     _input_index: dict[str, int] = field(default_factory=dict)
     _output_index: dict[str, int] = field(default_factory=dict)
 
-    def activate(self, inputs, input_bounds, outputs, executor: InferExecutor) -> None:
+    def activate(self, inputs, input_bounds, outputs, scheduler: ModelScheduler) -> None:
         self.inputs, self.input_bounds, self.outputs = inputs, input_bounds, outputs
         self._input_index = {s.name: i for i, s in enumerate(inputs)}
         self._output_index = {s.name: i for i, s in enumerate(outputs)}
-        self.executor = executor
-        self.max_batch_size = batch_capacity(inputs, input_bounds, outputs)
+        self.max_batch_size = self.settings.max_batch_size or batch_capacity(inputs, input_bounds, outputs)
+        scheduler.on_execution = self._record_execution
+        self.scheduler = scheduler
         self.state, self.reason = State.READY, ""
 
     def fail(self, reason: str) -> None:
-        self.state, self.reason, self.executor = State.UNAVAILABLE, reason, None
+        # Requests already queued keep their own reference to the scheduler and are answered.
+        if self.scheduler is not None:
+            self.scheduler.close()
+        self.state, self.reason, self.scheduler = State.UNAVAILABLE, reason, None
+
+    @property
+    def executor(self):
+        return self.scheduler.executor if self.scheduler is not None else None
+
+    def _record_execution(self, rows: int, times: ExecutionTimes, queue_ns: list[int]) -> None:
+        self.stats.record_execution(times, rows, queue_ns)
+        if self.on_execution is not None:
+            self.on_execution(self.name, str(self.version), times, queue_ns)
 
     @property
     def ready(self) -> bool:
@@ -135,18 +178,21 @@ class ModelVersion:
         return picked
 
     async def infer(
-        self, inputs: Sequence[InferInput], requested: Sequence[RequestedOutput] | None
+        self,
+        inputs: Sequence[InferInput],
+        requested: Sequence[RequestedOutput] | None,
+        priority: int = 0,
+        deadline: float | None = None,
     ) -> list[InferOutput]:
-        executor = self.executor  # an unload may clear it while this request runs
-        if executor is None:
+        """Validate, queue and run one request. `priority`: Triton's level (1 highest, 0 default);
+        `deadline`: event-loop time after which the request is dropped if it is still queued."""
+        scheduler = self.scheduler  # an unload may clear it while this request runs
+        if scheduler is None:
             raise Unavailable(f"model '{self.name}' version {self.version} is not ready: {self.reason}")
         arrays = self.order_inputs(inputs)
         picked = self.select_outputs(requested)
-        results, times = await executor.run(arrays, [s.datatype for s in self.inputs])
-        batch = arrays[0].shape[0] if self.max_batch_size and arrays[0].ndim else 1
-        self.stats.record_execution(times, batch)
-        if self.on_execution is not None:
-            self.on_execution(self.name, str(self.version), times)
+        rows = arrays[0].shape[0] if self.max_batch_size and arrays[0].ndim else 1
+        results, _, _ = await scheduler.submit(arrays, rows, priority, deadline)
         outputs = []
         for position, index in enumerate(picked):
             spec, array = self.outputs[index], results[index]

@@ -1,4 +1,4 @@
-"""OpenVINO: read, reshape and compile a model; run it through a pool of asynchronous infer requests.
+"""OpenVINO: read, reshape and compile a model; run batches on a pool of infer requests.
 
 The executor runs each infer request's synchronous infer() on a thread of its
 own pool (OpenVINO releases the GIL while it computes), so the event loop never
@@ -95,7 +95,35 @@ def read_model(core: ov.Core, path: str, settings: ModelSettings) -> ov.Model:
             raise ConfigError(
                 f"model '{settings.name}': field 'batch_size' = {settings.batch_size}: cannot set it: {e}"
             ) from None
+    if settings.max_batch_size:
+        _reshape_static_batch(model, settings)
     return model
+
+
+def _reshape_static_batch(model: ov.Model, settings: ModelSettings) -> None:
+    """Dynamic batching on a model whose dimension 0 is static: reshape it once to max_batch_size;
+    the scheduler pads partial batches. A dynamic dimension 0 stays as it is."""
+    size = settings.max_batch_size
+    shapes = {}
+    for i, port in enumerate(model.inputs):
+        pshape = port.get_partial_shape()
+        if pshape.rank.is_dynamic or pshape.rank.get_length() == 0:
+            raise ConfigError(
+                f"model '{settings.name}': field 'max_batch_size' = {size}: input "
+                f"'{_port_name(port, i, 'input')}' has no dimension 0 to batch along"
+            )
+        if pshape[0].is_static and pshape[0].get_length() != size:
+            dims = list(pshape)
+            dims[0] = ov.Dimension(size)
+            shapes[port] = ov.PartialShape(dims)
+    if shapes:
+        try:
+            model.reshape(shapes)
+        except Exception as e:
+            raise ConfigError(
+                f"model '{settings.name}': field 'max_batch_size' = {size}: cannot reshape dimension 0 "
+                f"to it: {_first_line(e)}"
+            ) from None
 
 
 def _apply_layout(model: ov.Model, settings: ModelSettings) -> None:
@@ -156,57 +184,77 @@ def port_specs(ports: Sequence, kind: str):
 
 
 class InferExecutor:
-    """A pool of OpenVINO infer requests on one compiled model, awaited from asyncio."""
+    """A pool of OpenVINO infer requests on one compiled model; the scheduler takes one, runs a batch on
+    it in a worker thread, and gives it back."""
 
-    def __init__(self, compiled: ov.CompiledModel, nireq: int, output_types: Sequence[str], label: str = ""):
-        self._idle: asyncio.Queue[ov.InferRequest] = asyncio.Queue()
-        for _ in range(nireq):
-            self._idle.put_nowait(compiled.create_infer_request())
+    def __init__(
+        self,
+        compiled: ov.CompiledModel,
+        nireq: int,
+        input_types: Sequence[str],
+        output_types: Sequence[str],
+        label: str = "",
+    ):
+        self._idle: list[ov.InferRequest] = [compiled.create_infer_request() for _ in range(nireq)]
         self.nireq = nireq
+        self._input_types = tuple(input_types)
         self._output_types = tuple(output_types)
         self._threads = ThreadPoolExecutor(max_workers=nireq, thread_name_prefix=f"infer-{label}")
         self._loop = asyncio.get_running_loop()
 
     @property
-    def busy(self) -> int:
-        return self.nireq - self._idle.qsize()
+    def idle(self) -> int:
+        return len(self._idle)
 
-    def _infer(self, request: ov.InferRequest, inputs, input_types, queued_at: int):
+    @property
+    def busy(self) -> int:
+        return self.nireq - len(self._idle)
+
+    def take(self) -> ov.InferRequest:
+        return self._idle.pop()
+
+    def give_back(self, request: ov.InferRequest) -> None:
+        self._idle.append(request)
+
+    def _infer(self, request: ov.InferRequest, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None):
         started = perf_counter_ns()
-        feeds = {i: _to_tensor(a, t) for i, (a, t) in enumerate(zip(inputs, input_types, strict=True))}
+        if len(parts) == 1 and (pad_to is None or parts[0][0].shape[0] == pad_to):
+            arrays = parts[0]
+        else:  # one copy of each request's rows into the batch (done here, off the event loop)
+            arrays = [_stack([p[i] for p in parts], pad_to) for i in range(len(self._input_types))]
+        feeds = {i: _to_tensor(a, t) for i, (a, t) in enumerate(zip(arrays, self._input_types, strict=True))}
         prepared = perf_counter_ns()
         request.infer(feeds, share_inputs=True)
         inferred = perf_counter_ns()
         # The request is reused by the next inference: copy its outputs out first.
         outputs = [_read_output(request.get_output_tensor(i), t) for i, t in enumerate(self._output_types)]
-        times = ExecutionTimes(
-            started - queued_at, prepared - started, inferred - prepared, perf_counter_ns() - inferred
-        )
+        times = ExecutionTimes(started, prepared - started, inferred - prepared, perf_counter_ns() - inferred)
         return outputs, times
 
-    async def run(
-        self, inputs: Sequence[np.ndarray], input_types: Sequence[str]
+    async def execute(
+        self, request: ov.InferRequest, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None = None
     ) -> tuple[list[np.ndarray], ExecutionTimes]:
-        """Infer one set of inputs (in model input order); returns the outputs in model output order."""
-        queued_at = perf_counter_ns()
-        request = await self._idle.get()
-        future = self._loop.run_in_executor(
-            self._threads, self._infer, request, inputs, input_types, queued_at
-        )
+        """Infer the concatenation of `parts` (each a request's inputs, in model input order) along
+        dimension 0, padded to `pad_to` rows for a static-batch model; outputs in model output order."""
         try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if not future.done():
-                # The caller went away but OpenVINO still owns the request: it goes
-                # back to the pool only once the inference has finished.
-                future.add_done_callback(lambda _, r=request: self._idle.put_nowait(r))
-                request = None
-            raise
+            return await self._loop.run_in_executor(self._threads, self._infer, request, parts, pad_to)
         except Exception as e:
             raise InternalError(f"OpenVINO inference failed: {_first_line(e)}") from None
-        finally:
-            if request is not None:
-                self._idle.put_nowait(request)
+
+
+def _stack(arrays: Sequence[np.ndarray], rows: int | None) -> np.ndarray:
+    first = arrays[0]
+    total = sum(a.shape[0] for a in arrays)
+    shape = ((rows or total), *first.shape[1:])
+    # Padding rows are zeros (empty bytes for BYTES); they are computed and never returned.
+    out = np.full(shape, b"", dtype=object) if first.dtype == object else np.empty(shape, first.dtype)
+    offset = 0
+    for a in arrays:
+        out[offset : offset + a.shape[0]] = a
+        offset += a.shape[0]
+    if offset < shape[0] and first.dtype != object:
+        out[offset:] = 0
+    return out
 
 
 def _first_line(error: Exception) -> str:

@@ -63,6 +63,14 @@ class ModelSettings:
     batch_size: int | None = None  # -1 = dynamic ("auto" in OVMS)
     version_policy: VersionPolicy = VersionPolicy()
     allow_cache: bool | None = None  # None = use the cache when one is configured
+    # Server-side dynamic batching (Triton's meaning); max_batch_size 0 = off.
+    max_batch_size: int = 0
+    max_queue_delay_microseconds: int = 0
+    preferred_batch_size: tuple[int, ...] = ()
+    # Requests waiting for an infer request; None = a default from the model's parallelism, 0 = unbounded.
+    max_queue_size: int | None = None
+    # Dispatch order among models on one device, 1 = highest (HIGH 1, MEDIUM 2, LOW 3).
+    priority: int = 2
 
 
 @dataclass(slots=True)
@@ -86,6 +94,8 @@ class ServerSettings:
     file_system_poll_wait_seconds: float = 1.0  # config and version-folder polling; 0 = off
     metrics_port: int = 0  # 0 = /metrics only on the REST port
     shutdown_timeout: float = 30.0  # seconds to drain in-flight requests after SIGTERM
+    # The longest a request of a lower-priority model waits behind higher-priority models on its device.
+    priority_aging_ms: float = 500.0
     metrics_enable: bool = True  # on by default, unlike OVMS
     metrics_list: list[str] | None = None  # None = every family
 
@@ -101,7 +111,13 @@ _MODEL_KEYS = {
     "batch_size",
     "model_version_policy",
     "allow_cache",
+    "max_batch_size",
+    "max_queue_delay_microseconds",
+    "preferred_batch_size",
+    "max_queue_size",
+    "priority",
 }
+PRIORITY_NAMES = {"HIGH": 1, "MEDIUM": 2, "LOW": 3}
 # OVMS keys for stateful models: accepted at their defaults so OVMS configs load, refused when switched on.
 _STATEFUL_DEFAULTS = {
     "stateful": False,
@@ -172,7 +188,57 @@ def parse_model_entry(entry: Any, config_dir: Path | None = None) -> ModelSettin
         batch_size=parse_batch_size(name, entry.get("batch_size")),
         version_policy=parse_version_policy(name, entry.get("model_version_policy")),
         allow_cache=_optional_bool(name, "allow_cache", entry.get("allow_cache")),
+        **parse_scheduling(name, entry),
     )
+
+
+def _non_negative_int(model: str, key: str, value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _fail(model, key, value, "a non-negative integer is required")
+    return value
+
+
+def parse_scheduling(model: str, entry: dict) -> dict[str, Any]:
+    """The batching, queue and priority keys of a model entry (strings are accepted: the CLI gives them)."""
+    out: dict[str, Any] = {}
+    max_batch = _non_negative_int(model, "max_batch_size", entry.get("max_batch_size", 0))
+    delay = _non_negative_int(
+        model, "max_queue_delay_microseconds", entry.get("max_queue_delay_microseconds", 0)
+    )
+    preferred = entry.get("preferred_batch_size", ())
+    if isinstance(preferred, str):
+        preferred = [p for p in preferred.replace("[", "").replace("]", "").split(",") if p.strip()]
+    if isinstance(preferred, int) and not isinstance(preferred, bool):
+        preferred = [preferred]
+    if not isinstance(preferred, list | tuple):
+        raise _fail(model, "preferred_batch_size", preferred, "a list of batch sizes is required")
+    sizes = tuple(sorted({_non_negative_int(model, "preferred_batch_size", p) for p in preferred}))
+    if (delay or sizes) and not max_batch:
+        raise _fail(
+            model,
+            "max_queue_delay_microseconds" if delay else "preferred_batch_size",
+            delay or list(sizes),
+            "dynamic batching needs max_batch_size > 0",
+        )
+    if any(size < 1 or size > max_batch for size in sizes):
+        raise _fail(
+            model, "preferred_batch_size", list(sizes), f"sizes must be 1..max_batch_size ({max_batch})"
+        )
+    out.update(max_batch_size=max_batch, max_queue_delay_microseconds=delay, preferred_batch_size=sizes)
+    if entry.get("max_queue_size") is not None:
+        out["max_queue_size"] = _non_negative_int(model, "max_queue_size", entry["max_queue_size"])
+    priority = entry.get("priority", 2)
+    if isinstance(priority, str):
+        text = priority.strip().upper()
+        priority = PRIORITY_NAMES.get(text, int(text) if text.isdigit() else None)
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 1:
+        raise _fail(
+            model, "priority", entry.get("priority"), "HIGH, MEDIUM, LOW or a level >= 1 (1 = highest)"
+        )
+    out["priority"] = priority
+    return out
 
 
 def _optional_bool(model: str, key: str, value: Any) -> bool | None:

@@ -41,7 +41,7 @@ class Duration:
 class ExecutionTimes:
     """What one execution cost, as the executor measured it (nanoseconds)."""
 
-    queue_ns: int
+    started_ns: int  # perf_counter_ns when a worker thread took the batch (queue time ends here)
     input_ns: int
     infer_ns: int
     output_ns: int
@@ -61,13 +61,21 @@ class VersionStats:
     execution_count: int = 0  # OpenVINO executions
     last_inference_ms: int = 0
     by_batch_size: dict[int, BatchStats] = field(default_factory=dict)
+    # Not failures: counted apart, as the scheduler refused or dropped them before any inference.
+    rejected_count: int = 0  # the queue was full
+    timed_out_count: int = 0  # the deadline (gRPC deadline or `timeout` parameter) expired in the queue
+    cancelled_count: int = 0  # the client went away while the request waited
+    backend_fail_count: int = 0  # failures of OpenVINO itself (the rest of `fail` were invalid requests)
 
-    def record_execution(self, times: ExecutionTimes, batch_size: int, requests: int = 1) -> None:
+    def record_execution(self, times: ExecutionTimes, batch_size: int, queue_ns: list[int]) -> None:
+        """One OpenVINO execution of `batch_size` rows for len(queue_ns) requests. As in Triton, each
+        request of a batch is charged the whole execution's compute times."""
         d = self.durations
-        d["queue"].add(times.queue_ns, requests)
-        d["compute_input"].add(times.input_ns, requests)
-        d["compute_infer"].add(times.infer_ns, requests)
-        d["compute_output"].add(times.output_ns, requests)
+        requests = len(queue_ns)
+        d["queue"].add(sum(queue_ns), requests)
+        d["compute_input"].add(times.input_ns * requests, requests)
+        d["compute_infer"].add(times.infer_ns * requests, requests)
+        d["compute_output"].add(times.output_ns * requests, requests)
         self.inference_count += batch_size
         self.execution_count += 1
         self.last_inference_ms = time.time_ns() // 1_000_000
@@ -78,8 +86,19 @@ class VersionStats:
         b.compute_infer.add(times.infer_ns)
         b.compute_output.add(times.output_ns)
 
-    def record_request(self, ok: bool, ns: int) -> None:
+    def record_request(self, ok: bool, ns: int, backend_failure: bool = False) -> None:
         self.durations["success" if ok else "fail"].add(ns)
+        if backend_failure:
+            self.backend_fail_count += 1
+
+    def record_refusal(self, outcome: str) -> None:
+        """A request the scheduler refused (queue full), dropped at its deadline, or whose client left."""
+        if outcome == "rejected":
+            self.rejected_count += 1
+        elif outcome == "timed_out":
+            self.timed_out_count += 1
+        else:
+            self.cancelled_count += 1
 
     def to_dict(self, name: str, version: str) -> dict:
         """Triton's ModelStatistics as JSON (the REST form; gRPC parses the same dict)."""
@@ -100,4 +119,9 @@ class VersionStats:
                 for size, b in sorted(self.by_batch_size.items())
             ],
             "memory_usage": [],
+            # The gateway's own, beyond Triton's message (gRPC leaves them out): requests refused or
+            # dropped by the scheduler, which `fail` does not count.
+            "rejected_count": self.rejected_count,
+            "timed_out_count": self.timed_out_count,
+            "cancelled_count": self.cancelled_count,
         }

@@ -113,7 +113,7 @@ def test_counters_and_histograms_match_what_was_sent(metrics_server):
     assert value(families, "ovms_infer_req_active", name="dummy", version="1") == 0
 
     assert value(families, "nv_inference_request_success", model="dummy", version="1") == 8
-    assert value(families, "nv_inference_request_failure", model="dummy", version="1") == 1
+    assert value(families, "nv_inference_request_failure", model="dummy", version="1", reason="OTHER") == 1
     assert value(families, "nv_inference_exec_count", model="dummy", version="1") == 8
     assert value(families, "nv_inference_count", model="dummy", version="1") == 5 * 2 + 3 * 1
     assert value(families, "nv_inference_pending_request_count", model="dummy", version="1") == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import openvino as ov
 from openvino import opset13 as ops
 
@@ -44,3 +45,23 @@ def build_mixed_repository(root: Path) -> Path:
     config = root / "config.json"
     config.write_text(json.dumps({"model_config_list": [{"config": e} for e in entries]}))
     return config
+
+
+def busy_model(matmuls: int, shape: tuple[int, ...] = (-1, 4), width: int = 256) -> ov.Model:
+    """Y = 2 * X exactly (so each client can check it got its own rows back), plus WORK, a per-row chain of
+    `matmuls` width x width matrix products that makes each row cost a known amount of compute."""
+    x = ops.parameter(list(shape), ov.Type.f32, name="X")
+    x.output(0).get_tensor().set_names({"X"})
+    y = ops.multiply(x, ops.constant(np.float32(2.0)))
+    y.output(0).get_tensor().set_names({"Y"})
+    rows = ops.reduce_mean(x, ops.constant(np.array([1], np.int64)), keep_dims=True)  # [b, 1]
+    work = ops.unsqueeze(rows, ops.constant(np.array([2], np.int64)))  # [b, 1, 1]
+    rng = np.random.default_rng(7)
+    work = ops.add(work, ops.constant(rng.standard_normal((1, width, width)).astype(np.float32)))
+    weight = ops.constant((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32))
+    for _ in range(matmuls):
+        work = ops.tanh(ops.matmul(work, weight, False, False))
+    work = ops.reduce_sum(work, ops.constant(np.array([1, 2], np.int64)), keep_dims=False)  # [b]
+    work = ops.unsqueeze(work, ops.constant(np.array([1], np.int64)))  # [b, 1]
+    work.output(0).get_tensor().set_names({"WORK"})
+    return ov.Model([y.output(0), work.output(0)], [x], "busy")

@@ -82,6 +82,7 @@ test: $(VENV)/.installed-test
 # Benchmarks (not tests): gateway vs benchmark_app, results in bench-results/ (git-ignored).
 bench: $(VENV)/.installed-test
 	$(PY) -m loadgen.bench $(BENCH_ARGS)
+	$(PY) -m loadgen.bench_scheduling $(SCHED_BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check gateway tests loadgen

@@ -26,3 +26,17 @@ def test_bench_harness_writes_its_tables(tmp_path):
         assert row["median_throughput"] > 0 and row["median_server_cpu_us_per_request"] > 0
     table = (run / "results.md").read_text()
     assert "| simple |" in table and "ratio" in table
+
+
+def test_scheduling_bench_writes_its_tables(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "loadgen.bench_scheduling", "--repetitions", "1", "--window-ms", "500",
+         "--benchmark-seconds", "1", "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (out_dir,) = tmp_path.iterdir()
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["batching"]["on"]["median_throughput"] > 0
+    assert results["contention"]["priorities"]["contended"]["median_throughput"] > 0
+    assert "Dynamic batching" in (out_dir / "results.md").read_text()

@@ -259,3 +259,90 @@ def test_metrics_port_and_json_logs(model_repo, tmp_path):
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert {"time", "level", "logger", "message"} <= set(entries[0])
     assert any("dummy version 1 ready on CPU" in e["message"] for e in entries)
+
+
+def _start_prometheus(binary: Path, target: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 500ms\nscrape_configs:\n  - job_name: ovgw\n"
+        f"    static_configs:\n      - targets: ['{target}']\n"
+    )
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - the process owns it
+    server = subprocess.Popen(
+        [str(binary), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return server, port
+
+
+def _eventually(port: int, promql: str, wanted, timeout: float = 60.0):
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            result = _query(port, promql)
+            last = float(result[0]["value"][1]) if result else None
+        except (urllib.error.URLError, ConnectionError):
+            last = None
+        if last is not None and wanted(last):
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{promql} = {last}")
+
+
+def test_prometheus_sees_load_and_rejections_under_overload(prometheus_binary, tmp_path):
+    """Under a load that fills the queue: the OVMS autoscaling ratio goes above 0 in Prometheus, and the
+    rejected requests Prometheus counts are those the clients were refused."""
+    import asyncio
+
+    import tritonclient.grpc.aio as grpcaio
+
+    from gateway.demo_models import save
+    from tests.model_builders import busy_model
+
+    save(busy_model(60, width=512), tmp_path / "slow" / "1")
+    args = ["--model_name", "slow", "--model_path", str(tmp_path / "slow"), "--nireq", "1",
+            "--max_queue_size", "2"]  # fmt: skip
+    gw = start_gateway(args, tmp_path / "gw.log")
+    server, port = _start_prometheus(prometheus_binary, gw.http_url, tmp_path)
+
+    async def load(seconds: float) -> tuple[int, int]:
+        client = grpcaio.InferenceServerClient(gw.grpc_url)
+        x = grpcaio.InferInput("X", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        ok = refused = 0
+        stop = time.monotonic() + seconds
+
+        async def loop():
+            nonlocal ok, refused
+            while time.monotonic() < stop:
+                try:
+                    await client.infer("slow", [x])
+                    ok += 1
+                except InferenceServerException as e:
+                    assert e.status() == "StatusCode.RESOURCE_EXHAUSTED", e
+                    refused += 1
+                    await asyncio.sleep(0.01)
+
+        try:
+            await asyncio.gather(*(loop() for _ in range(6)))
+        finally:
+            await client.close()
+        return ok, refused
+
+    try:
+        _eventually(port, 'up{job="ovgw"}', lambda v: v == 1)
+        ok, refused = asyncio.run(load(4.0))
+        assert ok and refused
+        ratio = 'max_over_time((ovms_current_requests{name="slow"} / ovms_streams{name="slow"})[1m:500ms])'
+        assert _eventually(port, ratio, lambda v: v > 0) > 0
+        _eventually(port, 'ovgw_requests_rejected{name="slow"}', lambda v: v == refused)
+        _eventually(
+            port, 'nv_inference_request_failure{model="slow",reason="REJECTED"}', lambda v: v == refused
+        )
+        _eventually(port, 'nv_inference_request_success{model="slow"}', lambda v: v == ok)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        assert gw.stop() == 0

@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks for config and version-folder changes (0 = off)",
     )
     g.add_argument(
+        "--register_plugin",
+        action="append",
+        default=[],
+        metavar="DEVICE=LIBRARY",
+        help="an OpenVINO device plugin outside the openvino wheel, e.g. "
+        "NVIDIA=/opt/ovgw/lib/nvidia/libopenvino_nvidia_gpu_plugin.so (repeatable)",
+    )
+    g.add_argument(
         "--priority_aging_ms",
         type=float,
         default=500.0,
@@ -230,9 +238,20 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         metrics_list=metrics_list,
         shutdown_timeout=args.shutdown_timeout,
         priority_aging_ms=args.priority_aging_ms,
+        extra_plugins=_plugins(args.register_plugin),
         metrics_port=args.metrics_port,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
     )
+
+
+def _plugins(values: list[str]) -> dict[str, str]:
+    plugins = {}
+    for value in values:
+        device, _, library = value.partition("=")
+        if not device or not library:
+            raise ConfigError(f"--register_plugin {value!r}: expected DEVICE=/path/to/libplugin.so")
+        plugins[device] = library
+    return plugins
 
 
 class JsonFormatter(logging.Formatter):

@@ -48,6 +48,12 @@ class ModelManager:
     def __init__(self, settings: ServerSettings, core: ov.Core | None = None):
         self._settings = settings
         self._core = core or ov.Core()
+        for device, library in settings.extra_plugins.items():
+            if device not in self._core.available_devices:
+                try:
+                    self._core.register_plugin(library, device)
+                except Exception as e:
+                    raise ConfigError(f"--register_plugin {device}={library}: {e}") from None
         self._models: dict[str, ServedModel] = {}
         self.loading_done = asyncio.Event()
         self.on_execution = None  # set by the Gateway to its metrics recorder

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from .errors import ConfigError
 from .gateway import Gateway
 from .grpc_server import start_grpc_server
 from .rest_server import start_metrics_server, start_rest_server
@@ -26,7 +27,11 @@ async def serve(
         except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
             pass
 
-    gateway = Gateway(settings)
+    try:
+        gateway = Gateway(settings)
+    except ConfigError as e:  # e.g. a plugin library that OpenVINO cannot register
+        log.error("configuration error: %s", e)
+        return 2
     grpc_server = rest_runner = None
     # Transports first, so health probes answer (not ready) while models compile.
     if settings.grpc_port:

@@ -93,6 +93,8 @@ class ServerSettings:
     log_path: str | None = None
     file_system_poll_wait_seconds: float = 1.0  # config and version-folder polling; 0 = off
     metrics_port: int = 0  # 0 = /metrics only on the REST port
+    # OpenVINO device plugins outside the wheel (e.g. the NVIDIA plugin): device name -> shared library.
+    extra_plugins: dict[str, str] = field(default_factory=dict)
     shutdown_timeout: float = 30.0  # seconds to drain in-flight requests after SIGTERM
     # The longest a request of a lower-priority model waits behind higher-priority models on its device.
     priority_aging_ms: float = 500.0

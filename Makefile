@@ -10,7 +10,8 @@ CACHE_DIR ?= .cache
 PERF_ANALYZER_DIR ?= $(CACHE_DIR)/perf_analyzer
 PROMETHEUS_DIR ?= $(CACHE_DIR)/prometheus
 
-.PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer bench prometheus
+.PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer bench prometheus \
+	image-tools image-base image image-test kubectl
 
 help:
 	@echo "make demo      create .venv, install, build demo models, serve REST :8000 and gRPC :8001"
@@ -20,6 +21,7 @@ help:
 	@echo "make lint      ruff over the code"
 	@echo "make bench     gateway vs benchmark_app on the bench models (BENCH_ARGS=--repetitions 3 ...)"
 	@echo "make perf-analyzer  install Triton's perf_analyzer into $(PERF_ANALYZER_DIR)"
+	@echo "make image     build the CPU image with podman on a debootstrap base; make image-test runs it"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +71,46 @@ prometheus:
 		&& rm -f prometheus_*.deb; fi
 	$(PROMETHEUS_DIR)/usr/bin/prometheus --version
 
+# The CPU image, built for real with podman (vfs storage, chroot isolation: what works without a container
+# runtime) on a base image made here by debootstrap, since no registry is reachable. The site's CA bundle goes
+# into the base, as a company base image would carry it, so that pip in the build reaches PyPI. The built
+# image's filesystem is exported to $(IMAGE_DIR)/exported, where tests/test_image.py runs it under chroot.
+IMAGE_DIR ?= $(CACHE_DIR)/image
+PODMAN := podman --storage-driver=vfs
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+
+image-tools:
+	@command -v podman >/dev/null && command -v debootstrap >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq podman debootstrap >/dev/null)
+
+image-base: image-tools
+	@if [ ! -f $(IMAGE_DIR)/rootfs/usr/bin/python3 ]; then \
+		rm -rf $(IMAGE_DIR)/rootfs.tmp && mkdir -p $(IMAGE_DIR) && \
+		debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm \
+			$(IMAGE_DIR)/rootfs.tmp $(DEBIAN_MIRROR) > $(IMAGE_DIR)/debootstrap.log && \
+		mv $(IMAGE_DIR)/rootfs.tmp $(IMAGE_DIR)/rootfs; fi
+	cp /etc/ssl/certs/ca-certificates.crt $(IMAGE_DIR)/rootfs/etc/ssl/certs/ca-certificates.crt
+	printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > $(IMAGE_DIR)/rootfs/etc/pip.conf
+	tar -C $(IMAGE_DIR)/rootfs -c . | $(PODMAN) import - localhost/ovgw-base:bookworm
+
+image: image-base
+	$(PODMAN) build --isolation=chroot --pull=never --build-arg BASE_IMAGE=localhost/ovgw-base:bookworm \
+		-f deploy/docker/Dockerfile.cpu -t localhost/ovgw:cpu .
+	rm -rf $(IMAGE_DIR)/exported && mkdir -p $(IMAGE_DIR)/exported
+	$(PODMAN) rm -f ovgw-export >/dev/null 2>&1 || true
+	$(PODMAN) create --name ovgw-export localhost/ovgw:cpu >/dev/null
+	$(PODMAN) export ovgw-export | tar -x -C $(IMAGE_DIR)/exported
+	$(PODMAN) rm -f ovgw-export >/dev/null
+	$(PODMAN) image inspect localhost/ovgw:cpu --format '{{json .Config}}' > $(IMAGE_DIR)/config.json
+
+image-test: $(VENV)/.installed-test
+	$(PY) -m pytest -q tests/test_image.py
+
+# Debian's kubectl (kustomize built in), for tests/test_deploy.py.
+kubectl:
+	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null)
+	kubectl version --client
+
 # perf_analyzer's install may fail on a machine without the registries; its tests then skip and say why.
 test: $(VENV)/.installed-test
 	@mkdir -p $(CACHE_DIR)
@@ -76,6 +118,8 @@ test: $(VENV)/.installed-test
 		|| echo "perf_analyzer could not be installed; see $(CACHE_DIR)/perf_analyzer_install.log"
 	-@$(MAKE) --no-print-directory prometheus > $(CACHE_DIR)/prometheus_install.log 2>&1 \
 		|| echo "prometheus could not be installed; see $(CACHE_DIR)/prometheus_install.log"
+	-@$(MAKE) --no-print-directory kubectl > $(CACHE_DIR)/kubectl_install.log 2>&1 \
+		|| echo "kubectl could not be installed; see $(CACHE_DIR)/kubectl_install.log"
 	PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer \
 	PROMETHEUS=$(abspath $(PROMETHEUS_DIR))/usr/bin/prometheus $(PY) -m pytest -q tests
 

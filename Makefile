@@ -94,14 +94,14 @@ image-base: image-tools
 	tar -C $(IMAGE_DIR)/rootfs -c . | $(PODMAN) import - localhost/ovgw-base:bookworm
 
 image: image-base
-	$(PODMAN) build --isolation=chroot --pull=never --build-arg BASE_IMAGE=localhost/ovgw-base:bookworm \
+	$(PODMAN) build --format docker --isolation=chroot --pull=never --build-arg BASE_IMAGE=localhost/ovgw-base:bookworm \
 		-f deploy/docker/Dockerfile.cpu -t localhost/ovgw:cpu .
 	rm -rf $(IMAGE_DIR)/exported && mkdir -p $(IMAGE_DIR)/exported
 	$(PODMAN) rm -f ovgw-export >/dev/null 2>&1 || true
 	$(PODMAN) create --name ovgw-export localhost/ovgw:cpu >/dev/null
 	$(PODMAN) export ovgw-export | tar -x -C $(IMAGE_DIR)/exported
 	$(PODMAN) rm -f ovgw-export >/dev/null
-	$(PODMAN) image inspect localhost/ovgw:cpu --format '{{json .Config}}' > $(IMAGE_DIR)/config.json
+	$(PODMAN) image inspect localhost/ovgw:cpu > $(IMAGE_DIR)/inspect.json
 
 image-test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests/test_image.py

@@ -24,6 +24,9 @@ from loadgen.gateway_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_DIR = ROOT / ".cache" / "image"
+# On a fresh machine the first test also installs podman, debootstraps a base and builds the image (pip
+# downloads the wheels inside the build): well past the suite's default 300 s per test.
+pytestmark = pytest.mark.timeout(2400)
 
 
 @pytest.fixture(scope="module")

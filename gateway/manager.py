@@ -13,7 +13,7 @@ import openvino as ov
 from .errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .model_version import ModelVersion, State, apply_batching
 from .openvino_runtime import InferExecutor, check_device, port_specs, read_model
-from .repository import discover_versions, looks_like_model, resolve_inside
+from .repository import discover_versions, folder_fingerprint, looks_like_model, resolve_inside
 from .scheduler import BatchingPolicy, DeviceGate, ModelScheduler, default_queue_size
 from .settings import ModelSettings, ServerSettings, parse_model_entry
 from .types import ModelMetadata, VersionStatus
@@ -285,9 +285,19 @@ class ModelManager:
         except ConfigError:
             return ()
 
-    def served_version_numbers(self, name: str) -> tuple[int, ...]:
+    def version_fingerprints(self, settings: ModelSettings) -> tuple:
+        """The selected versions with their files' sizes and times: what the reloader polls."""
+        root = Path(settings.base_path)
+        return tuple(
+            (number, folder_fingerprint(root / str(number)) if root.is_dir() else ())
+            for number in self.version_folders(settings)
+        )
+
+    def ready_version_numbers(self, name: str) -> tuple[int, ...]:
+        # A version that failed to load (a folder still being copied, say) counts as missing: the next
+        # reload tries it again, as OVMS retries failed versions.
         model = self._models.get(name)
-        return tuple(sorted(model.versions)) if model else ()
+        return tuple(sorted(n for n, v in model.versions.items() if v.ready)) if model else ()
 
     async def apply(self, wanted: list[ModelSettings]) -> dict[str, str]:
         """Make the serving set match `wanted`: load new or changed models (blue/green), retire removed ones,
@@ -306,7 +316,7 @@ class ModelManager:
             current = self._models.get(settings.name)
             serving = current is not None and any(v.ready for v in current.versions.values())
             changed = not serving or current.settings != settings
-            if not changed and self.version_folders(settings) == self.served_version_numbers(settings.name):
+            if not changed and self.version_folders(settings) == self.ready_version_numbers(settings.name):
                 continue
             try:
                 await self.load_settings(settings)

@@ -38,7 +38,7 @@ class Reloader:
         config = self._config_file()
         digest = hashlib.sha256(config.read_bytes()).hexdigest() if config and config.exists() else ""
         folders = tuple(
-            (name, self._manager.version_folders(s))
+            (name, self._manager.version_fingerprints(s))
             for name, s in sorted(self._manager.served_settings().items())
         )
         return digest, folders
@@ -46,6 +46,8 @@ class Reloader:
     async def reload(self) -> dict[str, str]:
         """Apply the config file (or, in single-model mode, the version folders) now."""
         async with self._lock:
+            # Taken before applying: files that change while models load make the next poll reload again.
+            snapshot = await asyncio.to_thread(self._snapshot)
             config = self._config_file()
             if config is None:
                 wanted = list(self._settings.models)
@@ -56,7 +58,7 @@ class Reloader:
                     log.error("config reload ignored, the serving models stay as they are: %s", e)
                     raise InvalidArgument(f"the configuration was not applied: {e}") from None
             report = await self._manager.apply(wanted)
-            self._last = await asyncio.to_thread(self._snapshot)
+            self._last = snapshot
             for name, what in report.items():
                 log.info("reload: model %s %s", name, what)
             return report

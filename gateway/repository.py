@@ -57,6 +57,20 @@ def discover_versions(model_name: str, base_path: str) -> dict[int, Path]:
     return versions
 
 
+def folder_fingerprint(folder: Path) -> tuple:
+    """(relative path, size, mtime) of every file under a version folder: it changes while a copy is
+    under way, so a version that failed to load half-copied is tried again once the copy ends."""
+    entries = []
+    try:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    except OSError:
+        pass  # a folder removed while we look: the next poll sees what is left
+    return tuple(entries)
+
+
 def looks_like_model(folder: Path) -> bool:
     """A folder with at least one positive-integer version folder, as the repository index lists them."""
     try:

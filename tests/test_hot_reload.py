@@ -117,3 +117,38 @@ def test_reload_under_load_never_fails_the_models_that_stay(tmp_path):
     assert failures == [], failures[:5]
     assert code == 0
     assert "config reload ignored" in gw.log()
+
+
+def test_a_version_copied_in_slowly_is_served_once_the_copy_ends(tmp_path):
+    # A large model copied into the repository arrives file by file; the poll that sees only the .xml fails to
+    # load it. The version must be tried again once the .bin lands, not stay failed for good.
+    save(scaled_model(1.0), tmp_path / "versioned" / "1")
+    save(scaled_model(3.0), tmp_path / "staging")
+    gw = start_gateway(
+        [
+            "--model_name",
+            "versioned",
+            "--model_path",
+            str(tmp_path / "versioned"),
+            "--file_system_poll_wait_seconds",
+            "0.2",
+        ],
+        tmp_path / "gw.log",
+    )
+    http = httpclient.InferenceServerClient(gw.http_url)
+    x = httpclient.InferInput("x", [1, 4], "FP32")
+    x.set_data_from_numpy(np.ones((1, 4), np.float32))
+    try:
+        target = tmp_path / "versioned" / "2"
+        target.mkdir()
+        (target / "model.xml").write_bytes((tmp_path / "staging" / "model.xml").read_bytes())
+        _wait_for(lambda: "version 2" in gw.log() and "failed" in gw.log(), "the half-copied version failed")
+        assert http.infer("versioned", [x]).get_response()["model_version"] == "1"
+        (target / "model.bin").write_bytes((tmp_path / "staging" / "model.bin").read_bytes())
+        _wait_for(
+            lambda: http.infer("versioned", [x]).get_response()["model_version"] == "2", "version 2 serves"
+        )
+        np.testing.assert_allclose(http.infer("versioned", [x]).as_numpy("y"), 3.0)
+    finally:
+        http.close()
+        assert gw.stop() == 0

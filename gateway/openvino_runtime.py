@@ -1,20 +1,21 @@
 """OpenVINO: read, reshape and compile a model; run batches on a pool of infer requests.
 
-The executor runs each infer request's synchronous infer() on a thread of its
-own pool (OpenVINO releases the GIL while it computes), so the event loop never
-blocks on inference. start_async() with a completion callback is cheaper (~110 µs
-of CPU per tiny inference against ~135 µs, measured on the 2-core dev machine),
-but OpenVINO never calls the callback when inference itself fails, which would
-leave the client waiting forever; infer() raises instead, and the client gets
-INTERNAL.
+The executor starts each inference with start_async() from the event loop and
+takes the outputs in OpenVINO's completion callback: no thread of our own between
+the loop and OpenVINO's stream threads (a worker thread calling infer() cost ~120 µs
+of CPU per request on `simple`, measured per thread under load). OpenVINO's Python
+binding never calls the callback when inference itself fails, so runs in flight
+are polled every 20 ms for that, and the client gets INTERNAL instead of a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from time import perf_counter_ns
 
 import numpy as np
@@ -184,8 +185,9 @@ def port_specs(ports: Sequence, kind: str):
 
 
 class InferExecutor:
-    """A pool of OpenVINO infer requests on one compiled model; the scheduler takes one, runs a batch on
-    it in a worker thread, and gives it back."""
+    """A pool of OpenVINO infer requests on one compiled model. The scheduler takes one, runs a batch on it
+    with start_async() (the event loop only hands the inputs over; OpenVINO's stream threads compute and
+    copy the outputs out in the completion callback), and gives it back."""
 
     def __init__(
         self,
@@ -195,12 +197,20 @@ class InferExecutor:
         output_types: Sequence[str],
         label: str = "",
     ):
-        self._idle: list[ov.InferRequest] = [compiled.create_infer_request() for _ in range(nireq)]
+        self._loop = asyncio.get_running_loop()
+        self._idle: list[ov.InferRequest] = []
+        self._runs: dict[int, _Run] = {}  # id(request) -> the run in flight on it
+        me = weakref.ref(self)  # the callback must not keep a retired executor alive
+        for _ in range(nireq):
+            request = compiled.create_infer_request()
+            request.set_callback(_on_completed, (me, id(request)))
+            self._idle.append(request)
         self.nireq = nireq
         self._input_types = tuple(input_types)
         self._output_types = tuple(output_types)
-        self._threads = ThreadPoolExecutor(max_workers=nireq, thread_name_prefix=f"infer-{label}")
-        self._loop = asyncio.get_running_loop()
+        # Only batches use threads: their inputs are copied into one array off the event loop.
+        self._threads = ThreadPoolExecutor(max_workers=nireq, thread_name_prefix=f"batch-{label}")
+        self._sweep_timer: asyncio.TimerHandle | None = None
 
     @property
     def idle(self) -> int:
@@ -216,30 +226,107 @@ class InferExecutor:
     def give_back(self, request: ov.InferRequest) -> None:
         self._idle.append(request)
 
-    def _infer(self, request: ov.InferRequest, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None):
-        started = perf_counter_ns()
+    def _feeds(self, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None) -> dict:
         if len(parts) == 1 and (pad_to is None or parts[0][0].shape[0] == pad_to):
             arrays = parts[0]
-        else:  # one copy of each request's rows into the batch (done here, off the event loop)
+        else:  # one copy of each request's rows into the batch
             arrays = [_stack([p[i] for p in parts], pad_to) for i in range(len(self._input_types))]
-        feeds = {i: _to_tensor(a, t) for i, (a, t) in enumerate(zip(arrays, self._input_types, strict=True))}
-        prepared = perf_counter_ns()
-        request.infer(feeds, share_inputs=True)
-        inferred = perf_counter_ns()
-        # The request is reused by the next inference: copy its outputs out first.
-        outputs = [_read_output(request.get_output_tensor(i), t) for i, t in enumerate(self._output_types)]
-        times = ExecutionTimes(started, prepared - started, inferred - prepared, perf_counter_ns() - inferred)
-        return outputs, times
+        return {i: _to_tensor(a, t) for i, (a, t) in enumerate(zip(arrays, self._input_types, strict=True))}
 
     async def execute(
         self, request: ov.InferRequest, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None = None
     ) -> tuple[list[np.ndarray], ExecutionTimes]:
         """Infer the concatenation of `parts` (each a request's inputs, in model input order) along
         dimension 0, padded to `pad_to` rows for a static-batch model; outputs in model output order."""
+        started = perf_counter_ns()
         try:
-            return await self._loop.run_in_executor(self._threads, self._infer, request, parts, pad_to)
+            if len(parts) == 1:
+                feeds = self._feeds(parts, pad_to)
+            else:
+                feeds = await self._loop.run_in_executor(self._threads, self._feeds, parts, pad_to)
+            run = _Run(self._loop.create_future(), request, feeds, started, perf_counter_ns())
+            self._runs[id(request)] = run
+            request.start_async(feeds, share_inputs=True)
         except Exception as e:
+            self._runs.pop(id(request), None)
             raise InternalError(f"OpenVINO inference failed: {_first_line(e)}") from None
+        if self._sweep_timer is None:
+            self._sweep_timer = self._loop.call_later(_SWEEP_S, self._sweep)
+        try:
+            return await run.future
+        finally:
+            self._runs.pop(id(request), None)
+
+    def _completed(self, key: int) -> None:
+        """On an OpenVINO thread, with the GIL: copy the outputs out (the request is reused next) and
+        hand them to the event loop."""
+        run = self._runs.get(key)
+        if run is None:
+            return
+        inferred = perf_counter_ns()
+        request = run.request
+        try:
+            types = self._output_types
+            outputs = [_read_output(request.get_output_tensor(i), t) for i, t in enumerate(types)]
+            result = (
+                outputs,
+                ExecutionTimes(
+                    run.started_ns,
+                    run.prepared_ns - run.started_ns,
+                    inferred - run.prepared_ns,
+                    perf_counter_ns() - inferred,
+                ),
+            )
+        except Exception as e:
+            result = InternalError(f"OpenVINO inference failed: {_first_line(e)}")
+        try:
+            self._loop.call_soon_threadsafe(_settle, run.future, result)
+        except RuntimeError:  # the loop has closed: the process is exiting
+            pass
+
+    def _sweep(self) -> None:
+        """OpenVINO's Python binding never calls the completion callback when inference fails. Runs that
+        have been in flight for a while are asked for their state; a failed one answers with its error."""
+        self._sweep_timer = None
+        now = perf_counter_ns()
+        for run in list(self._runs.values()):
+            if now - run.prepared_ns < _SWEEP_NS or run.future.done():
+                continue
+            try:
+                run.request.wait_for(0)
+            except Exception as e:
+                _settle(run.future, InternalError(f"OpenVINO inference failed: {_first_line(e)}"))
+        if self._runs:
+            self._sweep_timer = self._loop.call_later(_SWEEP_S, self._sweep)
+
+
+# How often, and after how long in flight, runs are checked for a failure OpenVINO did not call back for.
+_SWEEP_S = 0.02
+_SWEEP_NS = int(_SWEEP_S * 1e9)
+
+
+@dataclass(slots=True)
+class _Run:
+    future: asyncio.Future
+    request: ov.InferRequest
+    feeds: dict  # start_async shares the arrays' memory: they must live until the run ends
+    started_ns: int
+    prepared_ns: int
+
+
+def _on_completed(key: tuple) -> None:
+    executor = key[0]()
+    if executor is not None:
+        executor._completed(key[1])
+
+
+def _settle(future: asyncio.Future, result) -> None:
+    if future.done():
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def _stack(arrays: Sequence[np.ndarray], rows: int | None) -> np.ndarray:

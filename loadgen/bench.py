@@ -67,27 +67,44 @@ def prepare_models(names: list[str]) -> list[BenchModel]:
 
 
 def benchmark_app(model: BenchModel, hint: str, seconds: int, static: bool = False) -> dict:
-    """OpenVINO's benchmark_app on the bench model.
+    """OpenVINO's benchmark_app on the bench model, with its CPU time per image.
 
     By default the model keeps its dynamic dimensions, as the gateway serves it, and
     only the data has a shape (-data_shape): that is the ceiling for the same compiled
     model. static=True reshapes the model itself (-shape), which OpenVINO's CPU plugin
     runs faster (measured: PP-OCRv4 det 145 vs 109 FPS at 480x480); the gateway gets
     that too when the model's config sets `shape`.
+
+    CPU per image is the process's CPU time from its first inference (read from /proc
+    when it prints that line) to its exit (wait4's rusage), over the iterations it
+    counted: the figure to set beside the gateway's server CPU per request.
     """
     tool = Path(sys.executable).parent / "benchmark_app"
     shape_flag = "-shape" if static else "-data_shape"
     cmd = [str(tool), "-m", str(model.path), "-d", "CPU", "-hint", hint, "-t", str(seconds),
            shape_flag, model.benchmark_shape]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120).stdout
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, cpu_at_first_inference = [], None
+    for line in process.stdout:
+        lines.append(line)
+        if cpu_at_first_inference is None and "First inference took" in line:
+            cpu_at_first_inference = process_cpu_s(process.pid)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    out = "".join(lines)
+    if process.returncode != 0:
+        raise RuntimeError(f"benchmark_app failed: {out[-1500:]}")
     fps = float(re.search(r"Throughput:\s+([\d.]+) FPS", out).group(1))
     value, unit = re.search(r"Median:\s+([\d.]+) (ms|us)", out).groups()
     streams = re.search(r"NUM_STREAMS:\s+(\d+)", out) or re.search(r"NUM_STREAMS\s*,\s*(\d+)", out)
+    iterations = int(re.search(r"Count:\s+(\d+) iterations", out).group(1))
+    run_cpu_s = usage.ru_utime + usage.ru_stime - (cpu_at_first_inference or 0.0)
     return {
         "hint": hint,
         "fps": fps,
         "median_us": float(value) * (1000 if unit == "ms" else 1),
         "streams": int(streams.group(1)) if streams else None,
+        "cpu_us_per_image": run_cpu_s / max(1, iterations) * 1e6,
     }
 
 
@@ -204,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, "throughput", args.benchmark_seconds, static=True
             )
             ceiling = entry["benchmark_app"]["throughput"]["fps"]
+            ceiling_cpu = entry["benchmark_app"]["throughput"]["cpu_us_per_image"]
             for protocol in ("grpc", "http"):
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
                     runs = [
@@ -216,15 +234,24 @@ def main(argv: list[str] | None = None) -> int:
                         "runs": runs,
                         **{
                             f"median_{k}": median_of(runs, k)
-                            for k in ("throughput", "p50_us", "p99_us", "server_cpu_us_per_request")
+                            for k in (
+                                "throughput",
+                                "p50_us",
+                                "p99_us",
+                                "server_cpu_us_per_request",
+                                "loader_cpu_pct",
+                            )
                         },  # fmt: skip
                         "loadavg": os.getloadavg()[0],
                     }
                     row["ratio_to_benchmark_app"] = row["median_throughput"] / ceiling
+                    # Below 1 by the CPU the gateway adds per inference, whatever the loader takes.
+                    row["cpu_ratio_to_benchmark_app"] = ceiling_cpu / row["median_server_cpu_us_per_request"]
                     entry["gateway"].append(row)
                     print(
                         f"{model.name} {protocol} c={concurrency}: {row['median_throughput']:.1f}/s "
-                        f"({row['ratio_to_benchmark_app']:.2f} x benchmark_app), "
+                        f"({row['ratio_to_benchmark_app']:.2f} x benchmark_app, "
+                        f"CPU/inference {row['cpu_ratio_to_benchmark_app']:.2f} x), "
                         f"p99 {row['median_p99_us']:.0f} us, "
                         f"server {row['median_server_cpu_us_per_request']:.0f} us CPU/req",
                         flush=True,
@@ -257,22 +284,28 @@ def markdown(results: dict, repetitions: int) -> str:
         "",
         "benchmark_app runs the same model as the gateway, dynamic dimensions included (`-data_shape`); the "
         "static-shape column reshapes the model first (`-shape`), for reference. "
-        "ratio = gateway / benchmark_app throughput hint.",
+        "ratio = gateway / benchmark_app throughput hint. CPU ratio = benchmark_app's CPU per image "
+        "(throughput hint) / the gateway process's CPU per request: 1 when serving adds no CPU, whatever "
+        "the loader, which shares the machine, takes (loader CPU, % of one core).",
         "",
-        "| model | benchmark_app tput FPS | static-shape FPS | benchmark_app latency p50 us | protocol "
-        "| concurrency | gateway infer/s | ratio | p50 us | p99 us | server CPU us/req | load avg |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | benchmark_app tput FPS | static-shape FPS | benchmark_app latency p50 us "
+        "| benchmark_app CPU us/img | protocol | concurrency | gateway infer/s | ratio | p50 us | p99 us "
+        "| server CPU us/req | CPU ratio | loader CPU % | load avg |",
+        "|" + " --- |" * 15,
     ]
     for name, entry in results["models"].items():
         tput = entry["benchmark_app"]["throughput"]["fps"]
         static = entry["benchmark_app"]["throughput_static_shape"]["fps"]
         lat = entry["benchmark_app"]["latency"]["median_us"]
+        cpu = entry["benchmark_app"]["throughput"]["cpu_us_per_image"]
         for row in entry["gateway"]:
             cells = [
-                name, f"{tput:.1f}", f"{static:.1f}", f"{lat:.0f}", row["protocol"], str(row["concurrency"]),
-                f"{row['median_throughput']:.1f}", f"{row['ratio_to_benchmark_app']:.2f}",
+                name, f"{tput:.1f}", f"{static:.1f}", f"{lat:.0f}", f"{cpu:.0f}", row["protocol"],
+                str(row["concurrency"]), f"{row['median_throughput']:.1f}",
+                f"{row['ratio_to_benchmark_app']:.2f}",
                 f"{row['median_p50_us']:.0f}", f"{row['median_p99_us']:.0f}",
-                f"{row['median_server_cpu_us_per_request']:.0f}", f"{row['loadavg']:.2f}",
+                f"{row['median_server_cpu_us_per_request']:.0f}", f"{row['cpu_ratio_to_benchmark_app']:.2f}",
+                f"{row['median_loader_cpu_pct']:.0f}", f"{row['loadavg']:.2f}",
             ]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     lines += [

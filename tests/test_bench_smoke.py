@@ -21,9 +21,11 @@ def test_bench_harness_writes_its_tables(tmp_path):
     results = json.loads((run / "results.json").read_text())
     entry = results["models"]["simple"]
     assert entry["benchmark_app"]["throughput"]["fps"] > 0
+    assert entry["benchmark_app"]["throughput"]["cpu_us_per_image"] > 0
     assert {row["protocol"] for row in entry["gateway"]} == {"grpc", "http"}
     for row in entry["gateway"]:
         assert row["median_throughput"] > 0 and row["median_server_cpu_us_per_request"] > 0
+        assert row["cpu_ratio_to_benchmark_app"] > 0 and row["median_loader_cpu_pct"] >= 0
     table = (run / "results.md").read_text()
     assert "| simple |" in table and "ratio" in table
 

@@ -276,21 +276,24 @@ class ModelManager:
     def served_settings(self) -> dict[str, ModelSettings]:
         return {name: m.settings for name, m in self._models.items() if m.settings is not None and m.versions}
 
+    def _selected_versions(self, settings: ModelSettings) -> dict[int, Path]:
+        """Version number -> model file, for the versions the policy would serve from disk now."""
+        try:
+            found = discover_versions(settings.name, settings.base_path)
+        except ConfigError:
+            return {}
+        return {number: found[number] for number in settings.version_policy.select(list(found))}
+
     def version_folders(self, settings: ModelSettings) -> tuple[int, ...]:
         """The versions the policy would serve from disk now (what a reload compares)."""
-        try:
-            return tuple(
-                settings.version_policy.select(list(discover_versions(settings.name, settings.base_path)))
-            )
-        except ConfigError:
-            return ()
+        return tuple(self._selected_versions(settings))
 
     def version_fingerprints(self, settings: ModelSettings) -> tuple:
         """The selected versions with their files' sizes and times: what the reloader polls."""
-        root = Path(settings.base_path)
+        single_file = Path(settings.base_path).is_file()
         return tuple(
-            (number, folder_fingerprint(root / str(number)) if root.is_dir() else ())
-            for number in self.version_folders(settings)
+            (number, () if single_file else folder_fingerprint(path if path.is_dir() else path.parent))
+            for number, path in self._selected_versions(settings).items()
         )
 
     def ready_version_numbers(self, name: str) -> tuple[int, ...]:

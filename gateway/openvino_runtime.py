@@ -252,7 +252,7 @@ class InferExecutor:
             _start_async(request, feeds, None)
         except Exception as e:
             self._runs.pop(id(request), None)
-            raise InternalError(f"OpenVINO inference failed: {_first_line(e)}") from None
+            raise _inference_failed(e) from None
         if self._sweep_timer is None:
             self._sweep_timer = self._loop.call_later(_SWEEP_S, self._sweep)
         try:
@@ -281,7 +281,7 @@ class InferExecutor:
                 ),
             )
         except Exception as e:
-            result = InternalError(f"OpenVINO inference failed: {_first_line(e)}")
+            result = _inference_failed(e)
         try:
             self._loop.call_soon_threadsafe(_settle, run.future, result)
         except RuntimeError:  # the loop has closed: the process is exiting
@@ -298,7 +298,7 @@ class InferExecutor:
             try:
                 run.request.wait_for(0)
             except Exception as e:
-                _settle(run.future, InternalError(f"OpenVINO inference failed: {_first_line(e)}"))
+                _settle(run.future, _inference_failed(e))
         if self._runs:
             self._sweep_timer = self._loop.call_later(_SWEEP_S, self._sweep)
 
@@ -345,6 +345,10 @@ def _stack(arrays: Sequence[np.ndarray], rows: int | None) -> np.ndarray:
     if offset < shape[0] and first.dtype != object:
         out[offset:] = 0
     return out
+
+
+def _inference_failed(error: Exception) -> InternalError:
+    return InternalError(f"OpenVINO inference failed: {_first_line(error)}")
 
 
 def _first_line(error: Exception) -> str:

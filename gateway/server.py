@@ -13,6 +13,7 @@ from .rest_server import start_metrics_server, start_rest_server
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
+REFUSE_LINGER_S = 0.25  # after the drain, how long new requests still get UNAVAILABLE before the ports close
 
 
 async def serve(
@@ -82,6 +83,10 @@ async def serve(
     drained = await gateway.stop(settings.shutdown_timeout)
     if not drained:
         log.warning("drain timeout: %d request(s) still in flight are cut off", gateway.in_flight())
+    # The clients answered last in the drain send their next request at once. Closing the transports at
+    # that instant makes grpc core cancel it (CANCELLED, which clients do not retry, and a test saw it);
+    # refusing a moment longer gives them UNAVAILABLE, the answer that tells them to go elsewhere.
+    await asyncio.sleep(min(REFUSE_LINGER_S, settings.shutdown_timeout))
     if grpc_server is not None:
         await grpc_server.stop(grace=1)
     for runner in (rest_runner, metrics_runner):

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
@@ -119,7 +120,8 @@ def test_reload_under_load_never_fails_the_models_that_stay(tmp_path):
     assert "config reload ignored" in gw.log()
 
 
-def test_a_version_copied_in_slowly_is_served_once_the_copy_ends(tmp_path):
+@pytest.mark.parametrize("folder", ["2", "0002"])  # OVMS reads a zero-padded folder as the same version
+def test_a_version_copied_in_slowly_is_served_once_the_copy_ends(tmp_path, folder):
     # A large model copied into the repository arrives file by file; the poll that sees only the .xml fails to
     # load it. The version must be tried again once the .bin lands, not stay failed for good.
     save(scaled_model(1.0), tmp_path / "versioned" / "1")
@@ -139,7 +141,7 @@ def test_a_version_copied_in_slowly_is_served_once_the_copy_ends(tmp_path):
     x = httpclient.InferInput("x", [1, 4], "FP32")
     x.set_data_from_numpy(np.ones((1, 4), np.float32))
     try:
-        target = tmp_path / "versioned" / "2"
+        target = tmp_path / "versioned" / folder
         target.mkdir()
         (target / "model.xml").write_bytes((tmp_path / "staging" / "model.xml").read_bytes())
         _wait_for(lambda: "version 2" in gw.log() and "failed" in gw.log(), "the half-copied version failed")

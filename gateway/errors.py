@@ -19,6 +19,7 @@ class Code(enum.Enum):
     UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, 503)
     FAILED_PRECONDITION = (grpc.StatusCode.FAILED_PRECONDITION, 412)
     RESOURCE_EXHAUSTED = (grpc.StatusCode.RESOURCE_EXHAUSTED, 503)
+    TOO_LARGE = (grpc.StatusCode.RESOURCE_EXHAUSTED, 413)  # a body over the size limit
     DEADLINE_EXCEEDED = (grpc.StatusCode.DEADLINE_EXCEEDED, 504)
     UNIMPLEMENTED = (grpc.StatusCode.UNIMPLEMENTED, 501)
     ALREADY_EXISTS = (grpc.StatusCode.ALREADY_EXISTS, 409)
@@ -61,6 +62,10 @@ class FailedPrecondition(GatewayError):
 
 class ResourceExhausted(GatewayError):
     code = Code.RESOURCE_EXHAUSTED
+
+
+class TooLarge(GatewayError):
+    code = Code.TOO_LARGE
 
 
 class DeadlineExceeded(GatewayError):

@@ -12,10 +12,12 @@ the transports decode, and errors are GatewayError with a protocol code.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import perf_counter_ns
+from typing import Any
 
 import numpy as np
 import openvino as ov
@@ -26,12 +28,16 @@ from .errors import Code, GatewayError, InternalError, InvalidArgument, Unavaila
 from .manager import ModelManager
 from .metrics import Metrics, select_families
 from .model_config import model_config
+from .model_version import ModelVersion
 from .reloader import Reloader
 from .settings import ServerSettings
+from .statistics import Outcome
 from .types import (
     InferInput,
     InferRequest,
     InferResponse,
+    Interface,
+    Method,
     ModelMetadata,
     RequestedOutput,
     ServerMetadata,
@@ -52,17 +58,25 @@ EXTENSIONS = (
     "schedule_policy",
 )
 
-# Outcomes that are not failures of the model: the scheduler refused or dropped the request.
-_REFUSALS = {Code.RESOURCE_EXHAUSTED: "rejected", Code.DEADLINE_EXCEEDED: "timed_out"}
+# How a GatewayError ends a request, beyond "invalid" (Outcome.FAILED).
+_OUTCOMES = {
+    Code.RESOURCE_EXHAUSTED: Outcome.REJECTED,
+    Code.DEADLINE_EXCEEDED: Outcome.TIMED_OUT,
+    Code.INTERNAL: Outcome.BACKEND_FAILED,
+}
+
+# Turns a request off the wire into an InferRequest for the version it was routed to; transports pass one
+# so that reading and decoding happen inside the request's accounting.
+Decoder = Callable[[ModelVersion], Awaitable[InferRequest]]
 
 
 class Gateway:
     def __init__(self, settings: ServerSettings, core: ov.Core | None = None):
         self.settings = settings
-        self.manager = ModelManager(settings, core)
-        self.metrics = Metrics(self.manager, select_families(settings.metrics_enable, settings.metrics_list))
-        if self.metrics.enabled:
-            self.manager.on_execution = self.metrics.execution
+        self.metrics = Metrics(select_families(settings.metrics_enable, settings.metrics_list))
+        self.manager = ModelManager(
+            settings, core, on_execution=self.metrics.execution if self.metrics.enabled else None
+        )
         self.reloader = Reloader(self.manager, settings)
         self._accepting = True
 
@@ -81,6 +95,9 @@ class Gateway:
     def in_flight(self) -> int:
         return sum(v.in_flight for v in self.manager.versions())
 
+    def render_metrics(self) -> str:
+        return self.metrics.render(self.manager)
+
     # --- health and metadata -------------------------------------------------------------------
 
     def live(self) -> bool:
@@ -92,16 +109,25 @@ class Gateway:
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)
 
-    def model_ready(self, name: str, version: str = "", interface: str = "") -> bool:
-        ready = self.manager.is_ready(name, version)
-        if interface and self.metrics.enabled:
-            self.metrics.request(True, interface, "ModelReady", name, version)
+    def model_ready(self, name: str, version: str = "", interface: Interface | None = None) -> bool:
+        """Readiness of a model (version). An unknown name or version is NOT_FOUND, as the protocol says."""
+        try:
+            ready = self.manager.is_ready(name, version)
+        except GatewayError:
+            self._count_unrouted(interface, Method.MODEL_READY)
+            raise
+        if interface is not None and self.metrics.enabled:
+            # OVMS labels ModelReady without a version.
+            self.metrics.request(True, interface, Method.MODEL_READY, name, None)
         return ready
 
-    def model_metadata(self, name: str, version: str = "", interface: str = "") -> ModelMetadata:
-        meta = self.manager.metadata(name, version)
-        if interface and self.metrics.enabled:
-            self.metrics.request(True, interface, "ModelMetadata", name, version or meta.versions[-1])
+    def model_metadata(
+        self, name: str, version: str = "", interface: Interface | None = None
+    ) -> ModelMetadata:
+        served = self._route(name, version, interface, Method.MODEL_METADATA)
+        meta = self.manager.metadata(served)
+        if interface is not None and self.metrics.enabled:
+            self.metrics.request(True, interface, Method.MODEL_METADATA, name, str(served.version))
         return meta
 
     def model_config(self, name: str, version: str = "") -> dict:
@@ -115,8 +141,9 @@ class Gateway:
     def repository_index(self, ready_only: bool = False) -> list[VersionStatus]:
         return self.manager.index(ready_only)
 
-    async def load_model(self, name: str, config: dict | None = None) -> None:
-        await self.manager.load(name, config)
+    async def load_model(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """The repository API's load: `parameters` as the request carried them (both transports)."""
+        await self.manager.load(name, repository_config(parameters or {}))
 
     async def unload_model(self, name: str) -> None:
         await self.manager.unload(name)
@@ -127,54 +154,85 @@ class Gateway:
 
     # --- inference -----------------------------------------------------------------------------
 
-    async def infer(
+    async def infer(self, request: InferRequest, deadline: float | None = None) -> InferResponse:
+        """Run one inference (the in-process API). `deadline` (time.monotonic) drops the request if it is
+        still queued then, as does the request's `timeout` parameter (µs)."""
+
+        async def given(_: ModelVersion) -> InferRequest:
+            return request
+
+        return await self.decode_and_infer(request.model_name, request.model_version, given, None, deadline)
+
+    async def decode_and_infer(
         self,
-        request: InferRequest,
-        interface: str = "",
-        received_ns: int | None = None,
+        model_name: str,
+        model_version: str,
+        decode: Decoder,
+        interface: Interface | None,
         deadline: float | None = None,
+        received_ns: int | None = None,
     ) -> InferResponse:
-        """Run one inference. `interface` ("gRPC", "REST") labels the OVMS request metrics; `received_ns`
-        (perf_counter_ns when the transport got the request) makes the request time include decoding;
-        `deadline` (event-loop time, e.g. from the gRPC deadline) drops the request if it is still queued
-        then, as does the request's `timeout` parameter (µs)."""
-        if not self._accepting:
-            raise Unavailable("the server is shutting down")
-        version = self.manager.version(request.model_name, request.model_version)
-        priority, deadline = schedule_policy(request.parameters, deadline)
-        started = perf_counter_ns()
-        ok = False
-        refusal = ""
-        backend_failure = False
+        """Route, decode, validate, queue and run one request, and account for how it ended, wherever it
+        ended: every request that reaches a version is counted once, in the statistics and (with an
+        `interface`) in OVMS's request metrics. `received_ns` (perf_counter_ns when the transport got the
+        request) makes the request time include reading and decoding."""
+        received_ns = received_ns or perf_counter_ns()
+        version = self._route(model_name, model_version, interface, Method.MODEL_INFER)
+        outcome = Outcome.FAILED
         version.in_flight += 1
         try:
+            if not self._accepting:
+                raise Unavailable("the server is shutting down")
+            request = await decode(version)
+            priority, deadline = schedule_policy(request.parameters, deadline)
             outputs = await version.infer(request.inputs, request.outputs, priority, deadline)
-            ok = True
+            outcome = Outcome.SUCCEEDED
         except GatewayError as e:
-            refusal = _REFUSALS.get(e.code, "")
-            backend_failure = e.code is Code.INTERNAL
+            outcome = _OUTCOMES.get(e.code, Outcome.FAILED)
             raise
         except asyncio.CancelledError:
-            refusal = "cancelled"  # the client went away
+            outcome = Outcome.CANCELLED  # the client went away
             raise
-        except Exception as e:  # an OpenVINO failure during inference
-            log.exception("inference failed for model %s version %d", version.name, version.version)
-            backend_failure = True
-            raise InternalError(f"inference failed for model '{version.name}': {e}") from None
+        except Exception as e:  # a defect of the gateway: the client gets one line, the log the traceback
+            log.exception("request to model %s version %d failed", version.name, version.version)
+            outcome = Outcome.BACKEND_FAILED
+            raise InternalError(f"internal error: {type(e).__name__}: {e}") from e
         finally:
             version.in_flight -= 1
-            finished = perf_counter_ns()
-            if refusal:
-                version.stats.record_refusal(refusal)
-            else:
-                version.stats.record_request(ok, finished - started, backend_failure)
-            if interface and self.metrics.enabled:
-                label = str(version.version)
-                self.metrics.request(ok, interface, "ModelInfer", version.name, label)
-                self.metrics.request_time(
-                    interface, version.name, label, (finished - (received_ns or started)) / 1000
-                )
-        return InferResponse(request.model_name, str(version.version), outputs, id=request.id)
+            self._account(version, interface, outcome, perf_counter_ns() - received_ns)
+        return InferResponse(model_name, str(version.version), outputs, id=request.id)
+
+    def _route(self, name: str, version: str, interface: Interface | None, method: Method) -> ModelVersion:
+        """The ready version a request is for. A failure is counted under the version when it exists (not
+        ready), and as unrouted when it does not: OVMS keeps request counters per version, so a request for
+        an unknown model or version has none to count in."""
+        try:
+            return self.manager.version(name, version)
+        except GatewayError:
+            known = self.manager.existing_version(name, version)
+            if known is None:
+                self._count_unrouted(interface, method)
+            elif method is Method.MODEL_INFER:
+                self._account(known, interface, Outcome.FAILED, 0)
+            elif interface is not None and self.metrics.enabled:
+                self.metrics.request(False, interface, method, name, str(known.version))
+            raise
+
+    def _account(self, version: ModelVersion, interface: Interface | None, outcome: Outcome, ns: int) -> None:
+        version.stats.record_outcome(outcome, ns)
+        if interface is not None and self.metrics.enabled:
+            label = str(version.version)
+            self.metrics.request(outcome.succeeded, interface, Method.MODEL_INFER, version.name, label)
+            if ns:
+                self.metrics.request_time(interface, version.name, label, ns / 1000)
+
+    def _count_unrouted(self, interface: Interface | None, method: Method) -> None:
+        if interface is not None and self.metrics.enabled:
+            self.metrics.unrouted(interface, method)
+
+    def count_unreadable(self, interface: Interface, method: Method) -> None:
+        """A request whose message could not even be parsed, so it names no model (gRPC)."""
+        self._count_unrouted(interface, method)
 
     async def infer_numpy(
         self,
@@ -201,9 +259,32 @@ class Gateway:
         return {o.name: o.data for o in response.outputs}
 
 
+def repository_config(parameters: Mapping[str, Any]) -> dict | None:
+    """The `config` parameter of a repository load request (gRPC or REST): an OVMS model config entry as
+    JSON text (or, over REST, a JSON object). None when absent: load the model as configured."""
+    for key in parameters:
+        if key.startswith("file:"):
+            raise InvalidArgument(
+                f"parameter '{key}': uploading model files is not supported; place them in the repository"
+            )
+    config = parameters.get("config")
+    if config is None:
+        return None
+    if isinstance(config, bytes):
+        config = config.decode(errors="replace")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError as e:
+            raise InvalidArgument(f"parameter 'config' is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise InvalidArgument("parameter 'config' must be a JSON object (an OVMS model config entry)")
+    return config
+
+
 def schedule_policy(parameters: Mapping, deadline: float | None) -> tuple[int, float | None]:
     """Triton's schedule_policy parameters: `priority` (1 = highest, 0 = the default level) and `timeout`
-    (µs, 0 = none). Returns the priority and the earlier of the two deadlines (event-loop time)."""
+    (µs, 0 = none). Returns the priority and the earlier of the two deadlines (time.monotonic)."""
     priority = parameters.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
         raise InvalidArgument(f"parameter 'priority' = {priority!r}: a non-negative integer is required")
@@ -213,6 +294,6 @@ def schedule_policy(parameters: Mapping, deadline: float | None) -> tuple[int, f
             f"parameter 'timeout' = {timeout!r}: a non-negative integer (microseconds) is required"
         )
     if timeout:
-        expires = asyncio.get_running_loop().time() + timeout / 1e6
+        expires = time.monotonic() + timeout / 1e6
         deadline = expires if deadline is None else min(deadline, expires)
     return priority, deadline

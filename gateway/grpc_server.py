@@ -9,8 +9,8 @@ this module share a process with tritonclient (see protos/ovgw_grpc_service.prot
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from time import perf_counter_ns
 
@@ -20,7 +20,8 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from .errors import GatewayError, InvalidArgument
-from .gateway import Gateway
+from .gateway import Decoder, Gateway
+from .model_version import ModelVersion
 from .proto import ovgw_grpc_service_pb2 as pb
 from .tensor_codec import (
     array_from_contents,
@@ -29,7 +30,7 @@ from .tensor_codec import (
     datatype_or_error,
     raw_from_array,
 )
-from .types import InferInput, InferRequest, InferResponse, RequestedOutput
+from .types import InferInput, InferRequest, InferResponse, Interface, Method, RequestedOutput
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,15 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
     )
 
 
+def decoder(msg: pb.ModelInferRequest) -> Decoder:
+    """Decode `msg` once the gateway has routed it, inside its accounting."""
+
+    async def decode(_: ModelVersion) -> InferRequest:
+        return decode_infer_request(msg)
+
+    return decode
+
+
 def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     # tritonclient reads outputs only from raw_output_contents: one entry per output, same order.
     msg = pb.ModelInferResponse(
@@ -112,14 +122,15 @@ class GrpcServicer:
         return pb.ServerReadyResponse(ready=self.gateway.ready())
 
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.gateway.model_ready(request.name, request.version, "gRPC"))
+        ready = self.gateway.model_ready(request.name, request.version, Interface.GRPC)
+        return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request, context):
         meta = self.gateway.server_metadata()
         return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
 
     async def ModelMetadata(self, request, context):
-        meta = self.gateway.model_metadata(request.name, request.version, "gRPC")
+        meta = self.gateway.model_metadata(request.name, request.version, Interface.GRPC)
         msg = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
         _tensor_metadata(msg.inputs, meta.inputs)
         _tensor_metadata(msg.outputs, meta.outputs)
@@ -128,8 +139,10 @@ class GrpcServicer:
     async def ModelInfer(self, request, context):
         received = perf_counter_ns()
         remaining = context.time_remaining()  # the client's deadline, if it set one
-        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
-        response = await self.gateway.infer(decode_infer_request(request), "gRPC", received, deadline)
+        deadline = None if remaining is None else time.monotonic() + remaining
+        response = await self.gateway.decode_and_infer(
+            request.model_name, request.model_version, decoder(request), Interface.GRPC, deadline, received
+        )
         return encode_infer_response(response)
 
     async def ModelConfig(self, request, context):
@@ -149,8 +162,7 @@ class GrpcServicer:
         return msg
 
     async def RepositoryModelLoad(self, request, context):
-        params = parameters_from_proto(request.parameters)
-        await self.gateway.load_model(request.model_name, _config_parameter(params))
+        await self.gateway.load_model(request.model_name, parameters_from_proto(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
@@ -171,11 +183,14 @@ class GrpcServicer:
                 try:
                     msg = pb.ModelInferRequest.FromString(raw)
                 except DecodeError:
+                    self.gateway.count_unreadable(Interface.GRPC, Method.MODEL_INFER)
                     raise InvalidArgument("the request is not a valid ModelInferRequest message") from None
                 request_id = msg.id
-                request = decode_infer_request(msg)
-                out = encode_infer_response(await self.gateway.infer(request, "gRPC"))
-                if request.parameters.get("triton_enable_empty_final_response"):
+                response = await self.gateway.decode_and_infer(
+                    msg.model_name, msg.model_version, decoder(msg), Interface.GRPC
+                )
+                out = encode_infer_response(response)
+                if _parameter_is_true(msg.parameters, "triton_enable_empty_final_response"):
                     # Not decoupled: the one response is also the final one.
                     out.parameters["triton_final_response"].bool_param = True
                 await responses.put(pb.ModelStreamInferResponse(infer_response=out))
@@ -212,25 +227,12 @@ def _stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
     )
 
 
-def _config_parameter(params: dict) -> dict | None:
-    """The `config` parameter of a load request: an OVMS model config entry as JSON text."""
-    for key in params:
-        if key.startswith("file:"):
-            raise InvalidArgument(
-                f"parameter '{key}': uploading model files is not supported; place them in the repository"
-            )
-    text = params.get("config")
-    if text is None:
-        return None
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    try:
-        config = json.loads(text)
-    except (TypeError, ValueError) as e:
-        raise InvalidArgument(f"parameter 'config' is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise InvalidArgument("parameter 'config' must be a JSON object (an OVMS model config entry)")
-    return config
+def _parameter_is_true(params, key: str) -> bool:
+    return (
+        key in params
+        and params[key].WhichOneof("parameter_choice") == "bool_param"
+        and params[key].bool_param
+    )
 
 
 _UNARY = {
@@ -248,18 +250,25 @@ _UNARY = {
 }
 
 
-def _guard(method: Callable[..., Awaitable], request_type):
+# The calls whose requests OVMS's request metrics count.
+_COUNTED = {method.value: method for method in Method}
+
+
+def _guard(method: Callable[..., Awaitable], request_type, gateway: Gateway):
     """Parse the request, and turn GatewayError into its status and anything else into INTERNAL.
 
     Parsing here rather than in grpc's deserializer lets a malformed message get
     INVALID_ARGUMENT with a message instead of grpc's bare UNKNOWN.
     """
+    counted = _COUNTED.get(method.__name__)
 
     async def handler(raw: bytes, context: aio.ServicerContext):
         try:
             try:
                 request = request_type.FromString(raw)
             except DecodeError:
+                if counted is not None:
+                    gateway.count_unreadable(Interface.GRPC, counted)
                 raise InvalidArgument(
                     f"the request is not a valid {request_type.DESCRIPTOR.name} message"
                 ) from None
@@ -278,7 +287,7 @@ def _guard(method: Callable[..., Awaitable], request_type):
 def build_handlers(servicer: GrpcServicer) -> dict[str, grpc.RpcMethodHandler]:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _guard(getattr(servicer, name), req),
+            _guard(getattr(servicer, name), req, servicer.gateway),
             response_serializer=resp.SerializeToString,
         )
         for name, (req, resp) in _UNARY.items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .openvino_runtime import InferExecutor, check_device, port_specs, read_mode
 from .repository import discover_versions, folder_fingerprint, looks_like_model, resolve_inside
 from .scheduler import BatchingPolicy, DeviceGate, ModelScheduler, default_queue_size
 from .settings import ModelSettings, ServerSettings, parse_model_entry
+from .statistics import ExecutionTimes
 from .types import ModelMetadata, VersionStatus
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,12 @@ class ServedModel:
 
 
 class ModelManager:
-    def __init__(self, settings: ServerSettings, core: ov.Core | None = None):
+    def __init__(
+        self,
+        settings: ServerSettings,
+        core: ov.Core | None = None,
+        on_execution: Callable[[str, str, ExecutionTimes, list[int]], None] | None = None,
+    ):
         self._settings = settings
         self._core = core or ov.Core()
         for device, library in settings.extra_plugins.items():
@@ -56,7 +63,8 @@ class ModelManager:
                     raise ConfigError(f"--register_plugin {device}={library}: {e}") from None
         self._models: dict[str, ServedModel] = {}
         self.loading_done = asyncio.Event()
-        self.on_execution = None  # set by the Gateway to its metrics recorder
+        # The metrics recorder of each execution: (name, version, its times, its requests' queue times).
+        self._on_execution = on_execution
         # (name, version, "hit" | "miss") -> loads, over the process's life (reloads included)
         self.cache_loads: dict[tuple[str, str, str], int] = {}
         self._gates: dict[str, DeviceGate] = {}  # target_device -> the gate its models share
@@ -96,7 +104,7 @@ class ModelManager:
             return
         for number in chosen:
             model.versions[number] = ModelVersion(
-                settings.name, number, settings, str(on_disk[number]), on_execution=self.on_execution
+                settings.name, number, settings, str(on_disk[number]), on_execution=self._on_execution
             )
         await asyncio.gather(*(self._load_version(v) for v in model.versions.values()))
 
@@ -124,7 +132,9 @@ class ModelManager:
     def _gate(self, device: str) -> DeviceGate:
         gate = self._gates.get(device)
         if gate is None:
-            gate = self._gates[device] = DeviceGate(device, self._settings.priority_aging_ms / 1000)
+            gate = self._gates[device] = DeviceGate(
+                device=device, aging_s=self._settings.priority_aging_ms / 1000
+            )
         return gate
 
     async def _load_version(self, version: ModelVersion) -> None:
@@ -165,23 +175,25 @@ class ModelManager:
         if settings.max_batch_size:
             batching = BatchingPolicy(
                 settings.max_batch_size,
-                settings.max_queue_delay_microseconds * 1000,
+                settings.max_queue_delay_microseconds / 1e6,
                 settings.preferred_batch_size,
                 pad_to,
             )
         queue_size = settings.max_queue_size
         if queue_size is None:
             queue_size = default_queue_size(nireq, settings.max_batch_size)
+        version.describe(inputs, bounds, outputs)
         scheduler = ModelScheduler(
-            executor,
-            f"model '{version.name}' version {version.version}",
-            queue_size,
-            batching,
-            settings.priority,
-            version.streams,
-            self._gate(settings.target_device),
+            executor=executor,
+            label=f"model '{version.name}' version {version.version}",
+            max_queue_size=queue_size,
+            batching=batching,
+            priority=settings.priority,
+            streams=version.streams,
+            gate=self._gate(settings.target_device),
+            on_execution=version.record_execution,
         )
-        version.activate(inputs, bounds, outputs, scheduler)
+        version.activate(scheduler)
         log.info(
             "model %s version %d ready on %s in %.2f s (%s; nireq %d, streams %d; batching %s; "
             "queue %s; priority %d; from %s)",
@@ -372,11 +384,17 @@ class ModelManager:
             return False
         return True
 
-    def metadata(self, name: str, version: str = "") -> ModelMetadata:
-        served = self.version(name, version)
-        model = self._models[name]
+    def existing_version(self, name: str, version: str) -> ModelVersion | None:
+        """The version a request names explicitly, ready or not; None when there is no such version."""
+        model = self._models.get(name)
+        if model is None or not version.isdigit():
+            return None
+        return model.versions.get(int(version))
+
+    def metadata(self, served: ModelVersion) -> ModelMetadata:
+        model = self._models[served.name]
         return ModelMetadata(
-            name=name,
+            name=served.name,
             versions=tuple(str(v) for v in sorted(model.versions)),
             platform=PLATFORM,
             inputs=served.inputs,

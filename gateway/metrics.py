@@ -13,11 +13,16 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from .errors import ConfigError
 from .statistics import ExecutionTimes
+from .types import Interface, Method
+
+if TYPE_CHECKING:
+    from .manager import ModelManager
 
 # OVMS's histogram buckets: floor(10 * 1.8^i) microseconds, 33 of them.
 BUCKETS_US = tuple(math.floor(10 * 1.8**i) for i in range(33))
@@ -79,6 +84,11 @@ GATEWAY_FAMILIES = {
         "Requests dropped from the queue when their deadline (gRPC deadline or timeout parameter) expired.",
     ),
     "ovgw_requests_cancelled": ("counter", "Requests dropped because their client went away while queued."),
+    "ovgw_requests_unrouted": (
+        "counter",
+        "Failed requests that named no served model or version (unknown name or version, no ready version, "
+        "an unparseable gRPC message): OVMS counts these nowhere.",
+    ),
 }
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 ALL_FAMILIES = (*OVMS_FAMILIES, *TRITON_FAMILIES, *GATEWAY_FAMILIES)
@@ -121,14 +131,14 @@ class _Histogram:
 
 
 class Metrics:
-    """Recorders for the request path, and a Prometheus collector over them and the live model state."""
+    """Recorders for the request path, and a Prometheus collector over them and the live model state
+    (the manager, handed in at scrape time)."""
 
-    def __init__(self, manager, families: frozenset[str]):
-        self._manager = manager
+    def __init__(self, families: frozenset[str]):
         self.families = families
-        self._requests: dict[
-            tuple[str, str, str, str, str], int
-        ] = {}  # (outcome, interface, method, name, version)
+        # (family, interface, method, name, version or None for no version label) -> requests
+        self._requests: dict[tuple[str, Interface, Method, str, str | None], int] = {}
+        self._unrouted: dict[tuple[Interface, Method], int] = {}
         self._histograms: dict[tuple, _Histogram] = {}
 
     @property
@@ -137,12 +147,15 @@ class Metrics:
 
     # --- recording (request path) ----------------------------------------------------------------
 
-    def request(self, ok: bool, interface: str, method: str, name: str, version: str) -> None:
+    def request(self, ok: bool, interface: Interface, method: Method, name: str, version: str | None) -> None:
         key = ("ovms_requests_success" if ok else "ovms_requests_fail", interface, method, name, version)
         self._requests[key] = self._requests.get(key, 0) + 1
 
-    def request_time(self, interface: str, name: str, version: str, microseconds: float) -> None:
-        self._observe(("ovms_request_time_us", interface, name, version), microseconds)
+    def unrouted(self, interface: Interface, method: Method) -> None:
+        self._unrouted[(interface, method)] = self._unrouted.get((interface, method), 0) + 1
+
+    def request_time(self, interface: Interface, name: str, version: str, microseconds: float) -> None:
+        self._observe(("ovms_request_time_us", interface.value, name, version), microseconds)
 
     def execution(self, name: str, version: str, times: ExecutionTimes, queue_ns: list[int]) -> None:
         """One OpenVINO execution (inference time) of a batch of requests (each with its queue time)."""
@@ -158,11 +171,11 @@ class Metrics:
 
     # --- collection (scrape time) ---------------------------------------------------------------
 
-    def render(self) -> str:
+    def render(self, manager: ModelManager) -> str:
         """Prometheus text format, 0.0.4. Written here rather than by prometheus_client's generate_latest,
         which renames counter families to `<name>_total` in HELP/TYPE: OVMS and Triton expose bare names."""
         lines = []
-        for metric in self.collect():
+        for metric in self.collect(manager):
             lines.append(f"# HELP {metric.name} {metric.documentation}")
             lines.append(f"# TYPE {metric.name} {metric.type}")
             for sample in metric.samples:
@@ -172,19 +185,28 @@ class Metrics:
                 lines.append(f"{sample.name}{{{labels}}} {text}" if labels else f"{sample.name} {text}")
         return "\n".join(lines) + "\n"
 
-    def collect(self):
+    def collect(self, manager: ModelManager):
         wanted = self.families
         for family in ("ovms_requests_success", "ovms_requests_fail"):
             if family in wanted:
                 metric = Metric(family, OVMS_FAMILIES[family][1], "counter")
-                for (f, interface, method, name, version), value in sorted(self._requests.items()):
+                rows = sorted(self._requests.items(), key=lambda kv: str(kv[0]))
+                for (f, interface, method, name, version), value in rows:
                     if f == family:
-                        labels = {"api": "KServe", "interface": interface, "method": method, "name": name,
-                                  "version": version}  # fmt: skip
+                        labels = {"api": "KServe", "interface": interface.value, "method": method.value,
+                                  "name": name}  # fmt: skip
+                        if version is not None:  # OVMS's ModelReady has no version label
+                            labels["version"] = version
                         metric.add_sample(family, labels, value)
                 yield metric
+        if "ovgw_requests_unrouted" in wanted:
+            family = "ovgw_requests_unrouted"
+            metric = Metric(family, GATEWAY_FAMILIES[family][1], "counter")
+            for (interface, method), value in sorted(self._unrouted.items(), key=lambda kv: str(kv[0])):
+                metric.add_sample(family, {"interface": interface.value, "method": method.value}, value)
+            yield metric
         yield from self._collect_histograms(wanted)
-        yield from self._collect_live(wanted)
+        yield from self._collect_live(wanted, manager)
 
     def _collect_histograms(self, wanted):
         label_names = {
@@ -201,8 +223,8 @@ class Metrics:
                     metric.add_metric(list(key[1:]), h.buckets(), h.sum)
             yield metric
 
-    def _collect_live(self, wanted):
-        versions = list(self._manager.versions())
+    def _collect_live(self, wanted, manager: ModelManager):
+        versions = list(manager.versions())
         gauges = {
             "ovms_streams": lambda v: v.streams,
             "ovms_current_requests": lambda v: v.in_flight,
@@ -252,7 +274,7 @@ class Metrics:
         if "ovgw_model_cache_loads" in wanted:
             family = "ovgw_model_cache_loads"
             metric = Metric(family, GATEWAY_FAMILIES[family][1], "counter")
-            for (name, version, result), count in sorted(self._manager.cache_loads.items()):
+            for (name, version, result), count in sorted(manager.cache_loads.items()):
                 metric.add_sample(family, {"name": name, "version": version, "result": result}, count)
             yield metric
         if "ovgw_batch_size" in wanted:

@@ -14,6 +14,7 @@ import os
 from .datatypes import BY_NAME
 from .model_version import ModelVersion
 from .settings import VersionPolicy
+from .types import TensorSpec
 
 PLATFORM = "openvino"
 
@@ -27,8 +28,17 @@ def _instance_kind(device: str) -> str:
     return "KIND_MODEL"  # AUTO, HETERO, MULTI, BATCH, NPU: the device decides
 
 
-def _dims(shape: tuple[int, ...], batched: bool) -> list[int]:
-    return list(shape[1:] if batched else shape)
+def _tensor(spec: TensorSpec, batched: bool) -> dict:
+    """name, data_type and dims of a config input or output. Triton has no `dims: []`: a scalar is
+    `dims: [1]` with `reshape: {shape: []}`, and clients send it as shape [1]."""
+    entry: dict = {"name": spec.name, "data_type": BY_NAME[spec.datatype].config_name}
+    dims = list(spec.shape[1:] if batched else spec.shape)
+    if not spec.shape:
+        entry["dims"] = [1]
+        entry["reshape"] = {"shape": []}
+    else:
+        entry["dims"] = dims
+    return entry
 
 
 # The model's priority on its device, in Triton's ModelOptimizationPolicy terms.
@@ -69,10 +79,8 @@ def model_config(version: ModelVersion, policy: VersionPolicy) -> dict:
         "max_batch_size": version.max_batch_size,
         "input": [
             {
-                "name": s.name,
-                "data_type": BY_NAME[s.datatype].config_name,
+                **_tensor(s, batched),
                 "format": "FORMAT_NONE",
-                "dims": _dims(s.shape, batched),
                 "is_shape_tensor": False,
                 "allow_ragged_batch": False,
                 "optional": False,
@@ -80,14 +88,7 @@ def model_config(version: ModelVersion, policy: VersionPolicy) -> dict:
             for s in version.inputs
         ],
         "output": [
-            {
-                "name": s.name,
-                "data_type": BY_NAME[s.datatype].config_name,
-                "dims": _dims(s.shape, batched),
-                "label_filename": "",
-                "is_shape_tensor": False,
-            }
-            for s in version.outputs
+            {**_tensor(s, batched), "label_filename": "", "is_shape_tensor": False} for s in version.outputs
         ],
         "instance_group": [
             {

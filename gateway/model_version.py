@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import ConfigError, InvalidArgument, Unavailable
-from .scheduler import ModelScheduler
+from .scheduler import Executor, ModelScheduler
 from .settings import ModelSettings
 from .statistics import ExecutionTimes, VersionStats
 from .types import InferInput, InferOutput, RequestedOutput, TensorSpec
@@ -64,8 +64,27 @@ class State(enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"
 
 
-def _fmt(shape: Sequence[int]) -> str:
+def _fmt(shape: Iterable[int | str]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+# Each dimension's inclusive (low, high) bounds; high -1 = unbounded.
+Bounds = tuple[tuple[int, int], ...]
+
+
+def check_shape(name: str, bounds: Bounds, shape: tuple[int, ...]) -> None:
+    """A request shape against an input's bounds: same rank, every dimension inside its range."""
+    ok = len(shape) == len(bounds) and all(
+        lo <= d and (hi < 0 or d <= hi) for d, (lo, hi) in zip(shape, bounds, strict=True)
+    )
+    if not ok:
+        expected = _fmt(
+            lo if lo == hi else (-1 if hi < 0 and lo == 0 else f"{lo}:{'' if hi < 0 else hi}")
+            for lo, hi in bounds
+        )
+        raise InvalidArgument(
+            f"Invalid input shape - Expected: {expected}; Actual: {_fmt(shape)}; input name: {name}"
+        )
 
 
 @dataclass(eq=False, slots=True)
@@ -91,12 +110,14 @@ class ModelVersion:
     _input_index: dict[str, int] = field(default_factory=dict)
     _output_index: dict[str, int] = field(default_factory=dict)
 
-    def activate(self, inputs, input_bounds, outputs, scheduler: ModelScheduler) -> None:
+    def describe(self, inputs, input_bounds, outputs) -> None:
+        """The client's view of the compiled model (after batching is applied), before it serves."""
         self.inputs, self.input_bounds, self.outputs = inputs, input_bounds, outputs
         self._input_index = {s.name: i for i, s in enumerate(inputs)}
         self._output_index = {s.name: i for i, s in enumerate(outputs)}
         self.max_batch_size = self.settings.max_batch_size or batch_capacity(inputs, input_bounds, outputs)
-        scheduler.on_execution = self._record_execution
+
+    def activate(self, scheduler: ModelScheduler) -> None:
         self.scheduler = scheduler
         self.state, self.reason = State.READY, ""
 
@@ -107,10 +128,11 @@ class ModelVersion:
         self.state, self.reason, self.scheduler = State.UNAVAILABLE, reason, None
 
     @property
-    def executor(self):
+    def executor(self) -> Executor | None:
         return self.scheduler.executor if self.scheduler is not None else None
 
-    def _record_execution(self, rows: int, times: ExecutionTimes, queue_ns: list[int]) -> None:
+    def record_execution(self, rows: int, times: ExecutionTimes, queue_ns: list[int]) -> None:
+        """The scheduler's callback, once per execution."""
         self.stats.record_execution(times, rows, queue_ns)
         if self.on_execution is not None:
             self.on_execution(self.name, str(self.version), times, queue_ns)
@@ -119,8 +141,13 @@ class ModelVersion:
     def ready(self) -> bool:
         return self.state is State.READY
 
-    def order_inputs(self, inputs: Sequence[InferInput]) -> list[np.ndarray]:
-        """Check the request's inputs against the model and return their arrays in model input order."""
+    def order_inputs(self, inputs: Sequence[InferInput]) -> tuple[list[np.ndarray], int]:
+        """Check the request's inputs against the model; return their arrays in model input order and
+        the request's batch size (its row count: dimension 0 when the model batches, else 1).
+
+        This is where a request's invariants enter, once: names, datatypes, shapes, and, when dimension 0
+        is the batch (max_batch_size > 0), one batch size shared by every input, 1..max_batch_size. The
+        scheduler's batching key, row counts, padding and output split rely on that last one."""
         ordered: list[np.ndarray | None] = [None] * len(self.inputs)
         for given in inputs:
             index = self._input_index.get(given.name)
@@ -137,29 +164,45 @@ class ModelVersion:
                     f"Invalid input precision - Expected: {spec.datatype}; Actual: {given.datatype}; "
                     f"input name: {given.name}"
                 )
-            self._check_shape(spec, self.input_bounds[index], given.shape)
-            ordered[index] = given.data
+            data = given.data
+            if not spec.shape and given.shape == (1,):
+                # Triton's form of a scalar (config dims [1], reshape []): one element, sent as [1].
+                data = data.reshape(())
+            else:
+                check_shape(spec.name, self.input_bounds[index], given.shape)
+            ordered[index] = data
         missing = [s.name for s, a in zip(self.inputs, ordered, strict=True) if a is None]
         if missing:
             raise InvalidArgument(
                 f"Invalid number of inputs - Expected: {len(self.inputs)}; Actual: {len(inputs)}; "
                 f"missing input(s): {', '.join(missing)}"
             )
-        return ordered  # type: ignore[return-value]
+        arrays: list[np.ndarray] = ordered  # type: ignore[assignment]  # none is None past the check
+        if not self.max_batch_size:
+            return arrays, 1
+        return arrays, self._batch_size(arrays)
 
-    @staticmethod
-    def _check_shape(spec: TensorSpec, bounds, shape: tuple[int, ...]) -> None:
-        ok = len(shape) == len(bounds) and all(
-            lo <= d and (hi < 0 or d <= hi) for d, (lo, hi) in zip(shape, bounds, strict=True)
-        )
-        if not ok:
-            expected = _fmt(
-                lo if lo == hi else (-1 if hi < 0 and lo == 0 else f"{lo}:{'' if hi < 0 else hi}")
-                for lo, hi in bounds
-            )
+    def _batch_size(self, arrays: list[np.ndarray]) -> int:
+        """Triton's rule where dimension 0 is the batch: every input has the same one, 1..max_batch_size.
+        (Each array has rank >= 1 here: every input's metadata shape starts with the batch, -1.)"""
+        sizes = [a.shape[0] for a in arrays]
+        rows = sizes[0]
+        if any(size != rows for size in sizes):
+            given = ", ".join(f"{s.name} has {size}" for s, size in zip(self.inputs, sizes, strict=True))
             raise InvalidArgument(
-                f"Invalid input shape - Expected: {expected}; Actual: {_fmt(shape)}; input name: {spec.name}"
+                f"Invalid batch size - every input must have the same dimension 0 (the batch size); "
+                f"Actual: {given}; model '{self.name}' version {self.version}"
             )
+        if not 1 <= rows <= self.max_batch_size:
+            expected = (
+                "at least 1" if self.max_batch_size == UNBOUNDED_BATCH else f"1 to {self.max_batch_size}"
+            )
+            names = ", ".join(s.name for s in self.inputs)
+            raise InvalidArgument(
+                f"Invalid batch size - Expected: {expected}; Actual: {rows} (dimension 0 of {names}); "
+                f"model '{self.name}' version {self.version}"
+            )
+        return rows
 
     def select_outputs(self, requested: Sequence[RequestedOutput] | None) -> list[int]:
         if requested is None or len(requested) == 0:
@@ -185,13 +228,12 @@ class ModelVersion:
         deadline: float | None = None,
     ) -> list[InferOutput]:
         """Validate, queue and run one request. `priority`: Triton's level (1 highest, 0 default);
-        `deadline`: event-loop time after which the request is dropped if it is still queued."""
+        `deadline`: time.monotonic after which the request is dropped if it is still queued."""
         scheduler = self.scheduler  # an unload may clear it while this request runs
         if scheduler is None:
             raise Unavailable(f"model '{self.name}' version {self.version} is not ready: {self.reason}")
-        arrays = self.order_inputs(inputs)
+        arrays, rows = self.order_inputs(inputs)
         picked = self.select_outputs(requested)
-        rows = arrays[0].shape[0] if self.max_batch_size and arrays[0].ndim else 1
         results, _, _ = await scheduler.submit(arrays, rows, priority, deadline)
         outputs = []
         for position, index in enumerate(picked):

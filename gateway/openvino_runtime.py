@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter_ns
+from typing import Any
 
 import numpy as np
 import openvino as ov
-from openvino._pyopenvino import InferRequest as _BaseInferRequest
 
 from .datatypes import from_openvino
 from .errors import ConfigError, InternalError
@@ -249,10 +249,10 @@ class InferExecutor:
                 feeds = await self._loop.run_in_executor(self._threads, self._feeds, parts, pad_to)
             run = _Run(self._loop.create_future(), request, feeds, started, perf_counter_ns())
             self._runs[id(request)] = run
-            _start_async(request, feeds, None)
+            start_with_tensors(request, feeds)
         except Exception as e:
             self._runs.pop(id(request), None)
-            raise _inference_failed(e) from None
+            raise _inference_failed(e) from e
         if self._sweep_timer is None:
             self._sweep_timer = self._loop.call_later(_SWEEP_S, self._sweep)
         try:
@@ -271,13 +271,12 @@ class InferExecutor:
         try:
             types = self._output_types
             outputs = [_read_output(request.get_output_tensor(i), t) for i, t in enumerate(types)]
-            result = (
+            result: tuple | InternalError = (
                 outputs,
                 ExecutionTimes(
-                    run.started_ns,
-                    run.prepared_ns - run.started_ns,
-                    inferred - run.prepared_ns,
-                    perf_counter_ns() - inferred,
+                    input_ns=run.prepared_ns - run.started_ns,
+                    infer_ns=inferred - run.prepared_ns,
+                    output_ns=perf_counter_ns() - inferred,
                 ),
             )
         except Exception as e:
@@ -348,7 +347,10 @@ def _stack(arrays: Sequence[np.ndarray], rows: int | None) -> np.ndarray:
 
 
 def _inference_failed(error: Exception) -> InternalError:
-    return InternalError(f"OpenVINO inference failed: {_first_line(error)}")
+    """The client's one-line message; OpenVINO's exception stays attached as the cause, for the log."""
+    failure = InternalError(f"OpenVINO inference failed: {_first_line(error)}")
+    failure.__cause__ = error
+    return failure
 
 
 def _first_line(error: Exception) -> str:
@@ -358,10 +360,28 @@ def _first_line(error: Exception) -> str:
     return (meaningful or lines or [type(error).__name__])[-1]
 
 
-# The binding's own start_async() runs every input through a Python dispatcher (singledispatch, a
-# request-tensor lookup, a copy of each read-only array in numpy) before this same call: ~12 µs of
-# the event loop's time per request on `simple`. The executor hands it ready tensors instead.
-_start_async = _BaseInferRequest.start_async
+def _private_start_async() -> Callable[[Any, dict, Any], None] | None:
+    """The binding's C++ start_async, below its Python wrapper; None where this OpenVINO lacks it."""
+    try:
+        from openvino._pyopenvino import InferRequest as base  # private: tested on 2025.4 to 2026.4
+    except ImportError:
+        return None
+    return getattr(base, "start_async", None)
+
+
+# The binding's public start_async() runs every input through a Python dispatcher (singledispatch, a
+# request-tensor lookup, a copy of each read-only array in numpy) before calling the C++ one: ~12 µs of
+# the event loop's time per request on `simple`. The executor hands the C++ one ready tensors instead,
+# and falls back to the public call (same tensors, same result) on a release without that symbol.
+_START_ASYNC = _private_start_async()
+
+
+def start_with_tensors(request: ov.InferRequest, feeds: dict[int, ov.Tensor]) -> None:
+    """Start an inference on ready tensors (input index -> ov.Tensor); completion calls back."""
+    if _START_ASYNC is not None:
+        _START_ASYNC(request, feeds, None)
+    else:
+        request.start_async(feeds)
 
 
 def _numpy_dtype(port) -> np.dtype | None:
@@ -386,7 +406,8 @@ def _to_tensor(array: np.ndarray, datatype: str, dtype: np.dtype | None) -> ov.T
     if array.flags.writeable and array.flags.c_contiguous:
         return ov.Tensor(array, shared_memory=True)
     # Arrays over a request's immutable bytes cannot be shared with OpenVINO: one copy, in C++.
-    return ov.Tensor(np.ascontiguousarray(array))
+    # (np.ascontiguousarray returns at least 1-d: a scalar keeps its shape () through the reshape.)
+    return ov.Tensor(np.ascontiguousarray(array).reshape(array.shape))
 
 
 def _read_output(tensor: ov.Tensor, datatype: str) -> np.ndarray:

@@ -15,8 +15,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
-from .errors import GatewayError, InvalidArgument, NotFound
+from .errors import GatewayError, InvalidArgument, NotFound, TooLarge
 from .gateway import Gateway
+from .model_version import ModelVersion
 from .tensor_codec import (
     array_from_contents,
     array_from_raw,
@@ -25,7 +26,7 @@ from .tensor_codec import (
     json_from_array,
     raw_from_array,
 )
-from .types import InferInput, InferRequest, InferResponse, RequestedOutput
+from .types import InferInput, InferRequest, InferResponse, Interface, RequestedOutput
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,34 @@ def error_response(error: GatewayError) -> web.Response:
     return _json_response({"error": error.message}, error.code.http_status, headers)
 
 
+class UnreadableBody(InvalidArgument):
+    """The body could not be read to its end (e.g. not the gzip it claims): the connection cannot be
+    reused."""
+
+
+class BodyTooLarge(TooLarge):
+    """The body is over the size limit; its rest is not read, so the connection cannot be reused."""
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, with gzip/deflate Content-Encoding undone; its failures as GatewayErrors."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise BodyTooLarge(f"the request body is larger than the limit: {e.text or e.reason}") from None
+    except (RequestPayloadError, BadHttpMessage) as e:
+        raise UnreadableBody(f"cannot read the request body: {e}") from None
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except GatewayError as e:
-        return error_response(e)
+        response = error_response(e)
+        if isinstance(e, UnreadableBody | BodyTooLarge):
+            response.force_close()
+        return response
     except (RequestPayloadError, BadHttpMessage) as e:  # e.g. a body that is not the gzip it claims
         response = _json_response({"error": f"cannot read the request body: {e}"}, 400)
         response.force_close()  # the rest of the body is unreadable: this connection cannot be reused
@@ -165,19 +188,24 @@ def decode_infer_request(
     return InferRequest(model, inputs, version, request_id, outputs or None, request_params)
 
 
-def single_raw_input_request(gateway: Gateway, model: str, version: str, body: memoryview) -> InferRequest:
-    """`Inference-Header-Content-Length: 0`: the whole body is the one input of a one-input model."""
-    meta = gateway.model_metadata(model, version)
-    if len(meta.inputs) != 1:
+def single_raw_input_request(
+    served: ModelVersion, model: str, version: str, body: memoryview
+) -> InferRequest:
+    """`Inference-Header-Content-Length: 0`: the whole body is the one input of a one-input model, and
+    the outputs come back binary."""
+    if len(served.inputs) != 1:
         raise InvalidArgument(
             f"a request with no JSON header needs a model with exactly one input; "
-            f"'{model}' has {len(meta.inputs)}"
+            f"'{model}' has {len(served.inputs)}"
         )
-    spec = meta.inputs[0]
+    spec = served.inputs[0]
+    binary_output = {"binary_data_output": True}
     if spec.datatype == "BYTES":
         shape = tuple(1 if d < 0 else d for d in spec.shape)
         data = array_from_contents(spec.name, "BYTES", shape, [bytes(body)])
-        return InferRequest(model, [InferInput(spec.name, "BYTES", shape, data)], version)
+        return InferRequest(
+            model, [InferInput(spec.name, "BYTES", shape, data)], version, parameters=binary_output
+        )
     itemsize = datatype_or_error(spec.name, spec.datatype).itemsize
     dynamic = [i for i, d in enumerate(spec.shape) if d < 0]
     known = 1
@@ -198,7 +226,9 @@ def single_raw_input_request(gateway: Gateway, model: str, version: str, body: m
             )
         shape[dynamic[0]] = len(body) // (known * itemsize)
     data = array_from_raw(spec.name, spec.datatype, tuple(shape), body)
-    return InferRequest(model, [InferInput(spec.name, spec.datatype, tuple(shape), data)], version)
+    return InferRequest(
+        model, [InferInput(spec.name, spec.datatype, tuple(shape), data)], version, parameters=binary_output
+    )
 
 
 # --- response encoding ---------------------------------------------------------------------------
@@ -256,7 +286,7 @@ class RestHandlers:
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         model, version = request.match_info["model"], request.match_info.get("version", "")
-        meta = self.gateway.model_metadata(model, version, "REST")
+        meta = self.gateway.model_metadata(model, version, Interface.REST)
 
         def tensors(specs):
             return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
@@ -273,7 +303,7 @@ class RestHandlers:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         model, version = request.match_info["model"], request.match_info.get("version", "")
-        if self.gateway.model_ready(model, version, "REST"):
+        if self.gateway.model_ready(model, version, Interface.REST):
             return _json_response({"name": model, "ready": True})
         what = f"model '{model}'" + (f" version {version}" if version else "")
         return _json_response({"name": model, "ready": False, "error": f"{what} is not ready"}, 503)
@@ -299,18 +329,7 @@ class RestHandlers:
     async def repository_load(self, request: web.Request) -> web.Response:
         body = await _optional_json(request)
         params = _object(body.get("parameters", {}), "parameters")
-        for key in params:
-            if key.startswith("file:"):
-                raise InvalidArgument(f"parameter '{key}': uploading model files is not supported")
-        config = params.get("config")
-        if isinstance(config, str):
-            try:
-                config = json.loads(config)
-            except ValueError as e:
-                raise InvalidArgument(f"parameter 'config' is not valid JSON: {e}") from None
-        if config is not None and not isinstance(config, dict):
-            raise InvalidArgument("parameter 'config' must be a JSON object (an OVMS model config entry)")
-        await self.gateway.load_model(request.match_info["model"], config)
+        await self.gateway.load_model(request.match_info["model"], params)
         return _json_response({})
 
     async def repository_unload(self, request: web.Request) -> web.Response:
@@ -321,21 +340,27 @@ class RestHandlers:
     async def infer(self, request: web.Request) -> web.Response:
         received = perf_counter_ns()
         model, version = request.match_info["model"], request.match_info.get("version", "")
-        # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
-        # aiohttp has already undone a gzip/deflate Content-Encoding (and refuses a corrupt one with 400).
-        body = await request.read()
-        header_length = request.headers.get(HEADER_LENGTH)
-        if header_length is not None and header_length.strip() == "0" and body:
-            infer_request = single_raw_input_request(self.gateway, model, version, memoryview(body))
-            binary_default = True
-        else:
-            if not body:
-                raise InvalidArgument("the request body is empty; expected a JSON inference request")
-            header, binary = split_body(body, header_length)
-            infer_request = decode_infer_request(model, version, header, binary)
-            binary_default = bool(infer_request.parameters.get("binary_data_output", False))
-        response = await self.gateway.infer(infer_request, "REST", received)
-        return encode_infer_response(response, binary_default)
+        binary_output = False  # the request's binary_data_output: the default of every output
+
+        async def decode(served: ModelVersion) -> InferRequest:
+            nonlocal binary_output
+            # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
+            body = await read_body(request)
+            header_length = request.headers.get(HEADER_LENGTH)
+            if header_length is not None and header_length.strip() == "0" and body:
+                decoded = single_raw_input_request(served, model, version, memoryview(body))
+            else:
+                if not body:
+                    raise InvalidArgument("the request body is empty; expected a JSON inference request")
+                header, binary = split_body(body, header_length)
+                decoded = decode_infer_request(model, version, header, binary)
+            binary_output = bool(decoded.parameters.get("binary_data_output", False))
+            return decoded
+
+        response = await self.gateway.decode_and_infer(
+            model, version, decode, Interface.REST, received_ns=received
+        )
+        return encode_infer_response(response, binary_output)
 
     async def config_reload(self, request: web.Request) -> web.Response:
         report = await self.gateway.reload_config()
@@ -345,7 +370,7 @@ class RestHandlers:
         if not self.gateway.metrics.enabled:
             raise NotFound("metrics are disabled (--metrics_enable false)")
         return web.Response(
-            text=self.gateway.metrics.render(),
+            text=self.gateway.render_metrics(),
             content_type="text/plain",
             charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},
@@ -353,7 +378,7 @@ class RestHandlers:
 
 
 async def _optional_json(request: web.Request) -> dict:
-    body = await request.read()
+    body = await read_body(request)
     if not body.strip():
         return {}
     try:

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import enum
 import logging
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from time import perf_counter_ns
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
+from .clock import Clock, LoopClock, Timer
 from .errors import DeadlineExceeded, GatewayError, InternalError, ResourceExhausted
-from .openvino_runtime import InferExecutor
 from .statistics import ExecutionTimes
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,32 @@ def default_queue_size(nireq: int, max_batch_size: int) -> int:
     return max(MIN_QUEUE, QUEUE_FACTOR * nireq * max(1, max_batch_size))
 
 
+class Executor(Protocol):
+    """What the scheduler needs from an executor (openvino_runtime.InferExecutor; a fake in unit tests):
+    a pool of slots, each of which runs one execution at a time."""
+
+    @property
+    def nireq(self) -> int: ...  # slots in all
+
+    @property
+    def idle(self) -> int: ...
+
+    @property
+    def busy(self) -> int: ...
+
+    def take(self) -> Any: ...
+
+    def give_back(self, slot: Any) -> None: ...
+
+    async def execute(
+        self, slot: Any, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None
+    ) -> tuple[list[np.ndarray], ExecutionTimes]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class BatchingPolicy:
     max_batch_size: int
-    max_queue_delay_ns: int = 0
+    max_queue_delay_s: float = 0.0
     preferred: tuple[int, ...] = ()
     pad_to: int | None = None  # a static-batch model runs every batch at this size
 
@@ -59,60 +83,78 @@ class BatchingPolicy:
 @dataclass(eq=False, slots=True)
 class _Waiting:
     arrays: Sequence[np.ndarray]
-    rows: int  # the request's batch size (dimension 0), 1 when the model does not batch
+    rows: int  # the request's batch size (dimension 0 of every input), 1 when the model does not batch
     key: tuple  # the non-batch dimensions: only requests with equal keys share a batch
     order: tuple[int, int]  # (priority key, arrival sequence)
-    arrived_ns: int
-    deadline: float | None  # loop time
+    arrived: float  # clock time
+    deadline: float | None  # clock time
     future: asyncio.Future
-    timer: asyncio.TimerHandle | None = None
+    timer: Timer | None = None
 
 
 # What the scheduler hands back to the waiting request: its outputs (views into the batch's
 # outputs), the execution's times, and its own queue time.
 Result = tuple[list[np.ndarray], ExecutionTimes, int]
 
+# Called once per execution: (rows, times, queue time in ns of each request in it).
+ExecutionRecorder = Callable[[int, ExecutionTimes, list[int]], None]
 
-@dataclass(eq=False)
+
 class ModelScheduler:
-    executor: InferExecutor
-    label: str  # "model version N", for messages
-    max_queue_size: int  # 0 = unbounded
-    batching: BatchingPolicy | None = None
-    priority: int = 2  # the model's level on its device (1 = highest)
-    streams: int = 1  # OpenVINO's execution streams: how many executions the device runs side by side
-    gate: DeviceGate | None = None
-    # Called once per execution: (rows, times, queue time of each request in it).
-    on_execution: Callable[[int, ExecutionTimes, list[int]], None] | None = None
-    _waiting: list[_Waiting] = field(default_factory=list)
-    _sequence: int = 0
-    _running: int = 0
-    _delay_timer: asyncio.TimerHandle | None = None
-    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    """One model version's queue in front of its executor (see the module's docstring)."""
 
-    def __post_init__(self) -> None:
-        if self.gate is not None:
-            self.gate.register(self)
+    def __init__(
+        self,
+        *,
+        executor: Executor,
+        label: str,
+        max_queue_size: int,
+        batching: BatchingPolicy | None = None,
+        priority: int = 2,
+        streams: int = 1,
+        gate: DeviceGate | None = None,
+        on_execution: ExecutionRecorder | None = None,
+        clock: Clock | None = None,
+    ):
+        self.executor = executor
+        self.label = label  # "model 'x' version N", for messages
+        self.max_queue_size = max_queue_size  # 0 = unbounded
+        self.batching = batching
+        self.priority = priority  # the model's level on its device (1 = highest)
+        self.streams = streams  # how many executions the device runs side by side
+        self._gate = gate
+        self._on_execution = on_execution
+        self._clock = clock or LoopClock()
+        self._waiting: list[_Waiting] = []
+        self._sequence = 0
+        self._delay_timer: Timer | None = None
+        self._loop = asyncio.get_running_loop()
+        if gate is not None:
+            gate.register(self)
 
     @property
     def queued(self) -> int:
         return len(self._waiting)
 
-    def oldest_arrival_ns(self) -> int | None:
-        return min((w.arrived_ns for w in self._waiting), default=None)
+    def oldest_arrival(self) -> float | None:
+        return min((w.arrived for w in self._waiting), default=None)
 
     def wants_slot(self) -> bool:
         return bool(self._waiting) and self.executor.idle > 0
 
     def close(self) -> None:
         """Leave the device gate; what is queued or running still completes."""
-        if self.gate is not None:
-            self.gate.unregister(self)
+        if self._gate is not None:
+            self._gate.unregister(self)
 
     async def submit(
         self, arrays: Sequence[np.ndarray], rows: int, priority: int = 0, deadline: float | None = None
     ) -> Result:
-        """Queue one request's inputs (model input order) and wait for its outputs."""
+        """Queue one request's inputs (model input order) and wait for its outputs.
+
+        Invariant (ModelVersion validated it before this call): when batching is on, every array has
+        dimension 0 equal to `rows`, 1 <= rows <= max_batch_size. The batching key, the row counts, the
+        padding and the split of the outputs below rely on it."""
         if self.max_queue_size and len(self._waiting) >= self.max_queue_size:
             raise ResourceExhausted(
                 f"{self.label}: the queue is full ({self.max_queue_size} requests waiting); retry later"
@@ -124,13 +166,13 @@ class ModelScheduler:
             rows,
             key,
             (priority or DEFAULT_PRIORITY_KEY, self._sequence),
-            perf_counter_ns(),
+            self._clock.now(),
             deadline,
             self._loop.create_future(),
         )
         bisect.insort(self._waiting, waiting, key=lambda w: w.order)
         if deadline is not None:
-            waiting.timer = self._loop.call_at(deadline, self._expire, waiting)
+            waiting.timer = self._clock.call_at(deadline, lambda: self._expire(waiting))
         self.pump()
         try:
             return await waiting.future
@@ -158,28 +200,29 @@ class ModelScheduler:
     def pump(self) -> None:
         """Dispatch what can run now: called on arrival, on completion, on timers and by the gate."""
         while self._waiting and self.executor.idle > 0:
-            now = self._loop.time()
+            now = self._clock.now()
             head = self._waiting[0]
             if head.deadline is not None and head.deadline <= now:
                 self._expire(head)
                 continue
-            group = self._form_batch(head)
+            group = self._form_batch(head, now)
             if group is None:  # wait for the batch to fill; the delay timer calls back
                 return
-            ticket = self.gate.try_acquire(self) if self.gate is not None else GRANTED
-            if ticket is REFUSED:
+            ticket = self._gate.try_acquire(self) if self._gate is not None else Ticket.UNCOUNTED
+            if ticket is Ticket.REFUSED:
                 return  # the gate calls pump() when this model's turn comes
             for waiting in group:
                 self._withdraw(waiting)
-            self._running += 1
-            request = self.executor.take()
-            self._loop.create_task(self._execute(request, group, ticket))
+            queue_ns = [int((now - w.arrived) * 1e9) for w in group]
+            slot = self.executor.take()
+            self._loop.create_task(self._execute(slot, group, queue_ns, ticket))
 
-    def _form_batch(self, head: _Waiting) -> list[_Waiting] | None:
+    def _form_batch(self, head: _Waiting, now: float) -> list[_Waiting] | None:
         policy = self.batching
         if policy is None:
             return [head]
-        group, rows, preferred_prefix = [], 0, 0
+        group: list[_Waiting] = []
+        rows, preferred_prefix = 0, 0
         for waiting in self._waiting:
             if waiting.key != head.key:
                 continue  # other dimensions: a batch of its own, later
@@ -193,35 +236,43 @@ class ModelScheduler:
             return group
         if preferred_prefix:
             return group[:preferred_prefix]
-        waited = perf_counter_ns() - head.arrived_ns
-        if waited >= policy.max_queue_delay_ns:
+        due = head.arrived + policy.max_queue_delay_s  # the timer's own time: no float drift between them
+        if now >= due:
             return group
         if self._delay_timer is None:
-            self._delay_timer = self._loop.call_later(
-                (policy.max_queue_delay_ns - waited) / 1e9, self._delay_elapsed
-            )
+            self._delay_timer = self._clock.call_at(due, self._delay_elapsed)
         return None
 
     def _delay_elapsed(self) -> None:
         self._delay_timer = None
         self.pump()
 
-    async def _execute(self, request, group: list[_Waiting], ticket: object) -> None:
+    async def _execute(self, slot: Any, group: list[_Waiting], queue_ns: list[int], ticket: Ticket) -> None:
         pad_to = self.batching.pad_to if self.batching else None
+        rows = sum(w.rows for w in group)
         try:
-            outputs, times = await self.executor.execute(request, [w.arrays for w in group], pad_to)
+            outputs, times = await self.executor.execute(slot, [w.arrays for w in group], pad_to)
         except Exception as e:
-            error = e if isinstance(e, GatewayError) else InternalError(f"inference failed: {e}")
-            if not isinstance(e, GatewayError):
-                log.exception("%s: inference failed", self.label)
+            # Only the requests of this batch fail; the next batch runs on the same executor.
+            if isinstance(e, GatewayError):
+                error = e  # the executor's InternalError keeps OpenVINO's exception as its cause
+            else:
+                error = InternalError(f"inference failed: {type(e).__name__}: {e}")
+                error.__cause__ = e
+            log.error(
+                "%s: inference failed on a batch of %d row(s) from %d request(s): %s",
+                self.label,
+                rows,
+                len(group),
+                error.message,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
             for waiting in group:
                 if not waiting.future.done():
                     waiting.future.set_exception(error)
         else:
-            queue_ns = [times.started_ns - w.arrived_ns for w in group]
-            rows = sum(w.rows for w in group)
-            if self.on_execution is not None:
-                self.on_execution(rows, times, queue_ns)
+            if self._on_execution is not None:
+                self._on_execution(rows, times, queue_ns)
             offset = 0
             for waiting, queued in zip(group, queue_ns, strict=True):
                 if len(group) == 1 and pad_to is None:
@@ -232,32 +283,36 @@ class ModelScheduler:
                 if not waiting.future.done():  # a client that left has a cancelled future
                     waiting.future.set_result((mine, times, queued))
         finally:
-            self.executor.give_back(request)
-            self._running -= 1
-            if ticket is COUNTED:
-                self.gate.release(self)
+            self.executor.give_back(slot)
+            if ticket is Ticket.COUNTED and self._gate is not None:
+                self._gate.release(self)
             self.pump()
 
 
-# What DeviceGate.try_acquire answers.
-REFUSED = object()  # wait: the gate calls pump() again when this model may go
-GRANTED = object()  # go; the gate is not counting (one priority on the device)
-COUNTED = object()  # go, and release() the slot when the execution ends
+class Ticket(enum.Enum):
+    """What DeviceGate.try_acquire answers."""
+
+    REFUSED = "refused"  # wait: the gate calls pump() again when this model may go
+    UNCOUNTED = "uncounted"  # go; the gate is not counting (one priority on the device)
+    COUNTED = "counted"  # go, and release() the slot when the execution ends
 
 
 class DeviceGate:
     """Orders dispatch among the models of one device by model priority (see the module's docstring)."""
 
-    def __init__(self, device: str, aging_s: float = 0.5, hold_s: float = 0.02):
+    def __init__(
+        self, *, device: str, aging_s: float = 0.5, hold_s: float = 0.02, clock: Clock | None = None
+    ):
         self.device = device
-        self.aging_ns = int(aging_s * 1e9)
+        self.aging_s = aging_s
         self.hold_s = hold_s
+        self._clock = clock or LoopClock()
         self._members: list[ModelScheduler] = []
         self._waiting: list[ModelScheduler] = []
         self._in_use: dict[int, int] = {}  # priority level -> running executions
         self._peak: dict[int, int] = {}  # level -> most executions it ran at once lately
-        self._last_used: dict[int, float] = {}  # level -> loop time it last released a slot
-        self._wake_timer: asyncio.TimerHandle | None = None
+        self._last_used: dict[int, float] = {}  # level -> clock time it last released a slot
+        self._wake_timer: Timer | None = None
         self._wake_due = 0.0
         self.capacity = 1
         self.active = False
@@ -269,6 +324,8 @@ class DeviceGate:
     def unregister(self, scheduler: ModelScheduler) -> None:
         if scheduler in self._members:
             self._members.remove(scheduler)
+        if scheduler in self._waiting:
+            self._waiting.remove(scheduler)
         self._refresh()
         self._wake()
 
@@ -278,77 +335,83 @@ class DeviceGate:
         self.active = len({m.priority for m in self._members}) > 1
         self.capacity = max((m.streams for m in self._members), default=1)
 
-    def _aged(self, scheduler: ModelScheduler, now_ns: int) -> bool:
-        oldest = scheduler.oldest_arrival_ns()
-        return oldest is not None and now_ns - oldest >= self.aging_ns
+    def _aged(self, scheduler: ModelScheduler, now: float) -> bool:
+        oldest = scheduler.oldest_arrival()
+        return oldest is not None and now >= oldest + self.aging_s  # the wake timer's own time
 
-    def _rank(self, scheduler: ModelScheduler, now_ns: int) -> tuple:
-        aged = self._aged(scheduler, now_ns)
-        return (not aged, scheduler.priority if not aged else 0, scheduler.oldest_arrival_ns() or now_ns)
+    def _rank(self, scheduler: ModelScheduler, now: float) -> tuple:
+        aged = self._aged(scheduler, now)
+        oldest = scheduler.oldest_arrival()
+        return (not aged, scheduler.priority if not aged else 0, now if oldest is None else oldest)
 
-    def try_acquire(self, scheduler: ModelScheduler) -> object:
+    def try_acquire(self, scheduler: ModelScheduler) -> Ticket:
         if not self.active:
-            return GRANTED
-        loop_now = asyncio.get_running_loop().time()
-        now_ns = perf_counter_ns()
+            return Ticket.UNCOUNTED
+        now = self._clock.now()
         running = sum(self._in_use.values())
-        mine = self._rank(scheduler, now_ns)
+        mine = self._rank(scheduler, now)
         allowed = running < self.capacity
         if allowed:
             # Someone ahead in line (aged, or of a higher priority) takes the slot first.
             for other in self._waiting:
-                if other is not scheduler and other.wants_slot() and self._rank(other, now_ns) < mine:
+                if other is not scheduler and other.wants_slot() and self._rank(other, now) < mine:
                     allowed = False
                     break
         if allowed and mine[0]:  # not aged: respect the slots higher priorities keep
             reserved = 0
+            lapses: list[float] = []  # when idle higher levels' holds end (a busy level wakes us on release)
             for level, peak in self._peak.items():
                 if level < scheduler.priority:
                     in_use = self._in_use.get(level, 0)
-                    if in_use or loop_now - self._last_used.get(level, 0.0) < self.hold_s:
+                    held_until = self._last_used.get(level, -math.inf) + self.hold_s
+                    if in_use or now < held_until:
                         reserved += max(0, peak - in_use)
+                        if not in_use:
+                            lapses.append(held_until)
                     else:
                         self._peak[level] = 0
             if running + reserved >= self.capacity:
                 allowed = False
-                self._schedule_wake(self.hold_s)
+                if lapses:
+                    self._schedule_wake(min(lapses))
         if not allowed:
             if scheduler not in self._waiting:
                 self._waiting.append(scheduler)
-            oldest = scheduler.oldest_arrival_ns() or now_ns
-            self._schedule_wake(max(0.0, (oldest + self.aging_ns - now_ns) / 1e9))
-            return REFUSED
+            # Wake when its oldest request ages; once aged, only a release can free a slot for it (a timer
+            # then would fire at once, every loop iteration, until one does).
+            oldest = scheduler.oldest_arrival()
+            if oldest is not None and now < oldest + self.aging_s:
+                self._schedule_wake(oldest + self.aging_s)
+            return Ticket.REFUSED
         if scheduler in self._waiting:
             self._waiting.remove(scheduler)
         level = scheduler.priority
         self._in_use[level] = self._in_use.get(level, 0) + 1
         self._peak[level] = max(self._peak.get(level, 0), self._in_use[level])
-        return COUNTED
+        return Ticket.COUNTED
 
     def release(self, scheduler: ModelScheduler) -> None:
         level = scheduler.priority
         if self._in_use.get(level, 0) > 0:
             self._in_use[level] -= 1
-        self._last_used[level] = asyncio.get_running_loop().time()
+        self._last_used[level] = self._clock.now()
         self._wake()
 
-    def _schedule_wake(self, after_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time() + after_s
+    def _schedule_wake(self, due: float) -> None:
         if self._wake_timer is not None:
             if self._wake_due <= due:
                 return
             self._wake_timer.cancel()
         self._wake_due = due
-        self._wake_timer = loop.call_at(due, self._timer_wake)
+        self._wake_timer = self._clock.call_at(due, self._timer_wake)
 
     def _timer_wake(self) -> None:
         self._wake_timer = None
         self._wake()
 
     def _wake(self) -> None:
-        now_ns = perf_counter_ns()
-        for scheduler in sorted(self._waiting, key=lambda s: self._rank(s, now_ns)):
+        now = self._clock.now()
+        for scheduler in sorted(self._waiting, key=lambda s: self._rank(s, now)):
             if scheduler not in self._waiting:
                 continue
             if not scheduler.wants_slot():

@@ -1,7 +1,7 @@
 """Per-version inference statistics in the shape of Triton's `statistics` extension.
 
 The figures are measured where the time goes: `queue` from the request's arrival
-at the executor until a worker thread starts on it, `compute_input` preparing
+in its model's queue until the scheduler dispatches it, `compute_input` preparing
 OpenVINO tensors, `compute_infer` inside OpenVINO, `compute_output` copying the
 results out, and `success` / `fail` the whole time inside the gateway.
 perf_analyzer reads these before and after each measurement window.
@@ -9,6 +9,7 @@ perf_analyzer reads these before and after each measurement window.
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,22 @@ DURATION_KEYS = (
 )
 
 
+class Outcome(enum.Enum):
+    """How a request ended. Triton's failure reasons: FAILED is OTHER (an invalid request), BACKEND_FAILED
+    is BACKEND, REJECTED and TIMED_OUT are REJECTED, CANCELLED is CANCELED."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # refused as invalid, wherever: framing, JSON, decoding, validation
+    BACKEND_FAILED = "backend_failed"  # OpenVINO failed to run it
+    REJECTED = "rejected"  # the queue was full
+    TIMED_OUT = "timed_out"  # its deadline passed while it was queued
+    CANCELLED = "cancelled"  # its client went away
+
+    @property
+    def succeeded(self) -> bool:
+        return self is Outcome.SUCCEEDED
+
+
 @dataclass(slots=True)
 class Duration:
     count: int = 0
@@ -37,12 +54,11 @@ class Duration:
         return {"count": self.count, "ns": self.ns}
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ExecutionTimes:
     """What one execution cost, as the executor measured it (nanoseconds)."""
 
-    started_ns: int  # perf_counter_ns when a worker thread took the batch (queue time ends here)
-    input_ns: int
+    input_ns: int  # preparing OpenVINO tensors (stacking a batch included)
     infer_ns: int
     output_ns: int
 
@@ -86,16 +102,17 @@ class VersionStats:
         b.compute_infer.add(times.infer_ns)
         b.compute_output.add(times.output_ns)
 
-    def record_request(self, ok: bool, ns: int, backend_failure: bool = False) -> None:
-        self.durations["success" if ok else "fail"].add(ns)
-        if backend_failure:
-            self.backend_fail_count += 1
-
-    def record_refusal(self, outcome: str) -> None:
-        """A request the scheduler refused (queue full), dropped at its deadline, or whose client left."""
-        if outcome == "rejected":
+    def record_outcome(self, outcome: Outcome, ns: int) -> None:
+        """How one request ended, and its time inside the gateway."""
+        if outcome is Outcome.SUCCEEDED:
+            self.durations["success"].add(ns)
+        elif outcome in (Outcome.FAILED, Outcome.BACKEND_FAILED):
+            self.durations["fail"].add(ns)
+            if outcome is Outcome.BACKEND_FAILED:
+                self.backend_fail_count += 1
+        elif outcome is Outcome.REJECTED:
             self.rejected_count += 1
-        elif outcome == "timed_out":
+        elif outcome is Outcome.TIMED_OUT:
             self.timed_out_count += 1
         else:
             self.cancelled_count += 1

@@ -86,6 +86,8 @@ def raw_from_array(datatype: str, array: np.ndarray) -> bytes | memoryview:
     """Encode an output for raw transport: a zero-copy view for fixed-size types."""
     if datatype == "BYTES":
         return serialize_bytes(array)
+    if array.size == 0:
+        return b""  # (memoryview cannot cast a view with a zero in its shape)
     wire = WIRE_DTYPE[datatype]
     if array.dtype != wire or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=wire)

@@ -7,6 +7,7 @@ uint16 bit patterns for BF16).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,21 @@ import numpy as np
 
 # Parameter values as both protocols carry them: bool, int, float or str.
 Parameters = dict[str, Any]
+
+
+class Interface(enum.Enum):
+    """The transport a request came in on: OVMS's `interface` metric label."""
+
+    GRPC = "gRPC"
+    REST = "REST"
+
+
+class Method(enum.Enum):
+    """The protocol call a request made: OVMS's `method` metric label."""
+
+    MODEL_INFER = "ModelInfer"
+    MODEL_METADATA = "ModelMetadata"
+    MODEL_READY = "ModelReady"
 
 
 @dataclass(slots=True)

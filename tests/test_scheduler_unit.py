@@ -1,0 +1,400 @@
+"""The scheduler and the device gate alone: a fake executor and a manual clock, no OpenVINO, no sleeping.
+
+Every test here runs in milliseconds and is ordered by events, not by wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+import pytest
+
+from gateway.errors import DeadlineExceeded, InternalError, ResourceExhausted
+from gateway.scheduler import BatchingPolicy, DeviceGate, ModelScheduler
+from tests.fakes import FakeExecutor, ManualClock, settle
+
+
+def rows(n: int, value: float = 1.0, width: int = 2) -> list[np.ndarray]:
+    """One request's inputs: a single input of n rows (the scheduler's invariant: dimension 0 = rows)."""
+    return [np.full((n, width), value, np.float32)]
+
+
+def make(
+    clock: ManualClock,
+    executor: FakeExecutor | None = None,
+    batching: BatchingPolicy | None = None,
+    queue: int = 0,
+    **kwargs,
+) -> tuple[ModelScheduler, FakeExecutor, list]:
+    executor = executor or FakeExecutor()
+    executions: list = []
+    scheduler = ModelScheduler(
+        executor=executor,
+        label="model 'm' version 1",
+        max_queue_size=queue,
+        batching=batching,
+        clock=clock,
+        on_execution=lambda n, times, queued: executions.append((n, queued)),
+        **kwargs,
+    )
+    return scheduler, executor, executions
+
+
+def submit(scheduler: ModelScheduler, n: int = 1, value: float = 1.0, **kwargs) -> asyncio.Task:
+    return asyncio.ensure_future(scheduler.submit(rows(n, value), n, **kwargs))
+
+
+async def test_requests_queued_behind_a_busy_executor_run_as_one_batch():
+    clock = ManualClock()
+    scheduler, executor, executions = make(clock, batching=BatchingPolicy(max_batch_size=8))
+    first = submit(scheduler, 1, 1)
+    await settle()
+    assert [r.rows for r in executor.runs] == [[1]]  # idle executor: dispatched at once
+    queued = [submit(scheduler, n, v) for n, v in ((1, 2), (2, 3), (1, 4))]
+    await settle()
+    assert len(executor.runs) == 1 and scheduler.queued == 3
+    clock.advance(0.004)
+    executor.runs[0].finish()
+    await settle()
+    assert executor.runs[1].rows == [1, 2, 1]  # arrival order, one execution
+    executor.runs[1].finish()
+    await settle()
+    (out,), _, _ = first.result()
+    np.testing.assert_array_equal(out, np.full((1, 2), 10, np.float32))
+    for task, n, v in zip(queued, (1, 2, 1), (2, 3, 4), strict=True):
+        (out,), _, queue_ns = task.result()
+        np.testing.assert_array_equal(out, np.full((n, 2), 10 * v, np.float32))  # its own rows only
+        assert queue_ns == pytest.approx(4_000_000, abs=1000)  # waited 4 ms on the manual clock
+    assert [n for n, _ in executions] == [1, 4]
+
+
+async def test_a_batch_never_exceeds_max_batch_size():
+    clock = ManualClock()
+    scheduler, executor, _ = make(clock, batching=BatchingPolicy(max_batch_size=4))
+    blocker = submit(scheduler)
+    await settle()
+    tasks = [submit(scheduler, 1, i) for i in range(3)] + [submit(scheduler, 2, 9)]
+    await settle()
+    executor.runs[0].finish()
+    await settle()
+    assert executor.runs[1].rows == [1, 1, 1]  # the 2-row request would make 5
+    executor.runs[1].finish()
+    await settle()
+    assert executor.runs[2].rows == [2]
+    executor.runs[2].finish()
+    await settle()
+    assert all(t.done() for t in (blocker, *tasks))
+
+
+async def test_partial_batch_waits_for_the_delay_then_goes():
+    clock = ManualClock()
+    policy = BatchingPolicy(max_batch_size=8, max_queue_delay_s=0.05)
+    scheduler, executor, _ = make(clock, batching=policy)
+    task = submit(scheduler)
+    await settle()
+    assert executor.runs == [] and clock.pending == 1
+    clock.advance(0.049)
+    await settle()
+    assert executor.runs == []
+    second = submit(scheduler, 1, 2)
+    await settle()
+    clock.advance(0.001)  # the oldest request has now waited the whole delay
+    await settle()
+    assert executor.runs[0].rows == [1, 1]
+    executor.runs[0].finish()
+    await settle()
+    assert task.done() and second.done()
+
+
+async def test_a_preferred_size_is_sent_without_waiting():
+    clock = ManualClock()
+    policy = BatchingPolicy(max_batch_size=8, max_queue_delay_s=10.0, preferred=(2,))
+    scheduler, executor, _ = make(clock, batching=policy)
+    tasks = [submit(scheduler, 1, 1)]
+    await settle()
+    assert executor.runs == []
+    tasks.append(submit(scheduler, 1, 2))
+    await settle()
+    assert executor.runs[0].rows == [1, 1]  # 2 is preferred: no delay
+    tasks.append(submit(scheduler, 1, 3))
+    executor.runs[0].finish()
+    await settle()
+    assert len(executor.runs) == 1  # one request alone waits for the delay
+    clock.advance(10.0)
+    await settle()
+    assert executor.runs[1].rows == [1]
+
+
+async def test_requests_of_other_dimensions_are_never_batched_together():
+    clock = ManualClock()
+    scheduler, executor, _ = make(clock, batching=BatchingPolicy(max_batch_size=8))
+    blocker = submit(scheduler)
+    await settle()
+    narrow = asyncio.ensure_future(scheduler.submit([np.ones((1, 2), np.float32)], 1))
+    wide = asyncio.ensure_future(scheduler.submit([np.ones((1, 3), np.float32)], 1))
+    narrow2 = asyncio.ensure_future(scheduler.submit([np.ones((1, 2), np.float32)], 1))
+    await settle()
+    executor.runs[0].finish()
+    await settle()
+    assert [p[0].shape for p in executor.runs[1].parts] == [(1, 2), (1, 2)]
+    executor.runs[1].finish()
+    await settle()
+    assert [p[0].shape for p in executor.runs[2].parts] == [(1, 3)]
+    executor.runs[2].finish()
+    await settle()
+    assert all(t.done() for t in (blocker, narrow, wide, narrow2))
+
+
+async def test_a_static_batch_is_padded_and_each_request_gets_its_own_rows():
+    clock = ManualClock()
+    policy = BatchingPolicy(max_batch_size=4, pad_to=4)
+    scheduler, executor, _ = make(clock, batching=policy)
+    blocker = submit(scheduler)
+    await settle()
+    a, b = submit(scheduler, 1, 5), submit(scheduler, 2, 7)
+    await settle()
+    executor.runs[0].finish()
+    await settle()
+    assert executor.runs[0].pad_to == 4 and executor.runs[1].pad_to == 4
+    executor.runs[1].finish()
+    await settle()
+    np.testing.assert_array_equal(a.result()[0][0], np.full((1, 2), 50, np.float32))
+    np.testing.assert_array_equal(b.result()[0][0], np.full((2, 2), 70, np.float32))
+    assert blocker.result()[0][0].shape == (1, 2)  # a lone padded request is cut back to its row
+
+
+async def test_a_full_queue_refuses_at_once():
+    clock = ManualClock()
+    scheduler, executor, _ = make(clock, queue=2)
+    running = submit(scheduler)
+    await settle()
+    waiting = [submit(scheduler), submit(scheduler)]
+    await settle()
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        await scheduler.submit(rows(1), 1)
+    executor.runs[0].finish()
+    await settle()
+    executor.runs[1].finish()
+    await settle()
+    executor.runs[2].finish()
+    await settle()
+    assert running.done() and all(t.done() for t in waiting)
+
+
+async def test_a_deadline_that_passes_in_the_queue_drops_the_request_before_inference():
+    clock = ManualClock()
+    scheduler, executor, _ = make(clock)
+    running = submit(scheduler)
+    await settle()
+    late = submit(scheduler, deadline=clock.now() + 0.1)
+    kept = submit(scheduler)
+    await settle()
+    clock.advance(0.1)
+    await settle()
+    with pytest.raises(DeadlineExceeded, match="deadline expired"):
+        late.result()
+    executor.runs[0].finish()
+    await settle()
+    assert len(executor.runs) == 2 and executor.runs[1].rows == [1]  # the late one never ran
+    executor.runs[1].finish()
+    await settle()
+    assert running.done() and kept.done()
+
+
+async def test_a_cancelled_request_leaves_the_queue():
+    clock = ManualClock()
+    scheduler, executor, _ = make(clock, batching=BatchingPolicy(max_batch_size=8))
+    running = submit(scheduler)
+    await settle()
+    gone, kept = submit(scheduler, 1, 2), submit(scheduler, 1, 3)
+    await settle()
+    gone.cancel()  # the client went away
+    await settle()
+    assert scheduler.queued == 1
+    executor.runs[0].finish()
+    await settle()
+    assert executor.runs[1].rows == [1] and executor.runs[1].parts[0][0][0, 0] == 3
+    executor.runs[1].finish()
+    await settle()
+    assert running.done() and kept.done() and gone.cancelled()
+
+
+async def test_request_priority_orders_the_queue_before_arrival():
+    clock = ManualClock()
+    scheduler, executor, _ = make(clock)
+    running = submit(scheduler)
+    await settle()
+    default = submit(scheduler, 1, 1)  # priority 0: after every explicit level
+    low = submit(scheduler, 1, 2, priority=3)
+    high = submit(scheduler, 1, 3, priority=1)
+    await settle()
+    order = []
+    for _ in range(3):
+        executor.runs[-1].finish()
+        await settle()
+        order.append(float(executor.runs[-1].parts[0][0][0, 0]))
+    executor.runs[-1].finish()
+    await settle()
+    assert order == [3.0, 2.0, 1.0]
+    assert all(t.done() for t in (running, default, low, high))
+
+
+async def test_a_failed_batch_fails_only_its_requests_and_the_next_batch_runs(caplog):
+    clock = ManualClock()
+    scheduler, executor, executions = make(clock, batching=BatchingPolicy(max_batch_size=2))
+    first = submit(scheduler)
+    await settle()
+    doomed = [submit(scheduler, 1, 1), submit(scheduler, 1, 2)]
+    after = submit(scheduler, 1, 3)
+    await settle()
+    executor.runs[0].finish()
+    await settle()
+    cause = RuntimeError("Exception from src/plugin.cpp:1:\nshape mismatch in Eltwise")
+    failure = InternalError("OpenVINO inference failed: shape mismatch in Eltwise")
+    failure.__cause__ = cause
+    with caplog.at_level(logging.ERROR, logger="gateway.scheduler"):
+        executor.runs[1].fail(failure)
+        await settle()
+    for task in doomed:
+        with pytest.raises(InternalError, match="shape mismatch") as caught:
+            task.result()
+        assert caught.value.__cause__ is cause  # OpenVINO's exception is kept for whoever logs it
+    logged = [r for r in caplog.records if r.name == "gateway.scheduler"]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR
+    assert "model 'm' version 1" in logged[0].getMessage()
+    assert "batch of 2 row(s) from 2 request(s)" in logged[0].getMessage()
+    assert "shape mismatch in Eltwise" in logged[0].getMessage()
+    assert executor.runs[2].rows == [1]  # the next batch runs on the same executor
+    executor.runs[2].finish()
+    await settle()
+    assert first.done() and after.result()[0][0][0, 0] == 30
+    assert [n for n, _ in executions] == [1, 1]  # the failed execution is not recorded as one
+
+
+async def test_an_unexpected_executor_error_becomes_internal_with_its_cause():
+    clock = ManualClock()
+    scheduler, executor, _ = make(clock)
+    task = submit(scheduler)
+    await settle()
+    bug = ValueError("boom")
+    executor.runs[0].fail(bug)
+    await settle()
+    with pytest.raises(InternalError, match="ValueError: boom") as caught:
+        task.result()
+    assert caught.value.__cause__ is bug
+
+
+# --- the device gate ---------------------------------------------------------------------------
+
+
+def gate_pair(clock: ManualClock, streams: int = 1, aging_s: float = 0.5, hold_s: float = 0.02):
+    gate = DeviceGate(device="CPU", aging_s=aging_s, hold_s=hold_s, clock=clock)
+    high, high_exec, _ = make(clock, FakeExecutor(streams), priority=1, streams=streams, gate=gate)
+    low, low_exec, _ = make(clock, FakeExecutor(streams), priority=3, streams=streams, gate=gate)
+    return gate, (high, high_exec), (low, low_exec)
+
+
+async def test_the_gate_stands_aside_when_every_model_has_one_priority():
+    clock = ManualClock()
+    gate = DeviceGate(device="CPU", clock=clock)
+    a, a_exec, _ = make(clock, priority=2, gate=gate)
+    b, b_exec, _ = make(clock, priority=2, gate=gate)
+    tasks = [submit(a), submit(b)]
+    await settle()
+    assert not gate.active and len(a_exec.runs) == len(b_exec.runs) == 1  # both run at once
+    a_exec.runs[0].finish()
+    b_exec.runs[0].finish()
+    await settle()
+    assert all(t.done() for t in tasks)
+
+
+async def test_a_free_slot_goes_to_the_higher_priority_model():
+    clock = ManualClock()
+    gate, (high, high_exec), (low, low_exec) = gate_pair(clock)
+    assert gate.active and gate.capacity == 1
+    first_low = submit(low, 1, 1)
+    await settle()
+    assert len(low_exec.runs) == 1  # the device was free
+    waiting_low = submit(low, 1, 2)
+    waiting_high = submit(high, 1, 3)
+    await settle()
+    assert high_exec.runs == [] and len(low_exec.runs) == 1  # one stream, taken
+    clock.advance(0.001)
+    low_exec.runs[0].finish()
+    await settle()
+    assert len(high_exec.runs) == 1 and len(low_exec.runs) == 1  # high went first, though it came later
+    high_exec.runs[0].finish()
+    await settle()
+    clock.advance(0.02)  # high's hold on its slot ends
+    await settle()
+    assert len(low_exec.runs) == 2
+    low_exec.runs[1].finish()
+    await settle()
+    assert all(t.done() for t in (first_low, waiting_low, waiting_high))
+
+
+async def test_slots_a_higher_priority_used_lately_stay_reserved_for_hold_s():
+    clock = ManualClock()
+    gate, (high, high_exec), (low, low_exec) = gate_pair(clock, streams=2, hold_s=0.02)
+    busy = [submit(high), submit(high)]
+    await settle()
+    assert len(high_exec.runs) == 2  # high's peak is 2 slots
+    high_exec.runs[0].finish()
+    await settle()
+    late_low = submit(low)
+    await settle()
+    assert low_exec.runs == []  # a slot is free, but high used both within hold_s
+    high_exec.runs[1].finish()
+    await settle()
+    clock.advance(0.019)
+    await settle()
+    assert low_exec.runs == []
+    clock.advance(0.001)  # high has used nothing for hold_s: its reservation lapses
+    await settle()
+    assert len(low_exec.runs) == 1
+    low_exec.runs[0].finish()
+    await settle()
+    assert all(t.done() for t in (*busy, late_low))
+
+
+async def test_a_low_priority_request_is_not_starved_past_aging_s():
+    clock = ManualClock()
+    gate, (high, high_exec), (low, low_exec) = gate_pair(clock, aging_s=0.5)
+    first_high = submit(high, 1, 1)
+    await settle()
+    starving = submit(low, 1, 2)
+    await settle()
+    done = [first_high]
+    # high keeps the device busy: each time its run ends, another high request is already waiting
+    for step in range(4):
+        done.append(submit(high, 1, 3))
+        await settle()
+        clock.advance(0.1)
+        high_exec.running[0].finish()
+        await settle()
+        assert low_exec.runs == [], step
+    done.append(submit(high, 1, 3))
+    await settle()
+    clock.advance(0.1)  # the low request has now waited 0.5 s: it goes next, whatever the priorities
+    high_exec.running[0].finish()
+    await settle()
+    assert len(low_exec.runs) == 1 and high_exec.running == []
+    low_exec.runs[0].finish()
+    await settle()
+    assert starving.done()
+    clock.advance(0.02)
+    await settle()
+    high_exec.running[0].finish()
+    await settle()
+    assert all(t.done() for t in done)
+
+
+async def test_a_closed_scheduler_leaves_the_gate():
+    clock = ManualClock()
+    gate, (high, _), (low, _) = gate_pair(clock)
+    assert gate.active
+    low.close()
+    assert not gate.active  # one priority left: the gate stands aside
+    high.close()

@@ -4,7 +4,7 @@
 
 The same models serve the test suite: `simple` and `dummy` are the models Triton's
 and OVMS's client examples call, `identity_<type>` covers every datatype, and
-`versioned` has two versions that answer differently.
+`versioned` has two versions that answer differently, and `scalars` takes and returns rank-0 tensors.
 """
 
 from __future__ import annotations
@@ -72,6 +72,18 @@ def scaled_model(factor: float) -> ov.Model:
     return ov.Model([y.output(0)], [x], "scaled")
 
 
+def scalars_model() -> ov.Model:
+    """Scalar (rank-0) inputs and outputs, as audio and text models take them: y = x * sr (FP32 [4]),
+    total = sum(y) (FP32 []), tag_out = tag (BYTES []); sr is INT64 [] (a sample rate)."""
+    x = _named(ops.parameter([4], ov.Type.f32, name="x"), "x")
+    sr = _named(ops.parameter([], ov.Type.i64, name="sr"), "sr")
+    tag = _named(ops.parameter([], ov.Type.string, name="tag"), "tag")
+    y = _named(ops.multiply(x, ops.convert(sr, ov.Type.f32)), "y")
+    total = _named(ops.reduce_sum(y, ops.constant(np.array([0], np.int64)), keep_dims=False), "total")
+    tag_out = _named(ops.reshape(tag, ops.shape_of(tag), False), "tag_out")
+    return ov.Model([y.output(0), total.output(0), tag_out.output(0)], [x, sr, tag], "scalars")
+
+
 def save(model: ov.Model, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.xml"
@@ -88,6 +100,7 @@ def build_repository(root: str | Path) -> Path:
         save(identity_model(element_type), root / f"identity_{name.lower()}" / "1")
     for version in (1, 2):
         save(scaled_model(float(version)), root / "versioned" / str(version))
+    save(scalars_model(), root / "scalars" / "1")
     entries = [
         {"config": {"name": "simple", "base_path": "simple"}},
         {"config": {"name": "dummy", "base_path": "dummy"}},
@@ -96,6 +109,7 @@ def build_repository(root: str | Path) -> Path:
             for n in IDENTITY_TYPES
         ),
         {"config": {"name": "versioned", "base_path": "versioned", "model_version_policy": {"all": {}}}},
+        {"config": {"name": "scalars", "base_path": "scalars"}},
     ]
     config = root / "config.json"
     config.write_text(json.dumps({"model_config_list": entries}, indent=2) + "\n")

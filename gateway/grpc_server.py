@@ -69,7 +69,10 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
                 raise InvalidArgument(
                     f"input '{name}': datatype {dt.name} has no typed contents field; use raw_input_contents"
                 )
-            data = array_from_contents(name, dt.name, shape, getattr(tensor.contents, dt.contents_field))
+            values = getattr(tensor.contents, dt.contents_field)
+            if dt.name == "BYTES":  # a protobuf repeated field, not the list a JSON array decodes to
+                values = list(values)
+            data = array_from_contents(name, dt.name, shape, values)
         else:
             raise InvalidArgument(
                 f"input '{name}': no data; send raw_input_contents or contents.{dt.contents_field}"

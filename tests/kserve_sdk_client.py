@@ -39,6 +39,27 @@ def _bytes_input(binary: bool) -> tuple[InferInput, np.ndarray]:
     return t, values
 
 
+def _scalar_inputs(binary: bool) -> list[InferInput]:
+    """The demo `scalars` model: x FP32 [4], and the rank-0 inputs sr (INT64) and tag (BYTES), shape []."""
+    x = InferInput("x", [4], "FP32")
+    x.set_data_from_numpy(np.arange(1, 5, dtype=np.float32), binary_data=binary)
+    sr = InferInput("sr", [], "INT64")
+    sr.set_data_from_numpy(np.array(16000, np.int64), binary_data=binary)
+    tag = InferInput("tag", [], "BYTES")
+    tag.set_data_from_numpy(np.array(b"hello", dtype=np.object_), binary_data=binary)
+    return [x, sr, tag]
+
+
+def _check_scalars(response, transport: str) -> None:
+    outputs = {o.name: o for o in response.outputs}
+    _check(list(outputs["total"].shape) == [], f"{transport} scalar output has shape []")
+    _check(
+        float(np.asarray(outputs["total"].as_numpy()).reshape(())) == 160000.0, f"{transport} scalar value"
+    )
+    tag = np.asarray(outputs["tag_out"].as_numpy()).reshape(()).item()
+    _check(tag in (b"hello", "hello"), f"{transport} BYTES scalar")
+
+
 async def check_rest(url: str) -> None:
     client = InferenceRESTClient(RESTConfig(protocol="v2", retries=1, timeout=30))
     base = f"http://{url}"
@@ -61,6 +82,11 @@ async def check_rest(url: str) -> None:
             [bytes(v) if not isinstance(v, str) else v.encode() for v in out.ravel()] == list(values.ravel()),
             "REST BYTES identity",
         )
+        for binary in (False, True):
+            response = await client.infer(
+                base, InferRequest("scalars", _scalar_inputs(binary)), model_name="scalars"
+            )
+            _check_scalars(response, f"REST (binary={binary})")
         try:
             inputs, _ = _simple_inputs(False)
             await client.infer(base, InferRequest("nope", inputs), model_name="nope")
@@ -97,6 +123,7 @@ async def check_grpc(url: str) -> None:
             [v if isinstance(v, bytes) else v.encode() for v in out.ravel()] == list(values.ravel()),
             "gRPC BYTES identity",
         )
+        _check_scalars(await client.infer(InferRequest("scalars", _scalar_inputs(True))), "gRPC")
     finally:
         await client.close()
 

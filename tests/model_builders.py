@@ -9,7 +9,7 @@ import numpy as np
 import openvino as ov
 from openvino import opset13 as ops
 
-from gateway.demo_models import dummy_model, save
+from gateway.demo_models import dummy_model, save, simple_model
 
 
 def runtime_reshape_model() -> ov.Model:
@@ -65,3 +65,11 @@ def busy_model(matmuls: int, shape: tuple[int, ...] = (-1, 4), width: int = 256)
     work = ops.unsqueeze(work, ops.constant(np.array([1], np.int64)))  # [b, 1]
     work.output(0).get_tensor().set_names({"WORK"})
     return ov.Model([y.output(0), work.output(0)], [x], "busy")
+
+
+def static_simple_model() -> ov.Model:
+    """Triton's `simple` with a static batch of 1 ([1,16]): with max_batch_size it is reshaped once and
+    partial batches are padded."""
+    model = simple_model()
+    model.reshape({"INPUT0": [1, 16], "INPUT1": [1, 16]})
+    return model

@@ -18,7 +18,7 @@ help:
 	@echo "make test      create .venv with test extras and run the whole suite"
 	@echo "make install   install the gateway into .venv"
 	@echo "make protos    regenerate gateway/proto/*_pb2.py from protos/*.proto"
-	@echo "make lint      ruff over the code"
+	@echo "make lint      ruff (style) and mypy (types) over the code"
 	@echo "make bench     gateway vs benchmark_app on the bench models (BENCH_ARGS=--repetitions 3 ...)"
 	@echo "make perf-analyzer  install Triton's perf_analyzer into $(PERF_ANALYZER_DIR)"
 	@echo "make image     build the CPU image with podman on a debootstrap base; make image-test runs it"
@@ -131,6 +131,7 @@ bench: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check gateway tests loadgen
 	$(VENV)/bin/ruff format --check gateway tests loadgen
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) $(CACHE_DIR) .pytest_cache build *.egg-info

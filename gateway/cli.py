@@ -215,8 +215,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     repository = args.model_repository_path
     if repository is None:
         if args.config_path:
-            config = Path(args.config_path)
-            repository = str((config if config.is_dir() else config.parent).resolve())
+            config_path = Path(args.config_path)
+            repository = str((config_path if config_path.is_dir() else config_path.parent).resolve())
         else:
             repository = str(Path(args.model_path).resolve().parent)
     return ServerSettings(

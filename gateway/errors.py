@@ -72,10 +72,6 @@ class DeadlineExceeded(GatewayError):
     code = Code.DEADLINE_EXCEEDED
 
 
-class Unimplemented(GatewayError):
-    code = Code.UNIMPLEMENTED
-
-
 class InternalError(GatewayError):
     code = Code.INTERNAL
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from time import perf_counter_ns
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -238,7 +239,8 @@ def _parameter_is_true(params, key: str) -> bool:
     )
 
 
-_UNARY = {
+# method -> (request message, response message) of the generated module
+_UNARY: dict[str, tuple[Any, Any]] = {
     "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
     "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
     "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),

@@ -330,7 +330,7 @@ class ModelManager:
         for settings in wanted:
             current = self._models.get(settings.name)
             serving = current is not None and any(v.ready for v in current.versions.values())
-            changed = not serving or current.settings != settings
+            changed = current is None or not serving or current.settings != settings
             if not changed and self.version_folders(settings) == self.ready_version_numbers(settings.name):
                 continue
             try:

@@ -224,6 +224,7 @@ class Metrics:
             yield metric
 
     def _collect_live(self, wanted, manager: ModelManager):
+        metric: Metric
         versions = list(manager.versions())
         gauges = {
             "ovms_streams": lambda v: v.streams,

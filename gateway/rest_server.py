@@ -34,7 +34,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _JSON = "application/json"
 
 
-def _json_response(body: dict, status: int = 200, headers: dict | None = None) -> web.Response:
+def _json_response(body: dict | list, status: int = 200, headers: dict | None = None) -> web.Response:
     return web.Response(body=json.dumps(body).encode(), status=status, content_type=_JSON, headers=headers)
 
 
@@ -211,7 +211,7 @@ def single_raw_input_request(
     known = 1
     for d in spec.shape:
         known *= d if d >= 0 else 1
-    shape = list(spec.shape)
+    dims = list(spec.shape)
     if len(dynamic) > 1:
         raise InvalidArgument(
             f"a request with no JSON header cannot infer the shape of input '{spec.name}' "
@@ -224,10 +224,10 @@ def single_raw_input_request(
                 f"input '{spec.name}': {len(body)} bytes do not fit shape {list(spec.shape)} "
                 f"of {spec.datatype}"
             )
-        shape[dynamic[0]] = len(body) // (known * itemsize)
-    data = array_from_raw(spec.name, spec.datatype, tuple(shape), body)
+        dims[dynamic[0]] = len(body) // (known * itemsize)
+    data = array_from_raw(spec.name, spec.datatype, tuple(dims), body)
     return InferRequest(
-        model, [InferInput(spec.name, spec.datatype, tuple(shape), data)], version, parameters=binary_output
+        model, [InferInput(spec.name, spec.datatype, tuple(dims), data)], version, parameters=binary_output
     )
 
 
@@ -430,5 +430,5 @@ async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRun
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1] if port == 0 else port  # noqa: SLF001
+    bound = runner.addresses[0][1] if port == 0 else port
     return runner, bound

@@ -91,7 +91,7 @@ def raw_from_array(datatype: str, array: np.ndarray) -> bytes | memoryview:
     wire = WIRE_DTYPE[datatype]
     if array.dtype != wire or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=wire)
-    return memoryview(array).cast("B")
+    return array.data.cast("B")
 
 
 def serialize_bytes(array: np.ndarray) -> bytes:

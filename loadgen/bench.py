@@ -25,6 +25,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.demo_models import save, simple_model
 
@@ -66,6 +67,14 @@ def prepare_models(names: list[str]) -> list[BenchModel]:
     return models
 
 
+def _search(pattern: str, text: str, flags: int = 0) -> re.Match[str]:
+    """re.search that says what was missing from a tool's output instead of failing on None."""
+    found = re.search(pattern, text, flags)
+    if found is None:
+        raise RuntimeError(f"no match for {pattern!r} in: {text[-1500:]}")
+    return found
+
+
 def benchmark_app(model: BenchModel, hint: str, seconds: int, static: bool = False) -> dict:
     """OpenVINO's benchmark_app on the bench model, with its CPU time per image.
 
@@ -85,6 +94,7 @@ def benchmark_app(model: BenchModel, hint: str, seconds: int, static: bool = Fal
            shape_flag, model.benchmark_shape]  # fmt: skip
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, cpu_at_first_inference = [], None
+    assert process.stdout is not None  # stdout=PIPE
     for line in process.stdout:
         lines.append(line)
         if cpu_at_first_inference is None and "First inference took" in line:
@@ -94,10 +104,10 @@ def benchmark_app(model: BenchModel, hint: str, seconds: int, static: bool = Fal
     out = "".join(lines)
     if process.returncode != 0:
         raise RuntimeError(f"benchmark_app failed: {out[-1500:]}")
-    fps = float(re.search(r"Throughput:\s+([\d.]+) FPS", out).group(1))
-    value, unit = re.search(r"Median:\s+([\d.]+) (ms|us)", out).groups()
+    fps = float(_search(r"Throughput:\s+([\d.]+) FPS", out).group(1))
+    value, unit = _search(r"Median:\s+([\d.]+) (ms|us)", out).groups()
     streams = re.search(r"NUM_STREAMS:\s+(\d+)", out) or re.search(r"NUM_STREAMS\s*,\s*(\d+)", out)
-    iterations = int(re.search(r"Count:\s+(\d+) iterations", out).group(1))
+    iterations = int(_search(r"Count:\s+(\d+) iterations", out).group(1))
     run_cpu_s = usage.ru_utime + usage.ru_stime - (cpu_at_first_inference or 0.0)
     return {
         "hint": hint,
@@ -162,7 +172,7 @@ def time_to_ready(model: BenchModel, cache_dir: Path, log: Path) -> tuple[float,
     try:
         with urllib.request.urlopen(f"http://{gw.http_url}/metrics", timeout=10) as r:
             text = r.read().decode()
-        load = float(re.search(r"^ovgw_model_load_seconds\{[^}]*\} (\S+)$", text, re.M).group(1))
+        load = float(_search(r"^ovgw_model_load_seconds\{[^}]*\} (\S+)$", text, re.M).group(1))
     finally:
         gw.stop()
     return elapsed, load
@@ -208,11 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         ]
     }
     (out_dir / "config.json").write_text(json.dumps(config))
-    results = {"machine": {"cores": os.cpu_count(), "loadavg_start": os.getloadavg()}, "models": {}}
+    results: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "loadavg_start": os.getloadavg()},
+        "models": {},
+    }
     gw = start_gateway(["--config_path", str(out_dir / "config.json")], out_dir / "gateway.log", timeout=300)
     try:
         for model in models:
-            entry = results["models"][model.name] = {"benchmark_app": {}, "gateway": []}
+            entry: dict[str, Any] = {"benchmark_app": {}, "gateway": []}
+            results["models"][model.name] = entry
             # Back to back on the same machine state: the ceiling first, then the gateway.
             for hint in ("throughput", "latency"):
                 entry["benchmark_app"][hint] = benchmark_app(model, hint, args.benchmark_seconds)
@@ -228,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                         gateway_run(gw, model, protocol, concurrency, args.window_ms, out_dir / "raw")
                         for _ in range(args.repetitions)
                     ]
-                    row = {
+                    row: dict[str, Any] = {
                         "protocol": protocol,
                         "concurrency": concurrency,
                         "runs": runs,

@@ -15,8 +15,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .bench import ROOT, BenchModel, benchmark_app, gateway_run, median_of, prepare_models
 from .gateway_process import start_gateway
@@ -26,7 +28,7 @@ DELAY_US = 2000
 CLIENTS = 16
 
 
-def _serve(out_dir: Path, tag: str, entries: list[dict], extra: list[str] = ()):
+def _serve(out_dir: Path, tag: str, entries: list[dict], extra: Sequence[str] = ()):
     config = out_dir / f"config-{tag}.json"
     config.write_text(json.dumps({"model_config_list": [{"config": e} for e in entries]}))
     return start_gateway(["--config_path", str(config), *extra], out_dir / f"gateway-{tag}.log", timeout=300)
@@ -80,7 +82,7 @@ def _background_load(gw, model: str, concurrency: int, seconds: float, out_dir: 
 def contention_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repetitions: int, high_load: int):
     raw = out_dir / "raw"
     path = str(model.path.parent.parent)
-    result = {"high_concurrency": high_load}
+    result: dict[str, Any] = {"high_concurrency": high_load}
     for tag, low_priority in (("priorities", "LOW"), ("same_priority", "HIGH")):
         gw = _serve(
             out_dir,

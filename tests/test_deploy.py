@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from gateway.cli import build_parser, settings_from_args
 from gateway.metrics import ALL_FAMILIES
@@ -57,6 +59,31 @@ def test_dockerfiles_follow_the_image_rules():
         args = entrypoint[1:] + ["--model_name", "m", "--model_path", "/models/m", "--port", "9000",
                                  "--rest_port", "8000"]  # fmt: skip
         settings_from_args(build_parser().parse_args(args))
+
+
+def test_every_image_ships_the_one_pinned_openvino_that_the_package_accepts():
+    constraints = (DEPLOY / "docker" / "constraints.txt").read_text()
+    pins = re.findall(r"^openvino==(\S+)$", constraints, re.M)
+    assert len(pins) == 1, "constraints.txt pins OpenVINO exactly once"
+    pinned = Version(pins[0])
+    (line,) = re.findall(r'^\s*"(openvino[<>=!~][^"]*)",', (ROOT / "pyproject.toml").read_text(), re.M)
+    requirement = Requirement(line)
+    assert requirement.specifier.contains(pinned), f"openvino {pinned} does not satisfy {requirement}"
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        # No second place sets it: every builder installs with the shared constraints file.
+        assert "OPENVINO_VERSION" not in text and not re.search(r"openvino==\d", text), dockerfile.name
+        assert re.search(r"COPY [^\n]*deploy/docker/constraints\.txt", text), dockerfile.name
+        assert re.search(r"pip install [^\n]*-c constraints\.txt", text), dockerfile.name
+    nvidia = (DEPLOY / "docker" / "Dockerfile.nvidia").read_text()
+    # The plugin is built from the same tag of openvino and openvino_contrib, read from the same file.
+    assert "sed -n 's/^openvino==//p' constraints.txt" in nvidia
+    for repository in ("openvino.git", "openvino_contrib.git"):
+        assert re.search(r'--branch "\$\{version\}"[^\n]*(\n[^\n]*)?' + re.escape(repository), nvidia), (
+            repository
+        )
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "!deploy/docker/constraints.txt" in ignored, "the build context carries the pins"
 
 
 def test_healthcheck_reads_the_ports_from_the_server_command_line():

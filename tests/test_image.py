@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -62,6 +63,12 @@ def test_image_metadata_is_as_documented(exported_image):
     assert inspect["Config"]["Entrypoint"] == ["ovgw"]
     assert "gateway.healthcheck" in " ".join(inspect["Healthcheck"]["Test"])
     assert not (exported_image / "src").exists(), "the builder stage's sources stay out of the final image"
+    # The OpenVINO release in the image is the one deploy/docker/constraints.txt pins.
+    (pin,) = re.findall(r"^openvino==(\S+)$", (ROOT / "deploy/docker/constraints.txt").read_text(), re.M)
+    installed = [
+        p.name for p in (exported_image / "opt/ovgw/lib").glob("python3*/site-packages/openvino-*.dist-info")
+    ]
+    assert installed == [f"openvino-{pin}.dist-info"], installed
 
 
 def test_image_serves_a_model_under_chroot(exported_image, tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -154,6 +155,23 @@ def _reshape_grpc() -> pb.ModelInferRequest:
     return req
 
 
+def _timed_out_json(model: str | None = None) -> dict:
+    ones = {"datatype": "INT32", "shape": [1, 16]}
+    doc: dict = {
+        "inputs": [{"name": n, **ones, "data": [1] * 16} for n in ("INPUT0", "INPUT1")],
+        "parameters": {"timeout": 1000},
+    }
+    if model is not None:  # the gRPC form: typed contents, a typed parameter
+        doc = {
+            "model_name": model,
+            "inputs": [
+                {"name": n, **ones, "contents": {"int_contents": [1] * 16}} for n in ("INPUT0", "INPUT1")
+            ],
+            "parameters": {"timeout": {"int64_param": 1000}},
+        }
+    return doc
+
+
 RESHAPE_JSON = {
     "inputs": [
         {"name": "DATA", "datatype": "FP32", "shape": [6], "data": [1] * 6},
@@ -195,6 +213,9 @@ async def test_every_failed_request_is_counted_wherever_it_failed(isolation_serv
                 assert "error" in await r.json(), what
         async with session.post(base + "/dummy/infer", json=good_json) as r:
             assert r.status == 200
+        # The queue: a 1 ms timeout on a model that holds a lone request 200 ms for its batch to fill.
+        async with session.post(base + "/simple_dynamic/infer", json=_timed_out_json()) as r:
+            assert r.status == 504, await r.text()
         async with session.get(base + "/dummy/versions/9") as r:  # metadata of an unknown version
             assert r.status == 404
         async with session.get(base + "/nope/ready") as r:
@@ -215,6 +236,9 @@ async def test_every_failed_request_is_counted_wherever_it_failed(isolation_serv
             raw.infer(request)
         assert status is None or caught.value.code() == status, (what, caught.value.details())
     raw.infer(_dummy_grpc())
+    with pytest.raises(grpc.RpcError) as caught:
+        raw.infer(json_format.ParseDict(_timed_out_json("simple_dynamic"), pb.ModelInferRequest()))
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, caught.value.details()
     garbage = raw.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
     with pytest.raises(grpc.RpcError):
         garbage(b"\xff\xff\xff\xff not a message", timeout=10)
@@ -250,6 +274,11 @@ async def test_every_failed_request_is_counted_wherever_it_failed(isolation_serv
     assert delta("nv_inference_request_failure", model="dummy", version="1", reason="BACKEND") == 0
     assert delta("nv_inference_request_failure", model="runtime_reshape", version="1", reason="BACKEND") == 2
     assert delta("nv_inference_request_success", model="dummy", version="1") == 2
+    queued = {**dummy, "name": "simple_dynamic"}
+    assert delta("ovms_requests_fail", interface="REST", **queued) == 1
+    assert delta("ovms_requests_fail", interface="gRPC", **queued) == 1
+    assert delta("nv_inference_request_failure", model="simple_dynamic", version="1", reason="REJECTED") == 2
+    assert delta("ovgw_requests_timed_out", name="simple_dynamic", version="1") == 2
     # Request times cover the failed requests too.
     assert delta("ovms_request_time_us", interface="REST", name="dummy", version="1") == 5
     # Requests that named no served model or version: OVMS has no counter of that model to put them in.

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
 
@@ -22,6 +23,14 @@ from grpc import aio
 
 from .errors import GatewayError, InvalidArgument
 from .gateway import Decoder, Gateway
+from .grpc_wire import (
+    INFER_RESPONSE,
+    RAW_INPUT_CONTENTS,
+    RAW_OUTPUT_CONTENTS,
+    bytes_field,
+    length_delimited,
+    split_bytes_field,
+)
 from .model_version import ModelVersion
 from .proto import ovgw_grpc_service_pb2 as pb
 from .tensor_codec import (
@@ -47,8 +56,21 @@ def parameters_from_proto(params) -> dict:
     return out
 
 
-def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
-    raw = msg.raw_input_contents
+def parse_infer_request(message: bytes) -> InferMessage:
+    """A ModelInferRequest off the wire: protobuf parses all but raw_input_contents, which stay views of
+    the message's bytes (see grpc_wire)."""
+    rest, raw = split_bytes_field(message, RAW_INPUT_CONTENTS)
+    return InferMessage(pb.ModelInferRequest.FromString(rest), raw)
+
+
+@dataclass(frozen=True, slots=True)
+class InferMessage:
+    message: pb.ModelInferRequest  # without raw_input_contents
+    raw_input_contents: list[memoryview]
+
+
+def decode_infer_request(parsed: InferMessage) -> InferRequest:
+    msg, raw = parsed.message, parsed.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
         raise InvalidArgument(
             f"raw_input_contents has {len(raw)} entries; expected one per input ({len(msg.inputs)})"
@@ -90,24 +112,29 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
     )
 
 
-def decoder(msg: pb.ModelInferRequest) -> Decoder:
-    """Decode `msg` once the gateway has routed it, inside its accounting."""
+def decoder(parsed: InferMessage) -> Decoder:
+    """Decode `parsed` once the gateway has routed it, inside its accounting."""
 
     async def decode(_: ModelVersion) -> InferRequest:
-        return decode_infer_request(msg)
+        return decode_infer_request(parsed)
 
     return decode
 
 
-def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
-    # tritonclient reads outputs only from raw_output_contents: one entry per output, same order.
+def encode_infer_response(response: InferResponse, final: bool = False) -> list[bytes | memoryview]:
+    """A serialized ModelInferResponse, as parts to join once: protobuf writes the small rest, and each
+    output's raw_output_contents entry is a view of its array (copied only by the join). tritonclient
+    reads outputs only from raw_output_contents: one entry per output, in order. `final`: Triton's
+    `triton_final_response` parameter, for stream clients that asked for it."""
     msg = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     for out in response.outputs:
         msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-        msg.raw_output_contents.append(bytes(raw_from_array(out.datatype, out.data)))
-    return msg
+    if final:
+        msg.parameters["triton_final_response"].bool_param = True
+    contents = [raw_from_array(out.datatype, out.data) for out in response.outputs]
+    return [msg.SerializeToString(), *bytes_field(RAW_OUTPUT_CONTENTS, contents)]
 
 
 def _tensor_metadata(target, specs) -> None:
@@ -140,14 +167,15 @@ class GrpcServicer:
         _tensor_metadata(msg.outputs, meta.outputs)
         return msg
 
-    async def ModelInfer(self, request, context):
+    async def ModelInfer(self, request: InferMessage, context) -> bytes:
         received = perf_counter_ns()
         remaining = context.time_remaining()  # the client's deadline, if it set one
         deadline = None if remaining is None else time.monotonic() + remaining
+        msg = request.message
         response = await self.gateway.decode_and_infer(
-            request.model_name, request.model_version, decoder(request), Interface.GRPC, deadline, received
+            msg.model_name, msg.model_version, decoder(request), Interface.GRPC, deadline, received
         )
-        return encode_infer_response(response)
+        return b"".join(encode_infer_response(response))  # the one copy of each output byte
 
     async def ModelConfig(self, request, context):
         config = self.gateway.model_config(request.name, request.version)
@@ -185,19 +213,19 @@ class GrpcServicer:
             request_id = ""
             try:
                 try:
-                    msg = pb.ModelInferRequest.FromString(raw)
+                    parsed = parse_infer_request(raw)
                 except DecodeError:
                     self.gateway.count_unreadable(Interface.GRPC, Method.MODEL_INFER)
                     raise InvalidArgument("the request is not a valid ModelInferRequest message") from None
+                msg = parsed.message
                 request_id = msg.id
                 response = await self.gateway.decode_and_infer(
-                    msg.model_name, msg.model_version, decoder(msg), Interface.GRPC
+                    msg.model_name, msg.model_version, decoder(parsed), Interface.GRPC
                 )
-                out = encode_infer_response(response)
-                if _parameter_is_true(msg.parameters, "triton_enable_empty_final_response"):
-                    # Not decoupled: the one response is also the final one.
-                    out.parameters["triton_final_response"].bool_param = True
-                await responses.put(pb.ModelStreamInferResponse(infer_response=out))
+                # Not decoupled: the one response is also the final one.
+                final = _parameter_is_true(msg.parameters, "triton_enable_empty_final_response")
+                parts = encode_infer_response(response, final)
+                await responses.put(b"".join(length_delimited(INFER_RESPONSE, parts)))
             except GatewayError as e:
                 await responses.put(_stream_error(e.message, request_id))
             except Exception as e:
@@ -225,10 +253,10 @@ class GrpcServicer:
                 task.cancel()
 
 
-def _stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
+def _stream_error(message: str, request_id: str) -> bytes:
     return pb.ModelStreamInferResponse(
         error_message=message, infer_response=pb.ModelInferResponse(id=request_id)
-    )
+    ).SerializeToString()
 
 
 def _parameter_is_true(params, key: str) -> bool:
@@ -239,19 +267,32 @@ def _parameter_is_true(params, key: str) -> bool:
     )
 
 
-# method -> (request message, response message) of the generated module
-_UNARY: dict[str, tuple[Any, Any]] = {
-    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
-    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
-    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
-    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
-    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
-    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
-    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
-    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """How one unary method reads its request and writes its response."""
+
+    parse: Callable[[bytes], Any]
+    request_name: str  # for the message when the request does not parse
+    serialize: Callable[[Any], bytes] | None  # None: the handler returns the serialized bytes itself
+
+
+def _call(request_type, response_type) -> _Call:
+    return _Call(request_type.FromString, request_type.DESCRIPTOR.name, response_type.SerializeToString)
+
+
+_UNARY: dict[str, _Call] = {
+    "ModelConfig": _call(pb.ModelConfigRequest, pb.ModelConfigResponse),
+    "ModelStatistics": _call(pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+    "RepositoryIndex": _call(pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+    "RepositoryModelLoad": _call(pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+    "RepositoryModelUnload": _call(pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
+    "ServerLive": _call(pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": _call(pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": _call(pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": _call(pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": _call(pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    # The tensor bytes stay out of protobuf both ways (grpc_wire).
+    "ModelInfer": _Call(parse_infer_request, "ModelInferRequest", None),
 }
 
 
@@ -259,7 +300,7 @@ _UNARY: dict[str, tuple[Any, Any]] = {
 _COUNTED = {method.value: method for method in Method}
 
 
-def _guard(method: Callable[..., Awaitable], request_type, gateway: Gateway):
+def _guard(method: Callable[..., Awaitable], call: _Call, gateway: Gateway):
     """Parse the request, and turn GatewayError into its status and anything else into INTERNAL.
 
     Parsing here rather than in grpc's deserializer lets a malformed message get
@@ -270,13 +311,11 @@ def _guard(method: Callable[..., Awaitable], request_type, gateway: Gateway):
     async def handler(raw: bytes, context: aio.ServicerContext):
         try:
             try:
-                request = request_type.FromString(raw)
+                request = call.parse(raw)
             except DecodeError:
                 if counted is not None:
                     gateway.count_unreadable(Interface.GRPC, counted)
-                raise InvalidArgument(
-                    f"the request is not a valid {request_type.DESCRIPTOR.name} message"
-                ) from None
+                raise InvalidArgument(f"the request is not a valid {call.request_name} message") from None
             return await method(request, context)
         except GatewayError as e:
             await context.abort(e.code.grpc_status, e.message)
@@ -292,14 +331,12 @@ def _guard(method: Callable[..., Awaitable], request_type, gateway: Gateway):
 def build_handlers(servicer: GrpcServicer) -> dict[str, grpc.RpcMethodHandler]:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _guard(getattr(servicer, name), req, servicer.gateway),
-            response_serializer=resp.SerializeToString,
+            _guard(getattr(servicer, name), call, servicer.gateway), response_serializer=call.serialize
         )
-        for name, (req, resp) in _UNARY.items()
+        for name, call in _UNARY.items()
     }
-    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        servicer.ModelStreamInfer, response_serializer=pb.ModelStreamInferResponse.SerializeToString
-    )
+    # Stream responses are serialized by the stream itself (see ModelStreamInfer).
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
     return handlers
 
 

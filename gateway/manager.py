@@ -154,6 +154,7 @@ class ModelManager:
                 [i.datatype for i in inputs],
                 [o.datatype for o in outputs],
                 f"{version.name}-{version.version}",
+                batch_rows=bool(settings.max_batch_size),
             )
         except Exception as e:  # OpenVINO raises plain RuntimeErrors with useful text
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

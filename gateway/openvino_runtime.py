@@ -11,6 +11,7 @@ are polled every 20 ms for that, and the client gets INTERNAL instead of a hang.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import weakref
 from collections.abc import Callable, Sequence
@@ -185,10 +186,53 @@ def port_specs(ports: Sequence, kind: str):
     return tuple(specs), tuple(bounds)
 
 
+# An output at least this large is written by OpenVINO straight into a fresh array of ours (bound with
+# set_output_tensor before the run) instead of being copied out of the infer request's own tensor after it;
+# below it, a copy costs less than the binding.
+BIND_OUTPUT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _OutputBinding:
+    """How to allocate a bound output: its static shape, or its shape after dimension 0 (the batch)."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    batched: bool  # dimension 0 is the run's row count, `shape` the rest
+
+    def allocate(self, rows: int) -> np.ndarray:
+        return np.empty((rows, *self.shape) if self.batched else self.shape, self.dtype)
+
+
+def _output_binding(port, datatype: str, batch_rows: bool) -> _OutputBinding | None:
+    if datatype in ("BYTES", "BF16"):
+        return None  # string tensors are not numpy memory; BF16 has no numpy type to share
+    dtype = _numpy_dtype(port)
+    pshape = port.get_partial_shape()
+    if dtype is None or pshape.rank.is_dynamic:
+        return None
+    dims = [d.get_length() if d.is_static else -1 for d in pshape]
+    if -1 not in dims:
+        size = math.prod(dims) * dtype.itemsize
+        return _OutputBinding(dtype, tuple(dims), False) if size >= BIND_OUTPUT_BYTES else None
+    if batch_rows and dims and dims[0] == -1 and -1 not in dims[1:]:
+        row = math.prod(dims[1:]) * dtype.itemsize
+        return _OutputBinding(dtype, tuple(dims[1:]), True) if row >= BIND_OUTPUT_BYTES else None
+    return None
+
+
 class InferExecutor:
     """A pool of OpenVINO infer requests on one compiled model. The scheduler takes one, runs a batch on it
-    with start_async() (the event loop only hands the inputs over; OpenVINO's stream threads compute and
-    copy the outputs out in the completion callback), and gives it back."""
+    with start_async() (the event loop only hands the inputs over; OpenVINO's stream threads compute, and
+    the completion callback takes the outputs), and gives it back.
+
+    Copies of a tensor byte here: an input shared with OpenVINO when its array is writable (REST bodies),
+    else copied once into OpenVINO's tensor (gRPC's read-only message bytes); a batch of several requests
+    is copied once into the batch. A large output is written by OpenVINO into our array (no copy); a small
+    one, or one whose shape is not known before the run, is copied once out of the infer request.
+
+    `batch_rows`: dimension 0 of every output is the run's row count (dynamic batching is on), so such
+    outputs can be allocated before the run."""
 
     def __init__(
         self,
@@ -197,6 +241,7 @@ class InferExecutor:
         input_types: Sequence[str],
         output_types: Sequence[str],
         label: str = "",
+        batch_rows: bool = False,
     ):
         self._loop = asyncio.get_running_loop()
         self._idle: list[ov.InferRequest] = []
@@ -210,6 +255,10 @@ class InferExecutor:
         self._input_types = tuple(input_types)
         self._input_dtypes = tuple(_numpy_dtype(port) for port in compiled.inputs)
         self._output_types = tuple(output_types)
+        self._bindings = tuple(
+            _output_binding(port, datatype, batch_rows)
+            for port, datatype in zip(compiled.outputs, output_types, strict=True)
+        )
         # Only batches use threads: their inputs are copied into one array off the event loop.
         self._threads = ThreadPoolExecutor(max_workers=nireq, thread_name_prefix=f"batch-{label}")
         self._sweep_timer: asyncio.TimerHandle | None = None
@@ -247,7 +296,8 @@ class InferExecutor:
                 feeds = self._feeds(parts, pad_to)
             else:
                 feeds = await self._loop.run_in_executor(self._threads, self._feeds, parts, pad_to)
-            run = _Run(self._loop.create_future(), request, feeds, started, perf_counter_ns())
+            bound = self._bind_outputs(request, parts, pad_to)
+            run = _Run(self._loop.create_future(), request, feeds, bound, started, perf_counter_ns())
             self._runs[id(request)] = run
             start_with_tensors(request, feeds)
         except Exception as e:
@@ -260,6 +310,22 @@ class InferExecutor:
         finally:
             self._runs.pop(id(request), None)
 
+    def _bind_outputs(
+        self, request: ov.InferRequest, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None
+    ) -> dict[int, np.ndarray]:
+        """Fresh arrays for the outputs OpenVINO can write into directly (see BIND_OUTPUT_BYTES)."""
+        bound: dict[int, np.ndarray] = {}
+        rows = 0
+        for index, binding in enumerate(self._bindings):
+            if binding is None:
+                continue
+            if binding.batched and not rows:
+                rows = pad_to or sum(p[0].shape[0] for p in parts)
+            array = binding.allocate(rows)
+            request.set_output_tensor(index, ov.Tensor(array, shared_memory=True))
+            bound[index] = array
+        return bound
+
     def _completed(self, key: int) -> None:
         """On an OpenVINO thread, with the GIL: copy the outputs out (the request is reused next) and
         hand them to the event loop."""
@@ -269,8 +335,12 @@ class InferExecutor:
         inferred = perf_counter_ns()
         request = run.request
         try:
-            types = self._output_types
-            outputs = [_read_output(request.get_output_tensor(i), t) for i, t in enumerate(types)]
+            outputs = [
+                _bound_output(request.get_output_tensor(i), run.bound[i])
+                if i in run.bound
+                else _read_output(request.get_output_tensor(i), datatype)
+                for i, datatype in enumerate(self._output_types)
+            ]
             result: tuple | InternalError = (
                 outputs,
                 ExecutionTimes(
@@ -312,6 +382,7 @@ class _Run:
     future: asyncio.Future
     request: ov.InferRequest
     feeds: dict  # tensors may share the arrays' memory: they must live until the run ends
+    bound: dict[int, np.ndarray]  # outputs OpenVINO writes into directly, by output index
     started_ns: int
     prepared_ns: int
 
@@ -408,6 +479,13 @@ def _to_tensor(array: np.ndarray, datatype: str, dtype: np.dtype | None) -> ov.T
     # Arrays over a request's immutable bytes cannot be shared with OpenVINO: one copy, in C++.
     # (np.ascontiguousarray returns at least 1-d: a scalar keeps its shape () through the reshape.)
     return ov.Tensor(np.ascontiguousarray(array).reshape(array.shape))
+
+
+def _bound_output(tensor: ov.Tensor, array: np.ndarray) -> np.ndarray:
+    """The bound array, when OpenVINO wrote into it; a copy of its output where it did not."""
+    if tuple(tensor.shape) == array.shape and tensor.data.ctypes.data == array.ctypes.data:
+        return array
+    return tensor.data.copy()
 
 
 def _read_output(tensor: ov.Tensor, datatype: str) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from time import perf_counter_ns
 
 from aiohttp import web
@@ -52,14 +53,32 @@ class BodyTooLarge(TooLarge):
     """The body is over the size limit; its rest is not read, so the connection cannot be reused."""
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The whole body, with gzip/deflate Content-Encoding undone; its failures as GatewayErrors."""
+async def read_body(request: web.Request, limit: int) -> bytearray:
+    """The whole body (gzip/deflate Content-Encoding undone) in one writable buffer; failures as
+    GatewayErrors. This is the one copy of a tensor byte between the socket and OpenVINO on REST: arrays
+    decoded from the buffer are writable views of it, which OpenVINO's tensors share. (aiohttp's own
+    request.read() gathers into a bytearray and then copies it into bytes.)"""
+    declared = request.content_length if not request.headers.get("Content-Encoding") else None
+    if limit and declared is not None and declared > limit:
+        raise BodyTooLarge(f"the request body ({declared} bytes) is larger than the limit of {limit} bytes")
+    body = bytearray(declared or 0)
+    filled = 0
     try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as e:
-        raise BodyTooLarge(f"the request body is larger than the limit: {e.text or e.reason}") from None
+        while chunk := await request.content.readany():
+            end = filled + len(chunk)
+            if limit and end > limit:
+                raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            if end <= len(body):
+                body[filled:end] = chunk
+            else:
+                del body[filled:]
+                body += chunk
+            filled = end
     except (RequestPayloadError, BadHttpMessage) as e:
         raise UnreadableBody(f"cannot read the request body: {e}") from None
+    if filled < len(body):
+        raise UnreadableBody(f"the request body ended after {filled} of {len(body)} bytes")
+    return body
 
 
 @web.middleware
@@ -88,7 +107,7 @@ async def errors_middleware(request: web.Request, handler):
 # --- request decoding ----------------------------------------------------------------------------
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryview, memoryview]:
+def split_body(body: bytearray, header_length: str | None) -> tuple[bytearray | memoryview, memoryview]:
     """Split a request body into its JSON header and its binary section."""
     if header_length is None:
         return body, memoryview(b"")
@@ -109,7 +128,7 @@ def _object(value, what: str) -> dict:
 
 
 def decode_infer_request(
-    model: str, version: str, header: bytes | memoryview, binary: memoryview
+    model: str, version: str, header: bytes | bytearray | memoryview, binary: memoryview
 ) -> InferRequest:
     try:
         doc = json.loads(bytes(header))
@@ -234,9 +253,24 @@ def single_raw_input_request(
 # --- response encoding ---------------------------------------------------------------------------
 
 
-def encode_infer_response(response: InferResponse, binary_default: bool) -> web.Response:
+# Binary outputs at least this large are written to the socket from the arrays' own memory; smaller ones
+# are joined into one body, as a copy of a few KB costs less than a write call per output.
+STREAM_FROM_ARRAYS_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedResponse:
+    header: bytes  # the JSON document
+    binary: list[bytes | memoryview]  # the binary outputs in order: views of the output arrays
+
+    @property
+    def binary_size(self) -> int:
+        return sum(len(part) for part in self.binary)
+
+
+def encode_infer_response(response: InferResponse, binary_default: bool) -> EncodedResponse:
     outputs = []
-    parts: list = []
+    parts: list[bytes | memoryview] = []
     for out in response.outputs:
         entry: dict = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
         if out.parameters.get("binary_data", binary_default):
@@ -253,14 +287,29 @@ def encode_infer_response(response: InferResponse, binary_default: bool) -> web.
     if response.parameters:
         doc["parameters"] = response.parameters
     doc["outputs"] = outputs
-    header = json.dumps(doc, separators=(",", ":")).encode()
-    if not parts:
-        return web.Response(body=header, content_type=_JSON)
-    return web.Response(
-        body=b"".join([header, *parts]),
-        content_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(len(header))},
-    )
+    return EncodedResponse(json.dumps(doc, separators=(",", ":")).encode(), parts)
+
+
+async def send_infer_response(request: web.Request, encoded: EncodedResponse) -> web.StreamResponse:
+    """JSON alone, or the binary extension's layout (JSON header, then the outputs). A large output goes
+    to the transport as a view of its array: no copy of its bytes between OpenVINO's output and the
+    socket beyond the one the executor may make (see openvino_runtime)."""
+    if not encoded.binary:
+        return web.Response(body=encoded.header, content_type=_JSON)
+    headers = {HEADER_LENGTH: str(len(encoded.header))}
+    size = encoded.binary_size
+    if size < STREAM_FROM_ARRAYS_BYTES:
+        body = b"".join([encoded.header, *encoded.binary])
+        return web.Response(body=body, content_type="application/octet-stream", headers=headers)
+    response = web.StreamResponse(headers=headers)
+    response.content_type = "application/octet-stream"
+    response.content_length = len(encoded.header) + size
+    await response.prepare(request)
+    await response.write(encoded.header)
+    for part in encoded.binary:
+        await response.write(part)
+    await response.write_eof()
+    return response
 
 
 # --- routes --------------------------------------------------------------------------------------
@@ -317,7 +366,7 @@ class RestHandlers:
         return _json_response({"model_stats": self.gateway.statistics(model, version)})
 
     async def repository_index(self, request: web.Request) -> web.Response:
-        body = await _optional_json(request)
+        body = await _optional_json(request, self.max_body_bytes)
         ready = body.get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidArgument("'ready' must be true or false")
@@ -327,17 +376,17 @@ class RestHandlers:
         )
 
     async def repository_load(self, request: web.Request) -> web.Response:
-        body = await _optional_json(request)
+        body = await _optional_json(request, self.max_body_bytes)
         params = _object(body.get("parameters", {}), "parameters")
         await self.gateway.load_model(request.match_info["model"], params)
         return _json_response({})
 
     async def repository_unload(self, request: web.Request) -> web.Response:
-        await _optional_json(request)
+        await _optional_json(request, self.max_body_bytes)
         await self.gateway.unload_model(request.match_info["model"])
         return _json_response({})
 
-    async def infer(self, request: web.Request) -> web.Response:
+    async def infer(self, request: web.Request) -> web.StreamResponse:
         received = perf_counter_ns()
         model, version = request.match_info["model"], request.match_info.get("version", "")
         binary_output = False  # the request's binary_data_output: the default of every output
@@ -345,7 +394,7 @@ class RestHandlers:
         async def decode(served: ModelVersion) -> InferRequest:
             nonlocal binary_output
             # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
-            body = await read_body(request)
+            body = await read_body(request, self.max_body_bytes)
             header_length = request.headers.get(HEADER_LENGTH)
             if header_length is not None and header_length.strip() == "0" and body:
                 decoded = single_raw_input_request(served, model, version, memoryview(body))
@@ -360,7 +409,7 @@ class RestHandlers:
         response = await self.gateway.decode_and_infer(
             model, version, decode, Interface.REST, received_ns=received
         )
-        return encode_infer_response(response, binary_output)
+        return await send_infer_response(request, encode_infer_response(response, binary_output))
 
     async def config_reload(self, request: web.Request) -> web.Response:
         report = await self.gateway.reload_config()
@@ -377,8 +426,8 @@ class RestHandlers:
         )
 
 
-async def _optional_json(request: web.Request) -> dict:
-    body = await read_body(request)
+async def _optional_json(request: web.Request, limit: int) -> dict:
+    body = await read_body(request, limit)
     if not body.strip():
         return {}
     try:

@@ -58,3 +58,44 @@ async def test_rank_0_inputs_reach_openvino_as_scalars(monkeypatch, fast):
     np.testing.assert_array_equal(outputs[0], x * 3)
     assert outputs[1].shape == () and outputs[1] == 18.0
     assert outputs[2].shape == () and outputs[2].item() == b"t"
+
+
+def _doubling_model(shape: list[int]) -> ov.Model:
+    from openvino import opset13 as ops
+
+    x = ops.parameter(shape, ov.Type.f32, name="x")
+    x.output(0).get_tensor().set_names({"x"})
+    y = ops.multiply(x, ops.constant(np.float32(2.0)))
+    y.output(0).get_tensor().set_names({"y"})
+    return ov.Model([y.output(0)], [x], "doubling")
+
+
+@pytest.mark.parametrize(
+    "shape, batch_rows, rows, bound",
+    [
+        ([1, 256, 256], False, 1, True),  # static, 256 KB: OpenVINO writes into our array
+        ([-1, 128, 128], True, 3, True),  # batched, 64 KB a row: allocated for the run's rows
+        ([-1, 128, 128], False, 2, False),  # dimension 0 not known to be the batch: copied out
+        ([1, 16], False, 1, False),  # small: copied out
+    ],
+    ids=["static", "batched", "unknown-rows", "small"],
+)
+async def test_large_outputs_are_written_into_fresh_arrays_and_never_reused(
+    monkeypatch, shape, batch_rows, rows, bound
+):
+    copies = []
+    real_read = openvino_runtime._read_output
+    monkeypatch.setattr(openvino_runtime, "_read_output", lambda t, d: copies.append(d) or real_read(t, d))
+    compiled = ov.Core().compile_model(_doubling_model(shape), "CPU")
+    executor = openvino_runtime.InferExecutor(compiled, 1, ["FP32"], ["FP32"], "test", batch_rows=batch_rows)
+    dims = [rows if d == -1 else d for d in shape]
+    kept = []
+    for value in (1.0, 2.0, 3.0):  # the same infer request each time
+        slot = executor.take()
+        outputs, _ = await executor.execute(slot, [[np.full(dims, value, np.float32)]])
+        executor.give_back(slot)
+        kept.append((value, outputs[0]))
+    for value, output in kept:  # an earlier answer is not overwritten by a later run
+        assert output.shape == tuple(dims)
+        np.testing.assert_array_equal(output, np.full(dims, 2 * value, np.float32))
+    assert len(copies) == (0 if bound else 3)

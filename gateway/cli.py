@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=500.0,
         help="the longest a lower-priority model's request waits behind higher-priority models on a device",
     )
+    g.add_argument(
+        "--adaptive_execution",
+        choices=["true", "false"],
+        default="true",
+        help="on CPU, when no hint is configured: also compile a LATENCY-hint execution of each model and "
+        "run a request on it when nothing else of the model is running (costs a second compiled model)",
+    )
     g.add_argument("--log_format", choices=["text", "json"], default="text", help="json: one object per line")
     g.add_argument("--log_level", default="INFO", choices=list(LOG_LEVELS))
     g.add_argument("--log_path", help="write the log to this file instead of stderr")
@@ -238,6 +245,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         metrics_list=metrics_list,
         shutdown_timeout=args.shutdown_timeout,
         priority_aging_ms=args.priority_aging_ms,
+        adaptive_execution=args.adaptive_execution == "true",
         extra_plugins=_plugins(args.register_plugin),
         metrics_port=args.metrics_port,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import openvino as ov
 
+from .adaptive import LoadAdaptiveExecutor
 from .errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .model_version import ModelVersion, State, apply_batching
 from .openvino_runtime import InferExecutor, check_device, port_specs, read_model
 from .repository import discover_versions, folder_fingerprint, looks_like_model, resolve_inside
-from .scheduler import BatchingPolicy, DeviceGate, ModelScheduler, default_queue_size
+from .scheduler import BatchingPolicy, DeviceGate, Executor, ModelScheduler, default_queue_size
 from .settings import ModelSettings, ServerSettings, parse_model_entry
 from .statistics import ExecutionTimes
 from .types import ModelMetadata, VersionStatus
@@ -148,20 +149,23 @@ class ModelManager:
             if settings.max_batch_size:
                 inputs, bounds, outputs, pad_to = apply_batching(settings, inputs, bounds, outputs)
             nireq = settings.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            executor = InferExecutor(
-                compiled,
-                nireq,
-                [i.datatype for i in inputs],
-                [o.datatype for o in outputs],
-                f"{version.name}-{version.version}",
-                batch_rows=bool(settings.max_batch_size),
-            )
+            label = f"{version.name}-{version.version}"
+            input_types, output_types = [i.datatype for i in inputs], [o.datatype for o in outputs]
+            batch_rows = bool(settings.max_batch_size)
+            throughput = InferExecutor(compiled, nireq, input_types, output_types, label, batch_rows)
+            executor: Executor = throughput
+            version.streams = _streams(compiled, nireq)
+            if version.streams > 1 and self._adaptive(settings):
+                latency_compiled = await asyncio.to_thread(self._compile, version, "LATENCY")
+                latency = InferExecutor(
+                    latency_compiled, 1, input_types, output_types, f"{label}-latency", batch_rows
+                )
+                executor = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
         except Exception as e:  # OpenVINO raises plain RuntimeErrors with useful text
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             version.fail(f"failed to load from {version.path}: {reason}")
             log.error("model %s version %d: %s", version.name, version.version, version.reason)
             return
-        version.streams = _streams(compiled, nireq)
         version.load_seconds = time.perf_counter() - started
         cache_dir = self._compile_config(settings).get("CACHE_DIR")
         if cache_dir:
@@ -196,7 +200,7 @@ class ModelManager:
         )
         version.activate(scheduler)
         log.info(
-            "model %s version %d ready on %s in %.2f s (%s; nireq %d, streams %d; batching %s; "
+            "model %s version %d ready on %s in %.2f s (%s; nireq %d, streams %d%s; batching %s; "
             "queue %s; priority %d; from %s)",
             version.name,
             version.version,
@@ -205,6 +209,9 @@ class ModelManager:
             how,
             nireq,
             version.streams,
+            " + a LATENCY-hint execution for requests that find it idle"
+            if isinstance(executor, LoadAdaptiveExecutor)
+            else "",
             f"up to {settings.max_batch_size}" + (f" padded to {pad_to}" if pad_to else "")
             if batching
             else "off",
@@ -213,9 +220,19 @@ class ModelManager:
             version.path,
         )
 
-    def _compile(self, version: ModelVersion) -> ov.CompiledModel:
+    def _adaptive(self, settings: ModelSettings) -> bool:
+        """A latency execution beside the throughput one: on CPU, when the gateway chose the hint."""
+        chosen = (
+            "PERFORMANCE_HINT" not in settings.plugin_config and "NUM_STREAMS" not in settings.plugin_config
+        )
+        device = settings.target_device.split(":")[0].split(".")[0].upper()
+        return self._settings.adaptive_execution and chosen and device == "CPU"
+
+    def _compile(self, version: ModelVersion, hint: str | None = None) -> ov.CompiledModel:
         settings = version.settings
         config = self._compile_config(settings)
+        if hint is not None:
+            config["PERFORMANCE_HINT"] = hint
         if (
             settings.shape is None
             and settings.layout is None

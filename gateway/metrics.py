@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from .adaptive import LoadAdaptiveExecutor
 from .errors import ConfigError
 from .statistics import ExecutionTimes
 from .types import Interface, Method
@@ -84,6 +85,11 @@ GATEWAY_FAMILIES = {
         "Requests dropped from the queue when their deadline (gRPC deadline or timeout parameter) expired.",
     ),
     "ovgw_requests_cancelled": ("counter", "Requests dropped because their client went away while queued."),
+    "ovgw_executions": (
+        "counter",
+        "OpenVINO executions of a model version by execution (latency, throughput), where the gateway runs "
+        "both (--adaptive_execution).",
+    ),
     "ovgw_requests_unrouted": (
         "counter",
         "Failed requests that named no served model or version (unknown name or version, no ready version, "
@@ -304,6 +310,15 @@ class Metrics:
                 ):
                     labels = {"model": v.name, "version": str(v.version), "reason": reason}
                     metric.add_sample(family, labels, count)
+            yield metric
+        if "ovgw_executions" in wanted:
+            family = "ovgw_executions"
+            metric = Metric(family, GATEWAY_FAMILIES[family][1], "counter")
+            for v in versions:
+                if isinstance(v.executor, LoadAdaptiveExecutor):
+                    for execution, runs in v.executor.runs.items():
+                        labels = {"name": v.name, "version": str(v.version), "execution": execution.value}
+                        metric.add_sample(family, labels, runs)
             yield metric
         for family, attribute in (
             ("ovgw_requests_rejected", "rejected_count"),

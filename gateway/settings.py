@@ -98,6 +98,9 @@ class ServerSettings:
     shutdown_timeout: float = 30.0  # seconds to drain in-flight requests after SIGTERM
     # The longest a request of a lower-priority model waits behind higher-priority models on its device.
     priority_aging_ms: float = 500.0
+    # On CPU, when the gateway picks the THROUGHPUT hint itself: a second, LATENCY-hint execution of each
+    # model serves requests that find the model idle (see adaptive.py).
+    adaptive_execution: bool = True
     metrics_enable: bool = True  # on by default, unlike OVMS
     metrics_list: list[str] | None = None  # None = every family
 

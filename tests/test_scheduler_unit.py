@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import pytest
 
+from gateway.adaptive import Execution, LoadAdaptiveExecutor
 from gateway.errors import DeadlineExceeded, InternalError, ResourceExhausted
 from gateway.scheduler import BatchingPolicy, DeviceGate, ModelScheduler
 from tests.fakes import FakeExecutor, ManualClock, settle
@@ -398,3 +399,47 @@ async def test_a_closed_scheduler_leaves_the_gate():
     low.close()
     assert not gate.active  # one priority left: the gate stands aside
     high.close()
+
+
+# --- the load-adaptive executor -------------------------------------------------------------------
+
+
+async def test_a_request_that_finds_the_model_idle_runs_on_the_latency_execution():
+    clock = ManualClock()
+    latency, throughput = FakeExecutor(1), FakeExecutor(2)
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
+    scheduler, _, _ = make(clock, adaptive)
+    for value in (1, 2, 3):  # one closed-loop client: each request finds nothing running
+        task = submit(scheduler, 1, value)
+        await settle()
+        assert len(latency.running) == 1 and throughput.running == []
+        latency.running[0].finish()
+        await settle()
+        assert task.result()[0][0][0, 0] == 10 * value
+    assert adaptive.runs == {Execution.LATENCY: 3, Execution.THROUGHPUT: 0}
+
+
+async def test_overlapping_requests_go_to_the_throughput_streams_within_nireq():
+    clock = ManualClock()
+    latency, throughput = FakeExecutor(1), FakeExecutor(2)
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
+    scheduler, _, _ = make(clock, adaptive)
+    assert adaptive.nireq == 2 and adaptive.idle == 2
+    tasks = [submit(scheduler, 1, v) for v in (1, 2, 3, 4)]
+    await settle()
+    # The first found the model idle; the second overlaps it; nireq (2) bounds what runs at once.
+    assert len(latency.running) == 1 and len(throughput.running) == 1 and scheduler.queued == 2
+    assert adaptive.busy == 2 and adaptive.idle == 0
+    latency.running[0].finish()
+    await settle()
+    # The freed place goes to the throughput execution: the model is not idle.
+    assert len(latency.runs) == 1 and len(throughput.running) == 2 and scheduler.queued == 1
+    throughput.running[0].finish()
+    await settle()
+    assert len(throughput.runs) == 3 and scheduler.queued == 0
+    for run in throughput.running:
+        run.finish()
+    await settle()
+    assert [t.result()[0][0][0, 0] for t in tasks] == [10, 20, 30, 40]
+    assert adaptive.runs == {Execution.LATENCY: 1, Execution.THROUGHPUT: 3}
+    assert adaptive.busy == 0 and latency.idle == 1 and throughput.idle == 2

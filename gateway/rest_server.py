@@ -57,28 +57,22 @@ async def read_body(request: web.Request, limit: int) -> bytearray:
     """The whole body (gzip/deflate Content-Encoding undone) in one writable buffer; failures as
     GatewayErrors. This is the one copy of a tensor byte between the socket and OpenVINO on REST: arrays
     decoded from the buffer are writable views of it, which OpenVINO's tensors share. (aiohttp's own
-    request.read() gathers into a bytearray and then copies it into bytes.)"""
+    request.read() gathers into a bytearray and then copies it into bytes.) Nothing is allocated ahead
+    of the bytes that arrive: a Content-Length is a claim, not a size to reserve."""
     declared = request.content_length if not request.headers.get("Content-Encoding") else None
     if limit and declared is not None and declared > limit:
         raise BodyTooLarge(f"the request body ({declared} bytes) is larger than the limit of {limit} bytes")
-    body = bytearray(declared or 0)
-    filled = 0
+    chunks: list[bytes] = []
+    size = 0
     try:
         while chunk := await request.content.readany():
-            end = filled + len(chunk)
-            if limit and end > limit:
+            size += len(chunk)
+            if limit and size > limit:
                 raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
-            if end <= len(body):
-                body[filled:end] = chunk
-            else:
-                del body[filled:]
-                body += chunk
-            filled = end
+            chunks.append(chunk)
     except (RequestPayloadError, BadHttpMessage) as e:
         raise UnreadableBody(f"cannot read the request body: {e}") from None
-    if filled < len(body):
-        raise UnreadableBody(f"the request body ended after {filled} of {len(body)} bytes")
-    return body
+    return bytearray().join(chunks)
 
 
 @web.middleware

@@ -30,7 +30,8 @@ from typing import Any
 from gateway.demo_models import save, simple_model
 
 from .bench_models import fetch_ppocr_det, resnet50_shaped
-from .gateway_process import start_gateway
+from .gateway_process import GatewayProcess, start_gateway
+from .peer_process import PeerProcess, start_kserve_peer
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
@@ -129,18 +130,38 @@ def success_count(http_url: str, model: str) -> int:
     return sum(s["inference_stats"]["success"]["count"] for s in stats)
 
 
+def _answered(server: GatewayProcess | PeerProcess, model: str) -> int:
+    if isinstance(server, PeerProcess):
+        return server.answered(model)
+    return success_count(server.http_url, model)
+
+
+def _peer_shapes(model: BenchModel) -> list[str]:
+    """loadgen --shape for a server without Triton's model config: whole shapes, batch 1 included."""
+    return [f"{name}:{dims}" for name, dims in re.findall(r"(\w+)\[([\d,]+)\]", model.benchmark_shape)]
+
+
 def gateway_run(
-    gw, model: BenchModel, protocol: str, concurrency: int, window_ms: int, out_dir: Path
+    server: GatewayProcess | PeerProcess,
+    model: BenchModel,
+    protocol: str,
+    concurrency: int,
+    window_ms: int,
+    out_dir: Path,
 ) -> dict:
-    url = gw.grpc_url if protocol == "grpc" else gw.http_url
-    report = out_dir / f"{model.name}-{protocol}-c{concurrency}-{time.time_ns()}.csv"
-    shapes = [a for s in model.loadgen_shape for a in ("--shape", s)]
+    """One loadgen window against `server` (the gateway, or the KServe peer), with the server process's CPU
+    time per answered request over the whole run."""
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    tag = "kserve" if isinstance(server, PeerProcess) else "gateway"
+    report = out_dir / f"{model.name}-{tag}-{protocol}-c{concurrency}-{time.time_ns()}.csv"
+    shape_args = _peer_shapes(model) if isinstance(server, PeerProcess) else model.loadgen_shape
+    shapes = [a for s in shape_args for a in ("--shape", s)]
     cmd = [sys.executable, "-m", "loadgen", "-m", model.name, "-u", url, "-i", protocol,
            "--concurrency-range", str(concurrency), "-p", str(window_ms),
            "-f", str(report), *shapes]  # fmt: skip
-    cpu0, count0 = process_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    cpu0, count0 = process_cpu_s(server.process.pid), _answered(server, model.name)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=window_ms / 1000 * 4 + 120)
-    cpu1, count1 = process_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    cpu1, count1 = process_cpu_s(server.process.pid), _answered(server, model.name)
     if result.returncode != 0:
         raise RuntimeError(f"loadgen failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
     row = next(csv.DictReader(report.open()))
@@ -207,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="simple,resnet50,ppocr_det")
     p.add_argument("--concurrency", default="1,2,4,8,16")
     p.add_argument("--output", default=str(ROOT / "bench-results"), help="results go to OUTPUT/<time>/")
+    p.add_argument(
+        "--peer",
+        choices=["kserve", "none"],
+        default="kserve",
+        help="also serve each model with KServe's ModelServer (loadgen/kserve_peer.py) and compare",
+    )
     args = p.parse_args(argv)
 
     out_dir = Path(args.output) / time.strftime("%Y%m%d-%H%M%S")
@@ -272,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
     finally:
         gw.stop()
+    if args.peer == "kserve":
+        for model in models:
+            peer_benchmark(model, results["models"][model.name], args, out_dir)
     for model in models:
         if model.name != "simple":  # a tiny model says nothing about compile time
             cache = results["models"][model.name]["cache"] = cache_benchmark(model, out_dir, args.repetitions)
@@ -287,6 +317,40 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"written to {out_dir}")
     return 0
+
+
+def _medians(runs: list[dict]) -> dict:
+    keys = ("throughput", "p50_us", "p99_us", "server_cpu_us_per_request", "loader_cpu_pct")
+    return {f"median_{k}": median_of(runs, k) for k in keys}
+
+
+def peer_benchmark(model: BenchModel, entry: dict, args, out_dir: Path) -> None:
+    """The same runs against KServe's ModelServer with a minimal OpenVINO model class; each gateway row gets
+    gateway / KServe ratios of throughput and of server CPU per request."""
+    peer = start_kserve_peer(model.name, model.path, out_dir / f"kserve-{model.name}.log")
+    entry["kserve"] = []
+    try:
+        for row in entry["gateway"]:
+            runs = [
+                gateway_run(peer, model, row["protocol"], row["concurrency"], args.window_ms, out_dir / "raw")
+                for _ in range(args.repetitions)
+            ]
+            peer_row = {"protocol": row["protocol"], "concurrency": row["concurrency"], "runs": runs,
+                        **_medians(runs)}  # fmt: skip
+            entry["kserve"].append(peer_row)
+            row["throughput_vs_kserve"] = row["median_throughput"] / peer_row["median_throughput"]
+            row["cpu_vs_kserve"] = (
+                row["median_server_cpu_us_per_request"] / peer_row["median_server_cpu_us_per_request"]
+            )
+            print(
+                f"{model.name} kserve {row['protocol']} c={row['concurrency']}: "
+                f"{peer_row['median_throughput']:.1f}/s, p50 {peer_row['median_p50_us']:.0f} us, "
+                f"server {peer_row['median_server_cpu_us_per_request']:.0f} us CPU/req; gateway / KServe: "
+                f"throughput {row['throughput_vs_kserve']:.2f} x, CPU/req {row['cpu_vs_kserve']:.2f} x",
+                flush=True,
+            )
+    finally:
+        peer.stop()
 
 
 def markdown(results: dict, repetitions: int) -> str:
@@ -322,6 +386,25 @@ def markdown(results: dict, repetitions: int) -> str:
                 f"{row['median_loader_cpu_pct']:.0f}", f"{row['loadavg']:.2f}",
             ]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
+    if any("kserve" in entry for entry in results["models"].values()):
+        lines += [
+            "",
+            "The peer: KServe's ModelServer (the kserve package) with a minimal OpenVINO model class "
+            "(`loadgen/kserve_peer.py`: THROUGHPUT hint, a pool of infer requests), same models and loader. "
+            "CPU gateway / KServe below 1 means the gateway spends less server CPU per request.",
+            "",
+            "| model | protocol | concurrency | KServe infer/s | p50 us | server CPU us/req "
+            "| gateway / KServe throughput | gateway / KServe CPU per request |",
+            "|" + " --- |" * 8,
+        ]
+        for name, entry in results["models"].items():
+            for row, peer in zip(entry["gateway"], entry.get("kserve", []), strict=False):
+                cells = [
+                    name, row["protocol"], str(row["concurrency"]), f"{peer['median_throughput']:.1f}",
+                    f"{peer['median_p50_us']:.0f}", f"{peer['median_server_cpu_us_per_request']:.0f}",
+                    f"{row['throughput_vs_kserve']:.2f}", f"{row['cpu_vs_kserve']:.2f}",
+                ]  # fmt: skip
+                lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "| model | process to ready, cold cache (s) | warm (s) | model load, cold (s) | warm (s) "

@@ -1,5 +1,6 @@
 """Load-adaptive execution, end to end: a request that finds its model idle runs on the LATENCY-hint
-execution, overlapping ones on the THROUGHPUT-hint streams; the flag and a user's own hint turn it off."""
+execution, overlapping ones on the THROUGHPUT-hint streams; a model too small to gain keeps one execution,
+and so do the flag and a user's own hint."""
 
 from __future__ import annotations
 
@@ -7,54 +8,87 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 
 from gateway.demo_models import dummy_model, save
 from loadgen.gateway_process import start_gateway
+from tests.model_builders import busy_model
 from tests.test_request_isolation import _scrape, _value
 
 
-def _infer(url: str, n: int) -> None:
+@pytest.fixture(scope="module")
+def adaptive_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adaptive")
+    save(busy_model(16, width=512), root / "heavy" / "1")  # tens of ms alone: more cores pay
+    save(dummy_model(), root / "dummy" / "1")  # microseconds: they do not
+    entries = [{"name": "heavy", "base_path": "heavy"}, {"name": "dummy", "base_path": "dummy"}]
+    (root / "config.json").write_text(json.dumps({"model_config_list": [{"config": e} for e in entries]}))
+    gw = start_gateway(["--config_path", str(root / "config.json")], root / "gw.log")
+    yield gw
+    gw.stop()
+
+
+def _infer_heavy(url: str, n: int) -> None:
     client = grpcclient.InferenceServerClient(url)
-    b = grpcclient.InferInput("b", [1, 10], "FP32")
-    b.set_data_from_numpy(np.arange(10, dtype=np.float32).reshape(1, 10))
+    x = grpcclient.InferInput("X", [1, 4], "FP32")
+    x.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
     for _ in range(n):
-        np.testing.assert_array_equal(client.infer("dummy", [b]).as_numpy("a")[0], np.arange(10) + 1)
+        np.testing.assert_array_equal(client.infer("heavy", [x]).as_numpy("Y")[0], np.arange(4) * 2)
     client.close()
 
 
-def _runs(gw, execution: str) -> float:
-    return _value(_scrape(gw), "ovgw_executions", name="dummy", version="1", execution=execution)
+def _infer_dummy(url: str, n: int) -> None:
+    client = grpcclient.InferenceServerClient(url)
+    b = grpcclient.InferInput("b", [1, 10], "FP32")
+    b.set_data_from_numpy(np.zeros((1, 10), np.float32))
+    for _ in range(n):
+        client.infer("dummy", [b])
+    client.close()
 
 
-def test_idle_requests_take_the_latency_execution_and_overlapping_ones_the_streams(gateway_server):
-    gw = gateway_server
-    (line,) = [line for line in gw.log().splitlines() if "model dummy version 1 ready" in line]
-    assert "streams 2 + a LATENCY-hint execution" in line, line  # 2 cores: THROUGHPUT gives 2 streams
-    latency, throughput = _runs(gw, "latency"), _runs(gw, "throughput")
-    _infer(gw.grpc_url, 5)  # one client, one request at a time: the model is idle at each
-    assert _runs(gw, "latency") - latency == 5 and _runs(gw, "throughput") == throughput
-    with ThreadPoolExecutor(6) as pool:
-        list(pool.map(lambda _: _infer(gw.grpc_url, 10), range(6)))
-    assert _runs(gw, "throughput") > throughput  # overlapping requests went to the streams
-    assert _runs(gw, "latency") + _runs(gw, "throughput") - latency - throughput == 5 + 60
+def _runs(gw, model: str, execution: str) -> float:
+    return _value(_scrape(gw), "ovgw_executions", name=model, version="1", execution=execution)
+
+
+def _load_line(gw, model: str) -> str:
+    (line,) = [line for line in gw.log().splitlines() if f"model {model} version 1 ready" in line]
+    return line
+
+
+def test_idle_requests_take_the_latency_execution_and_overlapping_ones_the_streams(adaptive_server):
+    gw = adaptive_server
+    assert "streams 2 + a LATENCY-hint execution for idle moments" in _load_line(gw, "heavy")
+    _infer_heavy(gw.grpc_url, 5)  # one client, one request at a time: the model is idle at each
+    assert _runs(gw, "heavy", "latency") == 5 and _runs(gw, "heavy", "throughput") == 0
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: _infer_heavy(gw.grpc_url, 5), range(4)))
+    assert _runs(gw, "heavy", "throughput") > 0  # overlapping requests went to the streams
+    assert _runs(gw, "heavy", "latency") + _runs(gw, "heavy", "throughput") == 5 + 20
+
+
+def test_a_model_too_small_to_gain_keeps_one_execution(adaptive_server):
+    gw = adaptive_server
+    assert "no LATENCY-hint execution" in _load_line(gw, "dummy")
+    _infer_dummy(gw.grpc_url, 3)
+    samples = _scrape(gw)["ovgw_executions"].samples
+    assert {s.labels["name"] for s in samples} == {"heavy"}
 
 
 def test_the_flag_and_a_configured_hint_keep_one_execution(tmp_path):
-    save(dummy_model(), tmp_path / "dummy" / "1")
-    save(dummy_model(), tmp_path / "hinted" / "1")
-    config = tmp_path / "config.json"
+    save(busy_model(16, width=512), tmp_path / "heavy" / "1")
     entries = [
-        {"name": "dummy", "base_path": "dummy"},
-        {"name": "hinted", "base_path": "hinted", "plugin_config": {"PERFORMANCE_HINT": "THROUGHPUT"}},
+        {"name": "heavy", "base_path": "heavy"},
+        {"name": "hinted", "base_path": "heavy", "plugin_config": {"PERFORMANCE_HINT": "THROUGHPUT"}},
     ]
+    config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_config_list": [{"config": e} for e in entries]}))
-    for flag, expected in (("true", {"dummy"}), ("false", set())):
+    for flag, expected in (("true", {"heavy"}), ("false", set())):
         gw = start_gateway(
             ["--config_path", str(config), "--adaptive_execution", flag], tmp_path / f"{flag}.log"
         )
         try:
-            _infer(gw.grpc_url, 2)
+            _infer_heavy(gw.grpc_url, 1)
             samples = _scrape(gw)["ovgw_executions"].samples
             assert {s.labels["name"] for s in samples} == expected, samples
         finally:

@@ -26,8 +26,15 @@ def test_bench_harness_writes_its_tables(tmp_path):
     for row in entry["gateway"]:
         assert row["median_throughput"] > 0 and row["median_server_cpu_us_per_request"] > 0
         assert row["cpu_ratio_to_benchmark_app"] > 0 and row["median_loader_cpu_pct"] >= 0
+    # The KServe peer ran the same rows; each gateway row carries the ratios to it.
+    assert [(r["protocol"], r["concurrency"]) for r in entry["kserve"]] == [
+        (r["protocol"], r["concurrency"]) for r in entry["gateway"]
+    ]
+    for row, peer in zip(entry["gateway"], entry["kserve"], strict=True):
+        assert peer["median_throughput"] > 0 and peer["median_server_cpu_us_per_request"] > 0
+        assert row["throughput_vs_kserve"] > 0 and row["cpu_vs_kserve"] > 0
     table = (run / "results.md").read_text()
-    assert "| simple |" in table and "ratio" in table
+    assert "| simple |" in table and "ratio" in table and "gateway / KServe" in table
 
 
 def test_scheduling_bench_writes_its_tables(tmp_path):

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pytest
 
-from gateway.adaptive import Execution, LoadAdaptiveExecutor
+from gateway.adaptive import Execution, LoadAdaptiveExecutor, latency_execution_pays
 from gateway.errors import DeadlineExceeded, InternalError, ResourceExhausted
 from gateway.scheduler import BatchingPolicy, DeviceGate, ModelScheduler
 from tests.fakes import FakeExecutor, ManualClock, settle
@@ -443,3 +443,16 @@ async def test_overlapping_requests_go_to_the_throughput_streams_within_nireq():
     assert [t.result()[0][0][0, 0] for t in tasks] == [10, 20, 30, 40]
     assert adaptive.runs == {Execution.LATENCY: 1, Execution.THROUGHPUT: 3}
     assert adaptive.busy == 0 and latency.idle == 1 and throughput.idle == 2
+
+
+@pytest.mark.parametrize(
+    "throughput_s, latency_s, pays",
+    [
+        (0.046, 0.024, True),  # ResNet-50-shaped on 2 cores: half the time, 22 ms sooner
+        (0.000211, 0.000130, False),  # `simple`: 1.6 x faster, but 0.08 ms is not worth the CPU
+        (0.010, 0.0085, False),  # 1.5 ms sooner but only 1.18 x
+        (0.004, 0.002, True),  # 2 x and 2 ms: both bounds
+    ],
+)
+def test_a_latency_execution_is_kept_only_where_it_pays(throughput_s, latency_s, pays):
+    assert latency_execution_pays(throughput_s, latency_s) is pays

@@ -1,0 +1,79 @@
+"""Start the KServe peer (loadgen/kserve_peer.py) on loopback for the benchmark, and stop it afterwards.
+
+Kept apart from the peer itself: the kserve SDK must not be imported where tritonclient is (both claim
+`inference.*` in protobuf's descriptor pool), so the peer always runs in a process of its own.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .gateway_process import free_port
+
+
+@dataclass
+class PeerProcess:
+    process: subprocess.Popen
+    grpc_port: int
+    rest_port: int
+    log_path: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.rest_port}"
+
+    def answered(self, model: str) -> int:
+        """Requests the peer has answered for `model` (KServe's own request_predict_seconds histogram)."""
+        with urllib.request.urlopen(f"http://{self.http_url}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        found = re.search(
+            rf'^request_predict_seconds_count\{{model_name="{re.escape(model)}"\}} (\S+)$', text, re.M
+        )
+        return int(float(found.group(1))) if found else 0
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_kserve_peer(model_name: str, model_path: Path, log_path: Path, timeout: float = 120) -> PeerProcess:
+    grpc_port, rest_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "loadgen.kserve_peer", "--model_name", model_name, "--model_path",
+           str(model_path), "--http_port", str(rest_port), "--grpc_port", str(grpc_port)]  # fmt: skip
+    log = open(log_path, "wb")  # noqa: SIM115 - the process owns it
+    peer = PeerProcess(
+        subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), grpc_port, rest_port, log_path
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if peer.process.poll() is not None:
+            raise RuntimeError(
+                f"the KServe peer exited with {peer.process.returncode}:\n{log_path.read_text()}"
+            )
+        try:
+            url = f"http://{peer.http_url}/v2/models/{model_name}/ready"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return peer
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    peer.stop()
+    raise RuntimeError(f"the KServe peer was not ready after {timeout} s:\n{log_path.read_text()}")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import openvino as ov
 
-from .adaptive import LoadAdaptiveExecutor, latency_execution_pays
+from .adaptive import LoadAdaptiveExecutor
 from .errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .model_version import ModelVersion, State, apply_batching
-from .openvino_runtime import InferExecutor, check_device, port_specs, read_model, solo_inference_seconds
+from .openvino_runtime import InferExecutor, check_device, port_specs, read_model
 from .repository import discover_versions, folder_fingerprint, looks_like_model, resolve_inside
 from .scheduler import BatchingPolicy, DeviceGate, Executor, ModelScheduler, default_queue_size
 from .settings import ModelSettings, ServerSettings, parse_model_entry
@@ -158,23 +158,11 @@ class ModelManager:
             execution_note = ""
             if version.streams > 1 and self._adaptive(settings):
                 latency_compiled = await asyncio.to_thread(self._compile, version, "LATENCY")
-                solo = await asyncio.to_thread(_solo_times, compiled, latency_compiled)
-                if solo is not None and latency_execution_pays(*solo):
-                    latency = InferExecutor(
-                        latency_compiled, 1, input_types, output_types, f"{label}-latency", batch_rows
-                    )
-                    executor = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
-                    execution_note = (
-                        f" + a LATENCY-hint execution for idle moments (alone: {solo[1] * 1e3:.2f} ms "
-                        f"instead of {solo[0] * 1e3:.2f})"
-                    )
-                else:
-                    del latency_compiled  # not worth its memory
-                    execution_note = "; no LATENCY-hint execution: " + (
-                        "not timeable on zero inputs"
-                        if solo is None
-                        else f"alone {solo[1] * 1e3:.2f} ms instead of {solo[0] * 1e3:.2f}, too little gain"
-                    )
+                latency = InferExecutor(
+                    latency_compiled, 1, input_types, output_types, f"{label}-latency", batch_rows
+                )
+                executor = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
+                execution_note = " + a LATENCY-hint execution for lone requests, where it pays"
         except Exception as e:  # OpenVINO raises plain RuntimeErrors with useful text
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             version.fail(f"failed to load from {version.path}: {reason}")
@@ -470,14 +458,6 @@ class ModelManager:
         if int(version) not in model.versions:
             raise NotFound(f"Model with requested version is not found: model '{name}' version {version}")
         return [model.versions[int(version)]]
-
-
-def _solo_times(throughput: ov.CompiledModel, latency: ov.CompiledModel) -> tuple[float, float] | None:
-    """Seconds for one inference alone on each execution; None where the model cannot be timed so."""
-    throughput_s, latency_s = solo_inference_seconds(throughput), solo_inference_seconds(latency)
-    if throughput_s is None or latency_s is None:
-        return None
-    return throughput_s, latency_s
 
 
 def _streams(compiled: ov.CompiledModel, nireq: int) -> int:

@@ -90,6 +90,11 @@ GATEWAY_FAMILIES = {
         "OpenVINO executions of a model version by execution (latency, throughput), where the gateway runs "
         "both (--adaptive_execution).",
     ),
+    "ovgw_lone_inference_seconds": (
+        "gauge",
+        "Smoothed inference time of requests that found their model idle, by execution (latency, "
+        "throughput): what the gateway picks a lone request's execution from.",
+    ),
     "ovgw_requests_unrouted": (
         "counter",
         "Failed requests that named no served model or version (unknown name or version, no ready version, "
@@ -320,6 +325,17 @@ class Metrics:
                         labels = {"name": v.name, "version": str(v.version), "execution": execution.value}
                         metric.add_sample(family, labels, runs)
             yield metric
+        if "ovgw_lone_inference_seconds" in wanted:
+            family = "ovgw_lone_inference_seconds"
+            gauge = GaugeMetricFamily(
+                family, GATEWAY_FAMILIES[family][1], labels=["name", "version", "execution"]
+            )
+            for v in versions:
+                if isinstance(v.executor, LoadAdaptiveExecutor):
+                    for execution, seconds in v.executor.solo_s.items():
+                        if seconds is not None:
+                            gauge.add_metric([v.name, str(v.version), execution.value], seconds)
+            yield gauge
         for family, attribute in (
             ("ovgw_requests_rejected", "rejected_count"),
             ("ovgw_requests_timed_out", "timed_out_count"),

@@ -221,31 +221,6 @@ def _output_binding(port, datatype: str, batch_rows: bool) -> _OutputBinding | N
     return None
 
 
-def solo_inference_seconds(compiled: ov.CompiledModel, runs: int = 5) -> float | None:
-    """The median time of one inference alone on `compiled`, on zero inputs of the smallest shape the
-    model takes (dynamic dimensions at their lower bound, at least 1); None where that cannot run (string
-    inputs, or a model that needs meaningful data)."""
-    feeds = {}
-    for index, port in enumerate(compiled.inputs):
-        dtype = _numpy_dtype(port)
-        pshape = port.get_partial_shape()
-        if dtype is None or pshape.rank.is_dynamic:
-            return None
-        shape = [d.get_length() if d.is_static else max(1, d.get_min_length()) for d in pshape]
-        feeds[index] = ov.Tensor(np.zeros(shape, dtype))
-    request = compiled.create_infer_request()
-    times = []
-    try:
-        for _ in range(runs + 1):  # the first run allocates: not timed
-            started = perf_counter_ns()
-            request.start_async(feeds)  # as the executor runs it (a synchronous infer() may run inline)
-            request.wait()
-            times.append(perf_counter_ns() - started)
-    except Exception:
-        return None
-    return sorted(times[1:])[runs // 2] / 1e9
-
-
 class InferExecutor:
     """A pool of OpenVINO infer requests on one compiled model. The scheduler takes one, runs a batch on it
     with start_async() (the event loop only hands the inputs over; OpenVINO's stream threads compute, and

@@ -66,8 +66,9 @@ class FakeRun:
     def rows(self) -> list[int]:
         return [p[0].shape[0] if p[0].ndim else 1 for p in self.parts]
 
-    def finish(self) -> None:
-        """Complete with outputs = 10 x the first input, stacked along dimension 0 (and padded)."""
+    def finish(self, infer_ns: int = 2) -> None:
+        """Complete with outputs = 10 x the first input, stacked along dimension 0 (and padded), and an
+        inference time of `infer_ns`."""
         if len(self.parts) == 1 and self.pad_to is None:
             stacked = np.asarray(self.parts[0][0])
         else:
@@ -75,7 +76,7 @@ class FakeRun:
             if self.pad_to is not None and stacked.shape[0] < self.pad_to:
                 padding = np.full((self.pad_to - stacked.shape[0], *stacked.shape[1:]), -1, stacked.dtype)
                 stacked = np.concatenate([stacked, padding])
-        self.future.set_result(([stacked * 10], ExecutionTimes(input_ns=1, infer_ns=2, output_ns=3)))
+        self.future.set_result(([stacked * 10], ExecutionTimes(input_ns=1, infer_ns=infer_ns, output_ns=3)))
 
     def fail(self, error: Exception) -> None:
         self.future.set_exception(error)

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pytest
 
-from gateway.adaptive import Execution, LoadAdaptiveExecutor, latency_execution_pays
+from gateway.adaptive import EXPLORE_EVERY, Execution, LoadAdaptiveExecutor, latency_execution_pays
 from gateway.errors import DeadlineExceeded, InternalError, ResourceExhausted
 from gateway.scheduler import BatchingPolicy, DeviceGate, ModelScheduler
 from tests.fakes import FakeExecutor, ManualClock, settle
@@ -404,19 +404,57 @@ async def test_a_closed_scheduler_leaves_the_gate():
 # --- the load-adaptive executor -------------------------------------------------------------------
 
 
-async def test_a_request_that_finds_the_model_idle_runs_on_the_latency_execution():
+async def _lone_requests(scheduler, latency, throughput, n: int, latency_ns: int, throughput_ns: int) -> list:
+    """n requests one after another (each finds the model idle); returns the execution each ran on."""
+    ran = []
+    for value in range(n):
+        task = submit(scheduler, 1, value)
+        await settle()
+        if latency.running:
+            ran.append(Execution.LATENCY)
+            latency.running[0].finish(latency_ns)
+        else:
+            ran.append(Execution.THROUGHPUT)
+            throughput.running[0].finish(throughput_ns)
+        await settle()
+        assert task.result()[0][0][0, 0] == 10 * value
+    return ran
+
+
+async def test_lone_requests_go_where_lone_inferences_were_measured_faster():
     clock = ManualClock()
     latency, throughput = FakeExecutor(1), FakeExecutor(2)
     adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
     scheduler, _, _ = make(clock, adaptive)
-    for value in (1, 2, 3):  # one closed-loop client: each request finds nothing running
-        task = submit(scheduler, 1, value)
-        await settle()
-        assert len(latency.running) == 1 and throughput.running == []
-        latency.running[0].finish()
-        await settle()
-        assert task.result()[0][0][0, 0] == 10 * value
-    assert adaptive.runs == {Execution.LATENCY: 3, Execution.THROUGHPUT: 0}
+    # A compute-bound model: 20 ms alone on every core, 40 ms on one stream.
+    ran = await _lone_requests(scheduler, latency, throughput, 2 * EXPLORE_EVERY, 20_000_000, 40_000_000)
+    assert ran[:2] == [Execution.LATENCY, Execution.THROUGHPUT]  # each measured once
+    assert adaptive.favoured() is Execution.LATENCY
+    assert ran.count(Execution.THROUGHPUT) == 1 + 2  # then only one lone request in EXPLORE_EVERY
+    assert adaptive.solo_s == {Execution.LATENCY: 0.02, Execution.THROUGHPUT: 0.04}
+
+
+async def test_a_tiny_model_s_lone_requests_stay_on_the_streams():
+    clock = ManualClock()
+    latency, throughput = FakeExecutor(1), FakeExecutor(2)
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
+    scheduler, _, _ = make(clock, adaptive)
+    # 80 us against 220 us alone: 2.75 x faster, but 0.14 ms sooner is not worth the CPU.
+    ran = await _lone_requests(scheduler, latency, throughput, 2 * EXPLORE_EVERY, 80_000, 220_000)
+    assert adaptive.favoured() is Execution.THROUGHPUT
+    assert ran.count(Execution.LATENCY) == 1 + 2  # its measurement, then one in EXPLORE_EVERY
+
+
+async def test_the_favoured_execution_follows_the_traffic():
+    clock = ManualClock()
+    latency, throughput = FakeExecutor(1), FakeExecutor(2)
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
+    scheduler, _, _ = make(clock, adaptive)
+    await _lone_requests(scheduler, latency, throughput, 4, 20_000_000, 40_000_000)
+    assert adaptive.favoured() is Execution.LATENCY
+    # The inputs grow small (a dynamic-shape model): the latency execution stops paying.
+    await _lone_requests(scheduler, latency, throughput, 4 * EXPLORE_EVERY, 100_000, 150_000)
+    assert adaptive.favoured() is Execution.THROUGHPUT
 
 
 async def test_overlapping_requests_go_to_the_throughput_streams_within_nireq():

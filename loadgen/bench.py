@@ -29,7 +29,7 @@ from typing import Any
 
 from gateway.demo_models import save, simple_model
 
-from .bench_models import fetch_ppocr_det, resnet50_shaped
+from .bench_models import fetch_ppocr_det, resnet50_shaped, segmentation_shaped
 from .gateway_process import GatewayProcess, start_gateway
 from .peer_process import PeerProcess, start_kserve_peer
 
@@ -59,6 +59,11 @@ def prepare_models(names: list[str]) -> list[BenchModel]:
         if not path.exists():
             save(resnet50_shaped(), path.parent)
         models.append(BenchModel("resnet50", path, "input[1,3,224,224]", []))
+    if "segmentation" in names:
+        path = root / "segmentation" / "1" / "model.xml"
+        if not path.exists():
+            save(segmentation_shaped(), path.parent)
+        models.append(BenchModel("segmentation", path, "image[1,3,256,256]", []))
     if "ppocr_det" in names:
         try:
             path = fetch_ppocr_det(CACHE)
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repetitions", type=int, default=3)
     p.add_argument("--window-ms", type=int, default=3000)
     p.add_argument("--benchmark-seconds", type=int, default=10)
-    p.add_argument("--models", default="simple,resnet50,ppocr_det")
+    p.add_argument("--models", default="simple,resnet50,ppocr_det,segmentation")
     p.add_argument("--concurrency", default="1,2,4,8,16")
     p.add_argument("--output", default=str(ROOT / "bench-results"), help="results go to OUTPUT/<time>/")
     p.add_argument(

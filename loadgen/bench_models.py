@@ -49,6 +49,22 @@ def resnet50_shaped(batch: int = -1) -> ov.Model:
     return ov.Model([probs.output(0)], [x], "resnet50_shaped")
 
 
+def segmentation_shaped(batch: int = -1, size: int = 256, classes: int = 21) -> ov.Model:
+    """A segmentation-shaped net: a light encoder, then per-pixel class scores upsampled to the input size
+    ([batch, 21, 256, 256] FP32, 5.5 MB an image): the output, not the compute, is what costs."""
+    x = ops.parameter([batch, 3, size, size], ov.Type.f32, name="image")
+    x.output(0).get_tensor().set_names({"image"})
+    y = _conv(x, 3, 32, 3, 2)
+    y = _conv(y, 32, 64, 3, 2)
+    y = _conv(y, 64, 64, 3)
+    y = _conv(y, 64, classes, 1, relu=False)
+    target = ops.constant(np.array([size, size], np.int64))
+    axes = ops.constant(np.array([2, 3], np.int64))
+    scores = ops.interpolate(y, target, "linear", "sizes", axes=axes)
+    scores.output(0).get_tensor().set_names({"scores"})
+    return ov.Model([scores.output(0)], [x], "segmentation_shaped")
+
+
 # The PP-OCRv4 text-detection model ships inside this wheel; pinned so runs are repeatable.
 PPOCR_WHEEL = "rapidocr-onnxruntime==1.4.4"
 PPOCR_MEMBER = "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"

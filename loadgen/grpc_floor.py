@@ -1,0 +1,73 @@
+"""grpc.aio's own floor: a server that answers ModelInfer with a canned response and does nothing else.
+
+`make bench` loads it like the gateway (same loader, same rows) and reports the gateway's server CPU per
+request above this floor: what the gateway itself costs beyond the transport Python's grpcio gives any
+server. The answers are `simple`'s (Triton's example model: INT32 [1,16] in and out), precomputed once.
+
+    python -m loadgen.grpc_floor --port P
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import grpc
+import numpy as np
+from grpc import aio
+
+from gateway.proto import ovgw_grpc_service_pb2 as pb
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+def _canned() -> dict[str, bytes]:
+    meta = pb.ModelMetadataResponse(name="simple", versions=["1"], platform="floor")
+    for name in ("INPUT0", "INPUT1"):
+        meta.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+    answer = pb.ModelInferResponse(model_name="simple", model_version="1")
+    for name in ("OUTPUT0", "OUTPUT1"):
+        answer.outputs.add(name=name, datatype="INT32", shape=[1, 16])
+        answer.raw_output_contents.append(np.zeros((1, 16), np.int32).tobytes())
+    # No extensions: the loader then asks for no model config and no statistics.
+    server = pb.ServerMetadataResponse(name="grpc-floor", version="0")
+    return {
+        "ModelInfer": answer.SerializeToString(),
+        "ModelMetadata": meta.SerializeToString(),
+        "ServerMetadata": server.SerializeToString(),
+        "ServerLive": pb.ServerLiveResponse(live=True).SerializeToString(),
+        "ServerReady": pb.ServerReadyResponse(ready=True).SerializeToString(),
+        "ModelReady": pb.ModelReadyResponse(ready=True).SerializeToString(),
+    }
+
+
+def _handler(response: bytes):
+    async def answer(request: bytes, context) -> bytes:
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(answer)  # bytes in, bytes out: no (de)serialisation
+
+
+async def serve(port: int) -> None:
+    server = aio.server()
+    handlers = {name: _handler(body) for name, body in _canned().items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    port = parser.parse_args().port
+    try:
+        import uvloop  # the gateway's own event loop, for a like-for-like floor
+    except ImportError:
+        asyncio.run(serve(port))
+    else:
+        uvloop.run(serve(port))
+
+
+if __name__ == "__main__":
+    main()

@@ -12,8 +12,10 @@ chose the hint itself) and picks per dispatch, from the load it sees and from wh
   of a millisecond on a request that costs about one through the transport, and would pay with the CPU its
   extra threads spend waking up (measured on `simple`, gRPC, concurrency 1: 1,785 against 862 us of
   server CPU per request). Every EXPLORE_EVERY-th lone request runs on the other execution (a probe), so
-  that both stay measured as the traffic (and its input shapes) changes: a probe's time replaces that
-  execution's figure, while runs on the favoured one are smoothed.
+  that both stay measured as the traffic (and its input shapes) changes. Each execution's figure is the
+  median of its last SAMPLES lone runs: one hiccup does not turn the choice, a changed workload does within
+  a few probes. The first run of each execution is not counted: OpenVINO allocates and prepares on a
+  compiled model's first inference.
 
 A latency run counts against the model's nireq like any other: no more than nireq executions are in
 flight together. The cost is a second compiled model in memory (about one more copy of the weights) and
@@ -23,6 +25,8 @@ its compile time, which the blob cache removes on restarts.
 from __future__ import annotations
 
 import enum
+import statistics
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +40,7 @@ from .statistics import ExecutionTimes
 MIN_SOLO_SPEEDUP = 1.25
 MIN_SOLO_SAVING_S = 0.002
 EXPLORE_EVERY = 32  # one lone request in this many runs on the execution not in favour
-SMOOTHING = 0.25  # weight of the newest lone run in each execution's average
+SAMPLES = 3  # lone runs remembered per execution; their median is its figure
 
 
 def latency_execution_pays(throughput_s: float, latency_s: float) -> bool:
@@ -53,9 +57,9 @@ class Execution(enum.Enum):
 class Role(enum.Enum):
     """Why a run went where it went, which decides what its time teaches."""
 
-    OVERLAPPED = "overlapped"  # others were running: the throughput streams; its time says nothing
-    FAVOURED = "favoured"  # alone, on the execution in favour: smoothed into its figure
-    PROBE = "probe"  # alone, on the other one (or one not yet measured): replaces its figure
+    OVERLAPPED = "overlapped"  # others were running: the throughput streams; its time says nothing alone
+    FAVOURED = "favoured"  # alone, on the execution in favour: a sample of its figure
+    PROBE = "probe"  # alone, on the other one (or one not yet measured): a sample of that one's
 
 
 Slot = tuple[Execution, Role, Any]
@@ -69,9 +73,14 @@ class LoadAdaptiveExecutor:
     def __init__(self, *, latency: Executor, throughput: Executor):
         self._executions = {Execution.LATENCY: latency, Execution.THROUGHPUT: throughput}
         self.runs = dict.fromkeys(Execution, 0)  # executions started on each, for the metrics
-        # Smoothed inference seconds of lone requests on each; None until one has run there.
-        self.solo_s: dict[Execution, float | None] = dict.fromkeys(Execution)
+        self._samples = {kind: deque[float](maxlen=SAMPLES) for kind in Execution}
+        self._warm: set[Execution] = set()  # executions past their first (slower) run
         self._lone = 0
+
+    @property
+    def solo_s(self) -> dict[Execution, float | None]:
+        """Each execution's lone-request inference seconds (median of its last runs); None before any."""
+        return {k: statistics.median(s) if s else None for k, s in self._samples.items()}
 
     @property
     def nireq(self) -> int:
@@ -88,7 +97,8 @@ class LoadAdaptiveExecutor:
 
     def favoured(self) -> Execution:
         """The execution for a lone request, from what lone requests took on each (latency until known)."""
-        latency_s, throughput_s = self.solo_s[Execution.LATENCY], self.solo_s[Execution.THROUGHPUT]
+        solo = self.solo_s
+        latency_s, throughput_s = solo[Execution.LATENCY], solo[Execution.THROUGHPUT]
         if latency_s is None or throughput_s is None:
             return Execution.LATENCY
         return Execution.LATENCY if latency_execution_pays(throughput_s, latency_s) else Execution.THROUGHPUT
@@ -98,9 +108,9 @@ class LoadAdaptiveExecutor:
             return Execution.THROUGHPUT, Role.OVERLAPPED, self._executions[Execution.THROUGHPUT].take()
         self._lone += 1
         kind, role = self.favoured(), Role.FAVOURED
-        if self.solo_s[kind] is None:
+        if not self._samples[kind]:
             role = Role.PROBE
-        elif None in self.solo_s.values() or self._lone % EXPLORE_EVERY == 0:
+        elif not all(self._samples.values()) or self._lone % EXPLORE_EVERY == 0:
             kind, role = _other(kind), Role.PROBE
         return kind, role, self._executions[kind].take()
 
@@ -114,12 +124,11 @@ class LoadAdaptiveExecutor:
         kind, role, inner = slot
         self.runs[kind] += 1
         outputs, times = await self._executions[kind].execute(inner, parts, pad_to)
-        seconds = times.infer_ns / 1e9
-        previous = self.solo_s[kind]
-        if role is Role.PROBE or (role is Role.FAVOURED and previous is None):
-            self.solo_s[kind] = seconds
-        elif role is Role.FAVOURED and previous is not None:
-            self.solo_s[kind] = previous + SMOOTHING * (seconds - previous)
+        if kind not in self._warm:
+            self._warm.add(kind)
+            return outputs, times
+        if role is not Role.OVERLAPPED:
+            self._samples[kind].append(times.infer_ns / 1e9)
         return outputs, times
 
 

@@ -428,9 +428,10 @@ async def test_lone_requests_go_where_lone_inferences_were_measured_faster():
     scheduler, _, _ = make(clock, adaptive)
     # A compute-bound model: 20 ms alone on every core, 40 ms on one stream.
     ran = await _lone_requests(scheduler, latency, throughput, 2 * EXPLORE_EVERY, 20_000_000, 40_000_000)
-    assert ran[:2] == [Execution.LATENCY, Execution.THROUGHPUT]  # each measured once
+    # Each warmed (its first run not counted), then measured; then one lone request in EXPLORE_EVERY probes.
+    assert ran[:4] == [Execution.LATENCY, Execution.LATENCY, Execution.THROUGHPUT, Execution.THROUGHPUT]
     assert adaptive.favoured() is Execution.LATENCY
-    assert ran.count(Execution.THROUGHPUT) == 1 + 2  # then only one lone request in EXPLORE_EVERY
+    assert ran.count(Execution.THROUGHPUT) == 2 + 2
     assert adaptive.solo_s == {Execution.LATENCY: 0.02, Execution.THROUGHPUT: 0.04}
 
 
@@ -442,7 +443,7 @@ async def test_a_tiny_model_s_lone_requests_stay_on_the_streams():
     # 80 us against 220 us alone: 2.75 x faster, but 0.14 ms sooner is not worth the CPU.
     ran = await _lone_requests(scheduler, latency, throughput, 2 * EXPLORE_EVERY, 80_000, 220_000)
     assert adaptive.favoured() is Execution.THROUGHPUT
-    assert ran.count(Execution.LATENCY) == 1 + 2  # its measurement, then one in EXPLORE_EVERY
+    assert ran.count(Execution.LATENCY) == 2 + 2  # its warm-up and measurement, then one in EXPLORE_EVERY
 
 
 async def test_the_favoured_execution_follows_the_traffic():

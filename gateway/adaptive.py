@@ -55,11 +55,10 @@ class Execution(enum.Enum):
 
 
 class Role(enum.Enum):
-    """Why a run went where it went, which decides what its time teaches."""
+    """Whether a run's time says what a lone request costs on its execution."""
 
-    OVERLAPPED = "overlapped"  # others were running: the throughput streams; its time says nothing alone
-    FAVOURED = "favoured"  # alone, on the execution in favour: a sample of its figure
-    PROBE = "probe"  # alone, on the other one (or one not yet measured): a sample of that one's
+    OVERLAPPED = "overlapped"  # others were running: the throughput streams; its time is not a sample
+    LONE = "lone"  # nothing else was running: a sample of its execution's figure
 
 
 Slot = tuple[Execution, Role, Any]
@@ -107,12 +106,11 @@ class LoadAdaptiveExecutor:
         if self.busy or not self._executions[Execution.LATENCY].idle:
             return Execution.THROUGHPUT, Role.OVERLAPPED, self._executions[Execution.THROUGHPUT].take()
         self._lone += 1
-        kind, role = self.favoured(), Role.FAVOURED
-        if not self._samples[kind]:
-            role = Role.PROBE
-        elif not all(self._samples.values()) or self._lone % EXPLORE_EVERY == 0:
-            kind, role = _other(kind), Role.PROBE
-        return kind, role, self._executions[kind].take()
+        kind = self.favoured()
+        # Probe the other execution until it is measured, then once every EXPLORE_EVERY lone requests.
+        if self._samples[kind] and (not all(self._samples.values()) or self._lone % EXPLORE_EVERY == 0):
+            kind = _other(kind)
+        return kind, Role.LONE, self._executions[kind].take()
 
     def give_back(self, slot: Slot) -> None:
         kind, _, inner = slot
@@ -127,7 +125,7 @@ class LoadAdaptiveExecutor:
         if kind not in self._warm:
             self._warm.add(kind)
             return outputs, times
-        if role is not Role.OVERLAPPED:
+        if role is Role.LONE:
             self._samples[kind].append(times.infer_ns / 1e9)
         return outputs, times
 

@@ -114,7 +114,7 @@ class Gateway:
         try:
             ready = self.manager.is_ready(name, version)
         except GatewayError:
-            self._count_unrouted(interface, Method.MODEL_READY)
+            self.count_unrouted(interface, Method.MODEL_READY)
             raise
         if interface is not None and self.metrics.enabled:
             # OVMS labels ModelReady without a version.
@@ -211,7 +211,7 @@ class Gateway:
         except GatewayError:
             known = self.manager.existing_version(name, version)
             if known is None:
-                self._count_unrouted(interface, method)
+                self.count_unrouted(interface, method)
             elif method is Method.MODEL_INFER:
                 self._account(known, interface, Outcome.FAILED, 0)
             elif interface is not None and self.metrics.enabled:
@@ -226,13 +226,11 @@ class Gateway:
             if ns:
                 self.metrics.request_time(interface, version.name, label, ns / 1000)
 
-    def _count_unrouted(self, interface: Interface | None, method: Method) -> None:
+    def count_unrouted(self, interface: Interface | None, method: Method) -> None:
+        """A failed request that names no served model or version; also one whose message could not even
+        be parsed (gRPC), so it names none."""
         if interface is not None and self.metrics.enabled:
             self.metrics.unrouted(interface, method)
-
-    def count_unreadable(self, interface: Interface, method: Method) -> None:
-        """A request whose message could not even be parsed, so it names no model (gRPC)."""
-        self._count_unrouted(interface, method)
 
     async def infer_numpy(
         self,

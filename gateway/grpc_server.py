@@ -215,7 +215,7 @@ class GrpcServicer:
                 try:
                     parsed = parse_infer_request(raw)
                 except DecodeError:
-                    self.gateway.count_unreadable(Interface.GRPC, Method.MODEL_INFER)
+                    self.gateway.count_unrouted(Interface.GRPC, Method.MODEL_INFER)
                     raise InvalidArgument("the request is not a valid ModelInferRequest message") from None
                 msg = parsed.message
                 request_id = msg.id
@@ -314,7 +314,7 @@ def _guard(method: Callable[..., Awaitable], call: _Call, gateway: Gateway):
                 request = call.parse(raw)
             except DecodeError:
                 if counted is not None:
-                    gateway.count_unreadable(Interface.GRPC, counted)
+                    gateway.count_unrouted(Interface.GRPC, counted)
                 raise InvalidArgument(f"the request is not a valid {call.request_name} message") from None
             return await method(request, context)
         except GatewayError as e:

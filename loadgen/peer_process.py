@@ -15,23 +15,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .gateway_process import free_port
+from .gateway_process import GatewayProcess, free_port
 
 
 @dataclass
-class PeerProcess:
-    process: subprocess.Popen
-    grpc_port: int
-    rest_port: int
-    log_path: Path
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.rest_port}"
+class PeerProcess(GatewayProcess):
+    """A server process on loopback like the gateway's (ports, URLs, log, stop), answering for KServe."""
 
     def answered(self, model: str) -> int:
         """Requests the peer has answered for `model` (KServe's own request_predict_seconds histogram)."""
@@ -41,16 +30,6 @@ class PeerProcess:
             rf'^request_predict_seconds_count\{{model_name="{re.escape(model)}"\}} (\S+)$', text, re.M
         )
         return int(float(found.group(1))) if found else 0
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 def start_kserve_peer(model_name: str, model_path: Path, log_path: Path, timeout: float = 120) -> PeerProcess:

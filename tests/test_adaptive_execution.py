@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from gateway.adaptive import latency_execution_pays
 from gateway.demo_models import dummy_model, save
 from loadgen.gateway_process import start_gateway
 from tests.model_builders import busy_model
@@ -63,22 +64,33 @@ def _lone_seconds(gw, model: str, execution: str) -> float:
 def test_idle_requests_take_the_latency_execution_and_overlapping_ones_the_streams(adaptive_server):
     gw = adaptive_server
     assert "streams 2 + a LATENCY-hint execution for lone requests" in _load_line(gw, "heavy")
-    _infer_heavy(gw.grpc_url, 8)  # one client, one request at a time: the model is idle at each
-    # Two runs on each warm and measure it (L, L, T, T); every core then serves a lone request sooner.
-    assert _runs(gw, "heavy", "latency") == 6 and _runs(gw, "heavy", "throughput") == 2
-    assert _lone_seconds(gw, "heavy", "latency") < _lone_seconds(gw, "heavy", "throughput")
+    _infer_heavy(gw.grpc_url, 4)  # one client, one request at a time: the model is idle at each
+    # Two runs on each execution warm and measure it, in this order whatever the timings: L, L, T, T.
+    assert _runs(gw, "heavy", "latency") == 2 and _runs(gw, "heavy", "throughput") == 2
+    for _ in range(4):
+        # Each lone request then runs where the measured lone times (exposed as metrics) point. Which one
+        # that is depends on the machine's timings, a benchmark's business (README); the wiring does not.
+        latency_s, throughput_s = (_lone_seconds(gw, "heavy", e) for e in ("latency", "throughput"))
+        favoured = "latency" if latency_execution_pays(throughput_s, latency_s) else "throughput"
+        before = _runs(gw, "heavy", favoured)
+        _infer_heavy(gw.grpc_url, 1)
+        assert _runs(gw, "heavy", favoured) == before + 1, (favoured, latency_s, throughput_s)
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: _infer_heavy(gw.grpc_url, 5), range(4)))
     assert _runs(gw, "heavy", "throughput") > 0  # overlapping requests went to the streams
     assert _runs(gw, "heavy", "latency") + _runs(gw, "heavy", "throughput") == 8 + 20
 
 
-def test_a_tiny_model_s_lone_requests_stay_on_the_streams(adaptive_server):
+def test_a_tiny_model_s_lone_requests_follow_its_measured_times_too(adaptive_server):
     gw = adaptive_server
-    _infer_dummy(gw.grpc_url, 40)
-    # Two runs each to warm and measure, then only a probe in every 32 lone requests: saving a fraction of a
-    # millisecond is not worth waking every core's thread.
-    assert _runs(gw, "dummy", "latency") <= 4 and _runs(gw, "dummy", "throughput") >= 36
+    _infer_dummy(gw.grpc_url, 4)
+    assert _runs(gw, "dummy", "latency") == 2 and _runs(gw, "dummy", "throughput") == 2
+    latency_s, throughput_s = (_lone_seconds(gw, "dummy", e) for e in ("latency", "throughput"))
+    # Microseconds either way: the latency execution cannot save the 2 ms it must save to be favoured.
+    assert throughput_s - latency_s < 0.002, (latency_s, throughput_s)
+    assert not latency_execution_pays(throughput_s, latency_s)
+    _infer_dummy(gw.grpc_url, 20)
+    assert _runs(gw, "dummy", "throughput") == 2 + 20
 
 
 def test_the_flag_and_a_configured_hint_keep_one_execution(tmp_path):

@@ -7,19 +7,24 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 
 from .errors import ConfigError
 from .metrics import select_families
+from .restricted import ApiGuard, parse_restriction
 from .settings import (
     DEFAULT_GRPC_PORT,
     DEFAULT_REST_PORT,
     ONE_GIB,
+    ConnectionLimits,
     ServerSettings,
+    TlsSettings,
     parse_model_entry,
     read_config_file,
 )
+from .tls import TlsCredentials
 
 LOG_LEVELS = {
     "TRACE": logging.DEBUG,
@@ -99,6 +104,48 @@ def build_parser() -> argparse.ArgumentParser:
         default="true",
         help="on CPU, when no hint is configured: also compile a LATENCY-hint execution of each model and "
         "run a request on it when nothing else of the model is running (costs a second compiled model)",
+    )
+    n = p.add_argument_group("network: TLS, restricted APIs, limits")
+    n.add_argument("--tls_cert_file", help="PEM certificate (chain): TLS on gRPC, REST and the metrics port")
+    n.add_argument("--tls_key_file", help="PEM private key of --tls_cert_file")
+    n.add_argument(
+        "--tls_client_ca_file", help="PEM CA: clients must present a certificate it signed (mutual TLS)"
+    )
+    n.add_argument(
+        "--restricted_api",
+        action="append",
+        default=[],
+        metavar="CATEGORIES:HEADER=VALUE",
+        help="answer the categories (health, metadata, inference, model-config, model-repository, "
+        "statistics, metrics) only with this header; repeatable",
+    )
+    n.add_argument(
+        "--rest_max_connections",
+        type=int,
+        default=-1,
+        help="open REST connections at most; the longest idle one is closed to admit a new one "
+        "(default: 4096 or half the open-file limit, 0 = unbounded)",
+    )
+    n.add_argument(
+        "--rest_header_timeout_seconds",
+        type=float,
+        default=10.0,
+        help="time to send a request's head once it started (408 after), 0 = none",
+    )
+    n.add_argument(
+        "--rest_idle_timeout_seconds",
+        type=float,
+        default=75.0,
+        help="an idle keep-alive REST connection is closed after this long",
+    )
+    n.add_argument(
+        "--grpc_max_concurrent_streams",
+        type=int,
+        default=1024,
+        help="per gRPC connection, 0 = grpc's default",
+    )
+    n.add_argument(
+        "--grpc_max_connections", type=int, default=0, help="open gRPC connections at most, 0 = unbounded"
     )
     g.add_argument("--log_format", choices=["text", "json"], default="text", help="json: one object per line")
     g.add_argument("--log_level", default="INFO", choices=list(LOG_LEVELS))
@@ -226,7 +273,16 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
             repository = str((config_path if config_path.is_dir() else config_path.parent).resolve())
         else:
             repository = str(Path(args.model_path).resolve().parent)
+    restricted = tuple(parse_restriction(text) for text in args.restricted_api)
+    ApiGuard(restricted)  # a category restricted twice is a start-up error
     return ServerSettings(
+        rest_limits=_rest_limits(args),
+        grpc_max_concurrent_streams=_non_negative(
+            args.grpc_max_concurrent_streams, "--grpc_max_concurrent_streams"
+        ),
+        grpc_max_connections=_non_negative(args.grpc_max_connections, "--grpc_max_connections"),
+        tls=_tls(args),
+        restricted_apis=restricted,
         models=models,
         model_errors=errors,
         config_path=args.config_path,
@@ -250,6 +306,34 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         metrics_port=args.metrics_port,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
     )
+
+
+def _non_negative(value, flag: str):
+    if value < 0:
+        raise ConfigError(f"{flag} = {value}: must be >= 0")
+    return value
+
+
+def _rest_limits(args: argparse.Namespace) -> ConnectionLimits:
+    bound = args.rest_max_connections
+    if bound < 0:  # the default: what the process can hold open with room for models and gRPC
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        bound = 4096 if soft == resource.RLIM_INFINITY else max(64, min(4096, soft // 2))
+    return ConnectionLimits(
+        max_connections=bound,
+        header_timeout_s=_non_negative(args.rest_header_timeout_seconds, "--rest_header_timeout_seconds"),
+        idle_timeout_s=_non_negative(args.rest_idle_timeout_seconds, "--rest_idle_timeout_seconds"),
+    )
+
+
+def _tls(args: argparse.Namespace) -> TlsSettings | None:
+    if not (args.tls_cert_file or args.tls_key_file or args.tls_client_ca_file):
+        return None
+    if not (args.tls_cert_file and args.tls_key_file):
+        raise ConfigError("TLS needs both --tls_cert_file and --tls_key_file")
+    settings = TlsSettings(args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file)
+    TlsCredentials(settings)  # a file that does not load is a start-up error, naming the flag
+    return settings
 
 
 def _plugins(values: list[str]) -> dict[str, str]:

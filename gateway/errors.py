@@ -20,6 +20,8 @@ class Code(enum.Enum):
     FAILED_PRECONDITION = (grpc.StatusCode.FAILED_PRECONDITION, 412)
     RESOURCE_EXHAUSTED = (grpc.StatusCode.RESOURCE_EXHAUSTED, 503)
     TOO_LARGE = (grpc.StatusCode.RESOURCE_EXHAUSTED, 413)  # a body over the size limit
+    UNSUPPORTED_MEDIA_TYPE = (grpc.StatusCode.INVALID_ARGUMENT, 415)  # e.g. a Content-Encoding not undone
+    PERMISSION_DENIED = (grpc.StatusCode.PERMISSION_DENIED, 403)  # a restricted API without its key
     DEADLINE_EXCEEDED = (grpc.StatusCode.DEADLINE_EXCEEDED, 504)
     UNIMPLEMENTED = (grpc.StatusCode.UNIMPLEMENTED, 501)
     ALREADY_EXISTS = (grpc.StatusCode.ALREADY_EXISTS, 409)
@@ -66,6 +68,14 @@ class ResourceExhausted(GatewayError):
 
 class TooLarge(GatewayError):
     code = Code.TOO_LARGE
+
+
+class UnsupportedMediaType(GatewayError):
+    code = Code.UNSUPPORTED_MEDIA_TYPE
+
+
+class PermissionDenied(GatewayError):
+    code = Code.PERMISSION_DENIED
 
 
 class DeadlineExceeded(GatewayError):

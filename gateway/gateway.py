@@ -12,7 +12,6 @@ the transports decode, and errors are GatewayError with a protocol code.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -25,11 +24,13 @@ import openvino as ov
 from . import __version__
 from .datatypes import from_numpy
 from .errors import Code, GatewayError, InternalError, InvalidArgument, Unavailable
+from .jsondoc import parse_json
 from .manager import ModelManager
 from .metrics import Metrics, select_families
 from .model_config import model_config
 from .model_version import ModelVersion
 from .reloader import Reloader
+from .scheduler import WhenFull
 from .settings import ServerSettings
 from .statistics import Outcome
 from .types import (
@@ -171,6 +172,7 @@ class Gateway:
         interface: Interface | None,
         deadline: float | None = None,
         received_ns: int | None = None,
+        when_full: WhenFull = WhenFull.REFUSE,
     ) -> InferResponse:
         """Route, decode, validate, queue and run one request, and account for how it ended, wherever it
         ended: every request that reaches a version is counted once, in the statistics and (with an
@@ -185,7 +187,7 @@ class Gateway:
                 raise Unavailable("the server is shutting down")
             request = await decode(version)
             priority, deadline = schedule_policy(request.parameters, deadline)
-            outputs = await version.infer(request.inputs, request.outputs, priority, deadline)
+            outputs = await version.infer(request.inputs, request.outputs, priority, deadline, when_full)
             outcome = Outcome.SUCCEEDED
         except GatewayError as e:
             outcome = _OUTCOMES.get(e.code, Outcome.FAILED)
@@ -201,6 +203,16 @@ class Gateway:
             version.in_flight -= 1
             self._account(version, interface, outcome, perf_counter_ns() - received_ns)
         return InferResponse(model_name, str(version.version), outputs, id=request.id)
+
+    async def wait_for_room(self, model_name: str, model_version: str) -> None:
+        """Until the queue of the version a request names can take it (at once when the name resolves to
+        nothing: the request then fails as usual)."""
+        try:
+            scheduler = self.manager.version(model_name, model_version).scheduler
+        except GatewayError:
+            return
+        if scheduler is not None:
+            await scheduler.wait_for_room()
 
     def _route(self, name: str, version: str, interface: Interface | None, method: Method) -> ModelVersion:
         """The ready version a request is for. A failure is counted under the version when it exists (not
@@ -271,10 +283,7 @@ def repository_config(parameters: Mapping[str, Any]) -> dict | None:
     if isinstance(config, bytes):
         config = config.decode(errors="replace")
     if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError as e:
-            raise InvalidArgument(f"parameter 'config' is not valid JSON: {e}") from None
+        config = parse_json(config, "parameter 'config'")
     if not isinstance(config, dict):
         raise InvalidArgument("parameter 'config' must be a JSON object (an OVMS model config entry)")
     return config

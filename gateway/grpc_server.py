@@ -33,6 +33,8 @@ from .grpc_wire import (
 )
 from .model_version import ModelVersion
 from .proto import ovgw_grpc_service_pb2 as pb
+from .restricted import ApiCategory, ApiGuard
+from .scheduler import WhenFull
 from .tensor_codec import (
     array_from_contents,
     array_from_raw,
@@ -69,8 +71,10 @@ class InferMessage:
     raw_input_contents: list[memoryview]
 
 
-def decode_infer_request(parsed: InferMessage) -> InferRequest:
+def decode_infer_request(parsed: InferMessage, served: ModelVersion | None = None) -> InferRequest:
     msg, raw = parsed.message, parsed.raw_input_contents
+    if served is not None:
+        served.check_input_count(len(msg.inputs))
     if raw and len(raw) != len(msg.inputs):
         raise InvalidArgument(
             f"raw_input_contents has {len(raw)} entries; expected one per input ({len(msg.inputs)})"
@@ -115,8 +119,8 @@ def decode_infer_request(parsed: InferMessage) -> InferRequest:
 def decoder(parsed: InferMessage) -> Decoder:
     """Decode `parsed` once the gateway has routed it, inside its accounting."""
 
-    async def decode(_: ModelVersion) -> InferRequest:
-        return decode_infer_request(parsed)
+    async def decode(served: ModelVersion) -> InferRequest:
+        return decode_infer_request(parsed, served)
 
     return decode
 
@@ -143,8 +147,15 @@ def _tensor_metadata(target, specs) -> None:
 
 
 class GrpcServicer:
-    def __init__(self, gateway: Gateway):
+    def __init__(self, gateway: Gateway, guard: ApiGuard | None = None):
         self.gateway = gateway
+        self.guard = guard if guard is not None and guard.active else None
+
+    def check_restriction(self, method: str, context) -> None:
+        """PERMISSION_DENIED for a call of a restricted category without its metadata (see restricted)."""
+        if self.guard is not None:
+            metadata = dict(context.invocation_metadata() or ())
+            self.guard.check(CATEGORIES[method], metadata.get)
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.gateway.live())
@@ -204,23 +215,32 @@ class GrpcServicer:
     async def ModelStreamInfer(self, raw_requests, context):
         """Triton's bidirectional stream: each request answered on the stream as soon as it completes.
 
-        A failed request gets a response with `error_message`; the stream goes on.
+        A failed request gets a response with `error_message`; the stream goes on. Back-pressure is the
+        stream's own: the next message is read only once the model the last one named can queue it, so
+        a client that pipelines faster than the model runs is slowed down by HTTP/2 flow control instead
+        of being refused (unary clients keep the bounded queue and its RESOURCE_EXHAUSTED).
         """
+        try:
+            self.check_restriction("ModelStreamInfer", context)
+        except GatewayError as e:
+            await context.abort(e.code.grpc_status, e.message)
         responses: asyncio.Queue = asyncio.Queue()
         in_flight: set[asyncio.Task] = set()
 
-        async def answer(raw: bytes) -> None:
+        async def answer(parsed: InferMessage | None) -> None:
             request_id = ""
             try:
-                try:
-                    parsed = parse_infer_request(raw)
-                except DecodeError:
+                if parsed is None:
                     self.gateway.count_unrouted(Interface.GRPC, Method.MODEL_INFER)
-                    raise InvalidArgument("the request is not a valid ModelInferRequest message") from None
+                    raise InvalidArgument("the request is not a valid ModelInferRequest message")
                 msg = parsed.message
                 request_id = msg.id
                 response = await self.gateway.decode_and_infer(
-                    msg.model_name, msg.model_version, decoder(parsed), Interface.GRPC
+                    msg.model_name,
+                    msg.model_version,
+                    decoder(parsed),
+                    Interface.GRPC,
+                    when_full=WhenFull.WAIT,
                 )
                 # Not decoupled: the one response is also the final one.
                 final = _parameter_is_true(msg.parameters, "triton_enable_empty_final_response")
@@ -235,7 +255,15 @@ class GrpcServicer:
         async def read_all() -> None:
             try:
                 async for raw in raw_requests:
-                    task = asyncio.create_task(answer(raw))
+                    try:
+                        parsed: InferMessage | None = parse_infer_request(raw)
+                    except DecodeError:
+                        parsed = None
+                    if parsed is not None:
+                        await self.gateway.wait_for_room(
+                            parsed.message.model_name, parsed.message.model_version
+                        )
+                    task = asyncio.create_task(answer(parsed))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
                 if in_flight:
@@ -296,20 +324,37 @@ _UNARY: dict[str, _Call] = {
 }
 
 
+CATEGORIES: dict[str, ApiCategory] = {
+    "ServerLive": ApiCategory.HEALTH,
+    "ServerReady": ApiCategory.HEALTH,
+    "ModelReady": ApiCategory.HEALTH,
+    "ServerMetadata": ApiCategory.METADATA,
+    "ModelMetadata": ApiCategory.METADATA,
+    "ModelInfer": ApiCategory.INFERENCE,
+    "ModelStreamInfer": ApiCategory.INFERENCE,
+    "ModelConfig": ApiCategory.MODEL_CONFIG,
+    "ModelStatistics": ApiCategory.STATISTICS,
+    "RepositoryIndex": ApiCategory.MODEL_REPOSITORY,
+    "RepositoryModelLoad": ApiCategory.MODEL_REPOSITORY,
+    "RepositoryModelUnload": ApiCategory.MODEL_REPOSITORY,
+}
+
 # The calls whose requests OVMS's request metrics count.
 _COUNTED = {method.value: method for method in Method}
 
 
-def _guard(method: Callable[..., Awaitable], call: _Call, gateway: Gateway):
+def _guard(method: Callable[..., Awaitable], call: _Call, servicer: GrpcServicer):
     """Parse the request, and turn GatewayError into its status and anything else into INTERNAL.
 
     Parsing here rather than in grpc's deserializer lets a malformed message get
     INVALID_ARGUMENT with a message instead of grpc's bare UNKNOWN.
     """
     counted = _COUNTED.get(method.__name__)
+    gateway = servicer.gateway
 
     async def handler(raw: bytes, context: aio.ServicerContext):
         try:
+            servicer.check_restriction(method.__name__, context)
             try:
                 request = call.parse(raw)
             except DecodeError:
@@ -331,7 +376,7 @@ def _guard(method: Callable[..., Awaitable], call: _Call, gateway: Gateway):
 def build_handlers(servicer: GrpcServicer) -> dict[str, grpc.RpcMethodHandler]:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _guard(getattr(servicer, name), call, servicer.gateway), response_serializer=call.serialize
+            _guard(getattr(servicer, name), call, servicer), response_serializer=call.serialize
         )
         for name, call in _UNARY.items()
     }
@@ -341,23 +386,38 @@ def build_handlers(servicer: GrpcServicer) -> dict[str, grpc.RpcMethodHandler]:
 
 
 async def start_grpc_server(
-    gateway: Gateway, host: str, port: int, max_message_bytes: int
+    gateway: Gateway,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    *,
+    max_concurrent_streams: int = 0,
+    max_connections: int = 0,
+    credentials: grpc.ServerCredentials | None = None,
+    guard: ApiGuard | None = None,
 ) -> tuple[aio.Server, int]:
     """Start the gRPC server; returns it and the port it bound (useful when port is 0 in tests)."""
-    options = [
+    options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if max_concurrent_streams:
+        options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
+    if max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", max_connections))
     server = aio.server(options=options)
-    handlers = build_handlers(GrpcServicer(gateway))
+    handlers = build_handlers(GrpcServicer(gateway, guard))
     if hasattr(server, "add_registered_method_handlers"):
         # Registered methods skip grpc's per-call generic look-up.
         server.add_registered_method_handlers(SERVICE_NAME, handlers)
     else:  # pragma: no cover - older grpcio
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot bind the gRPC server to {address}")
     await server.start()

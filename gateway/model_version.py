@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ConfigError, InvalidArgument, Unavailable
-from .scheduler import Executor, ModelScheduler
+from .scheduler import Executor, ModelScheduler, WhenFull
 from .settings import ModelSettings
 from .statistics import ExecutionTimes, VersionStats
 from .types import InferInput, InferOutput, RequestedOutput, TensorSpec
@@ -141,6 +141,12 @@ class ModelVersion:
     def ready(self) -> bool:
         return self.state is State.READY
 
+    def check_input_count(self, given: int) -> None:
+        """Before decoding: a request with more inputs than the model has is refused before any of its
+        tensors is decoded (fewer are reported by order_inputs, with the names missing)."""
+        if given > len(self.inputs):
+            raise InvalidArgument(f"Invalid number of inputs - Expected: {len(self.inputs)}; Actual: {given}")
+
     def order_inputs(self, inputs: Sequence[InferInput]) -> tuple[list[np.ndarray], int]:
         """Check the request's inputs against the model; return their arrays in model input order and
         the request's batch size (its row count: dimension 0 when the model batches, else 1).
@@ -226,6 +232,7 @@ class ModelVersion:
         requested: Sequence[RequestedOutput] | None,
         priority: int = 0,
         deadline: float | None = None,
+        when_full: WhenFull = WhenFull.REFUSE,
     ) -> list[InferOutput]:
         """Validate, queue and run one request. `priority`: Triton's level (1 highest, 0 default);
         `deadline`: time.monotonic after which the request is dropped if it is still queued."""
@@ -234,7 +241,7 @@ class ModelVersion:
             raise Unavailable(f"model '{self.name}' version {self.version} is not ready: {self.reason}")
         arrays, rows = self.order_inputs(inputs)
         picked = self.select_outputs(requested)
-        results, _, _ = await scheduler.submit(arrays, rows, priority, deadline)
+        results, _, _ = await scheduler.submit(arrays, rows, priority, deadline, when_full)
         outputs = []
         for position, index in enumerate(picked):
             spec, array = self.outputs[index], results[index]

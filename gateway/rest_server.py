@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from dataclasses import dataclass
 from time import perf_counter_ns
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
-from .errors import GatewayError, InvalidArgument, NotFound, TooLarge
+from .errors import GatewayError, InvalidArgument, NotFound
 from .gateway import Gateway
+from .jsondoc import parse_json
 from .model_version import ModelVersion
+from .rest_body import BodyTooLarge, UnreadableBody, UnsupportedEncoding, read_body
+from .rest_protocol import GatewayAppRunner
+from .restricted import ApiCategory, ApiGuard
+from .settings import ConnectionLimits
 from .tensor_codec import (
     array_from_contents,
     array_from_raw,
@@ -44,44 +51,13 @@ def error_response(error: GatewayError) -> web.Response:
     return _json_response({"error": error.message}, error.code.http_status, headers)
 
 
-class UnreadableBody(InvalidArgument):
-    """The body could not be read to its end (e.g. not the gzip it claims): the connection cannot be
-    reused."""
-
-
-class BodyTooLarge(TooLarge):
-    """The body is over the size limit; its rest is not read, so the connection cannot be reused."""
-
-
-async def read_body(request: web.Request, limit: int) -> bytearray:
-    """The whole body (gzip/deflate Content-Encoding undone) in one writable buffer; failures as
-    GatewayErrors. This is the one copy of a tensor byte between the socket and OpenVINO on REST: arrays
-    decoded from the buffer are writable views of it, which OpenVINO's tensors share. (aiohttp's own
-    request.read() gathers into a bytearray and then copies it into bytes.) Nothing is allocated ahead
-    of the bytes that arrive: a Content-Length is a claim, not a size to reserve."""
-    declared = request.content_length if not request.headers.get("Content-Encoding") else None
-    if limit and declared is not None and declared > limit:
-        raise BodyTooLarge(f"the request body ({declared} bytes) is larger than the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        while chunk := await request.content.readany():
-            size += len(chunk)
-            if limit and size > limit:
-                raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
-            chunks.append(chunk)
-    except (RequestPayloadError, BadHttpMessage) as e:
-        raise UnreadableBody(f"cannot read the request body: {e}") from None
-    return bytearray().join(chunks)
-
-
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except GatewayError as e:
         response = error_response(e)
-        if isinstance(e, UnreadableBody | BodyTooLarge):
+        if isinstance(e, UnreadableBody | BodyTooLarge | UnsupportedEncoding):
             response.force_close()
         return response
     except (RequestPayloadError, BadHttpMessage) as e:  # e.g. a body that is not the gzip it claims
@@ -122,16 +98,18 @@ def _object(value, what: str) -> dict:
 
 
 def decode_infer_request(
-    model: str, version: str, header: bytes | bytearray | memoryview, binary: memoryview
+    model: str,
+    version: str,
+    header: bytes | bytearray | memoryview,
+    binary: memoryview,
+    served: ModelVersion | None = None,
 ) -> InferRequest:
-    try:
-        doc = json.loads(bytes(header))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidArgument(f"request body is not valid JSON: {e}") from None
-    doc = _object(doc, "the request body")
+    doc = _object(parse_json(header, "the request body"), "the request body")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidArgument("the request must have a non-empty 'inputs' list")
+    if served is not None:
+        served.check_input_count(len(raw_inputs))
     offset = 0
     inputs = []
     for position, item in enumerate(raw_inputs):
@@ -396,7 +374,7 @@ class RestHandlers:
                 if not body:
                     raise InvalidArgument("the request body is empty; expected a JSON inference request")
                 header, binary = split_body(body, header_length)
-                decoded = decode_infer_request(model, version, header, binary)
+                decoded = decode_infer_request(model, version, header, binary, served)
             binary_output = bool(decoded.parameters.get("binary_data_output", False))
             return decoded
 
@@ -424,54 +402,97 @@ async def _optional_json(request: web.Request, limit: int) -> dict:
     body = await read_body(request, limit)
     if not body.strip():
         return {}
-    try:
-        return _object(json.loads(body), "the request body")
-    except ValueError as e:
-        raise InvalidArgument(f"request body is not valid JSON: {e}") from None
+    return _object(parse_json(body, "the request body"), "the request body")
 
 
-def build_app(gateway: Gateway, max_body_bytes: int) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[errors_middleware])
+def restriction_middleware(guard: ApiGuard, categories: dict):
+    """Refuse a restricted category's call without its header (403) before its body is read."""
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        category = categories.get(request.match_info.handler)
+        if category is not None:
+            guard.check(category, request.headers.get)
+        return await handler(request)
+
+    return check
+
+
+def build_app(gateway: Gateway, max_body_bytes: int, guard: ApiGuard | None = None) -> web.Application:
     h = RestHandlers(gateway, max_body_bytes)
-    model = "/v2/models/{model}"
-    versioned = "/v2/models/{model}/versions/{version}"
-    app.router.add_get("/v2/health/live", h.live)
-    app.router.add_get("/v2/health/ready", h.ready)
-    app.router.add_get("/v2", h.server_metadata)
-    app.router.add_get("/metrics", h.metrics)
-    app.router.add_post("/v1/config/reload", h.config_reload)  # OVMS's endpoint
-    # Before /v2/models/{model}, which would otherwise take "stats" for a model name.
-    app.router.add_get("/v2/models/stats", h.statistics)
-    for base in (model, versioned):
-        app.router.add_get(base, h.model_metadata)
-        app.router.add_get(base + "/ready", h.model_ready)
-        app.router.add_post(base + "/infer", h.infer)
-        app.router.add_get(base + "/config", h.model_config)
-        app.router.add_get(base + "/stats", h.statistics)
-    app.router.add_post("/v2/repository/index", h.repository_index)
-    app.router.add_post("/v2/repository/models/{model}/load", h.repository_load)
-    app.router.add_post("/v2/repository/models/{model}/unload", h.repository_unload)
+    routes: list[tuple[str, str, Any, ApiCategory]] = [
+        ("GET", "/v2/health/live", h.live, ApiCategory.HEALTH),
+        ("GET", "/v2/health/ready", h.ready, ApiCategory.HEALTH),
+        ("GET", "/v2", h.server_metadata, ApiCategory.METADATA),
+        ("GET", "/metrics", h.metrics, ApiCategory.METRICS),
+        ("POST", "/v1/config/reload", h.config_reload, ApiCategory.MODEL_REPOSITORY),  # OVMS's endpoint
+        # Before /v2/models/{model}, which would otherwise take "stats" for a model name.
+        ("GET", "/v2/models/stats", h.statistics, ApiCategory.STATISTICS),
+    ]
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [
+            ("GET", base, h.model_metadata, ApiCategory.METADATA),
+            ("GET", base + "/ready", h.model_ready, ApiCategory.HEALTH),
+            ("POST", base + "/infer", h.infer, ApiCategory.INFERENCE),
+            ("GET", base + "/config", h.model_config, ApiCategory.MODEL_CONFIG),
+            ("GET", base + "/stats", h.statistics, ApiCategory.STATISTICS),
+        ]
+    routes += [
+        ("POST", "/v2/repository/index", h.repository_index, ApiCategory.MODEL_REPOSITORY),
+        ("POST", "/v2/repository/models/{model}/load", h.repository_load, ApiCategory.MODEL_REPOSITORY),
+        ("POST", "/v2/repository/models/{model}/unload", h.repository_unload, ApiCategory.MODEL_REPOSITORY),
+    ]
+    return _app(routes, guard, max_body_bytes)
+
+
+def _app(routes, guard: ApiGuard | None, max_body_bytes: int) -> web.Application:
+    middlewares = [errors_middleware]
+    if guard is not None and guard.active:
+        middlewares.append(restriction_middleware(guard, {handler: c for _, _, handler, c in routes}))
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
+    for method, path, handler, _ in routes:
+        app.router.add_route(method, path, handler)
     return app
 
 
-async def start_metrics_server(gateway: Gateway, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_metrics_server(
+    gateway: Gateway,
+    host: str,
+    port: int,
+    limits: ConnectionLimits,
+    tls: ssl.SSLContext | None = None,
+    guard: ApiGuard | None = None,
+) -> tuple[web.AppRunner, int]:
     """`--metrics_port`: /metrics alone, on a port of its own (for a scraper that must not reach the API)."""
-    app = web.Application(middlewares=[errors_middleware])
-    app.router.add_get("/metrics", RestHandlers(gateway, 0).metrics)
-    return await _start(app, host, port)
+    app = _app([("GET", "/metrics", RestHandlers(gateway, 0).metrics, ApiCategory.METRICS)], guard, 0)
+    return await _start(app, host, port, limits, tls)
 
 
 async def start_rest_server(
-    gateway: Gateway, host: str, port: int, max_body_bytes: int
+    gateway: Gateway,
+    host: str,
+    port: int,
+    max_body_bytes: int,
+    limits: ConnectionLimits,
+    tls: ssl.SSLContext | None = None,
+    guard: ApiGuard | None = None,
 ) -> tuple[web.AppRunner, int]:
-    return await _start(build_app(gateway, max_body_bytes), host, port)
+    return await _start(build_app(gateway, max_body_bytes, guard), host, port, limits, tls)
 
 
-async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    # handler_cancellation: a client that disconnects has its queued request dropped.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+async def _start(
+    app: web.Application, host: str, port: int, limits: ConnectionLimits, tls: ssl.SSLContext | None
+) -> tuple[web.AppRunner, int]:
+    runner = GatewayAppRunner(
+        app,
+        limits=limits,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,  # a client that disconnects has its queued request dropped
+        auto_decompress=False,  # rest_body undoes Content-Encoding within the size limit
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
     await site.start()
     bound = runner.addresses[0][1] if port == 0 else port
     return runner, bound

@@ -18,7 +18,9 @@ requests for a moment, find them free. A request that has waited `aging_s`
 is dispatched next whatever its model's priority: no model starves.
 
 The queue is bounded (max_queue_size): a full queue refuses at once with
-RESOURCE_EXHAUSTED. A request whose deadline passes while it waits is dropped
+RESOURCE_EXHAUSTED, or, for a caller that asks to (WhenFull.WAIT: a gRPC stream, whose
+client is slowed down by the stream's own flow control instead), waits for room.
+A request whose deadline passes while it waits is dropped
 before inference (DEADLINE_EXCEEDED); one whose client goes away is dropped too.
 """
 
@@ -70,6 +72,13 @@ class Executor(Protocol):
     async def execute(
         self, slot: Any, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None
     ) -> tuple[list[np.ndarray], ExecutionTimes]: ...
+
+
+class WhenFull(enum.Enum):
+    """What submit() does when the queue is full."""
+
+    REFUSE = "refuse"  # RESOURCE_EXHAUSTED at once: unary clients, who may retry elsewhere
+    WAIT = "wait"  # wait for room (a stream's requests: its reader stops reading meanwhile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +137,7 @@ class ModelScheduler:
         self._waiting: list[_Waiting] = []
         self._sequence = 0
         self._delay_timer: Timer | None = None
+        self._room_waiters: list[asyncio.Future] = []  # callers waiting for a full queue to have room
         self._loop = asyncio.get_running_loop()
         if gate is not None:
             gate.register(self)
@@ -147,18 +157,48 @@ class ModelScheduler:
         if self._gate is not None:
             self._gate.unregister(self)
 
+    def has_room(self) -> bool:
+        return not self.max_queue_size or len(self._waiting) < self.max_queue_size
+
+    async def wait_for_room(self) -> None:
+        """Return once the queue can take a request (at once when it can now)."""
+        while not self.has_room():
+            waiter = self._loop.create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
+
+    def _notify_room(self) -> None:
+        # Wake as many waiters as there are free places; each re-checks (another may have taken one).
+        free = self.max_queue_size - len(self._waiting) if self.max_queue_size else len(self._room_waiters)
+        while free > 0 and self._room_waiters:
+            waiter = self._room_waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
     async def submit(
-        self, arrays: Sequence[np.ndarray], rows: int, priority: int = 0, deadline: float | None = None
+        self,
+        arrays: Sequence[np.ndarray],
+        rows: int,
+        priority: int = 0,
+        deadline: float | None = None,
+        when_full: WhenFull = WhenFull.REFUSE,
     ) -> Result:
         """Queue one request's inputs (model input order) and wait for its outputs.
 
         Invariant (ModelVersion validated it before this call): when batching is on, every array has
         dimension 0 equal to `rows`, 1 <= rows <= max_batch_size. The batching key, the row counts, the
         padding and the split of the outputs below rely on it."""
-        if self.max_queue_size and len(self._waiting) >= self.max_queue_size:
-            raise ResourceExhausted(
-                f"{self.label}: the queue is full ({self.max_queue_size} requests waiting); retry later"
-            )
+        if not self.has_room():
+            if when_full is WhenFull.REFUSE:
+                raise ResourceExhausted(
+                    f"{self.label}: the queue is full ({self.max_queue_size} requests waiting); retry later"
+                )
+            await self.wait_for_room()
         key = tuple(a.shape[1:] for a in arrays) if self.batching else ()
         self._sequence += 1
         waiting = _Waiting(
@@ -186,6 +226,8 @@ class ModelScheduler:
         index = bisect.bisect_left(self._waiting, waiting.order, key=lambda w: w.order)
         if index < len(self._waiting) and self._waiting[index] is waiting:
             del self._waiting[index]
+            if self._room_waiters:
+                self._notify_room()
             return True
         return False
 

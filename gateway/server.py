@@ -10,7 +10,9 @@ from .errors import ConfigError
 from .gateway import Gateway
 from .grpc_server import start_grpc_server
 from .rest_server import start_metrics_server, start_rest_server
+from .restricted import ApiGuard
 from .settings import ServerSettings
+from .tls import TlsCredentials
 
 log = logging.getLogger(__name__)
 REFUSE_LINGER_S = 0.25  # after the drain, how long new requests still get UNAVAILABLE before the ports close
@@ -33,35 +35,61 @@ async def serve(
     except ConfigError as e:  # e.g. a plugin library that OpenVINO cannot register
         log.error("configuration error: %s", e)
         return 2
+    try:
+        tls = TlsCredentials(settings.tls) if settings.tls is not None else None
+        guard = ApiGuard(settings.restricted_apis)
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return 2
+    scheme = "TLS" if tls is None or not tls.mutual else "mutual TLS"
+    secured = f" ({scheme})" if tls is not None else ""
     grpc_server = rest_runner = None
     # Transports first, so health probes answer (not ready) while models compile.
     if settings.grpc_port:
         grpc_server, port = await start_grpc_server(
-            gateway, settings.grpc_bind_address, settings.grpc_port, settings.grpc_max_message_bytes
+            gateway,
+            settings.grpc_bind_address,
+            settings.grpc_port,
+            settings.grpc_max_message_bytes,
+            max_concurrent_streams=settings.grpc_max_concurrent_streams,
+            max_connections=settings.grpc_max_connections,
+            credentials=tls.grpc_credentials() if tls is not None else None,
+            guard=guard,
         )
-        log.info("gRPC server listening on %s:%d", settings.grpc_bind_address, port)
+        log.info("gRPC server listening on %s:%d%s", settings.grpc_bind_address, port, secured)
+    rest_tls = tls.server_context() if tls is not None else None
     if settings.rest_port:
         rest_runner, port = await start_rest_server(
-            gateway, settings.rest_bind_address, settings.rest_port, settings.rest_max_body_bytes
+            gateway,
+            settings.rest_bind_address,
+            settings.rest_port,
+            settings.rest_max_body_bytes,
+            settings.rest_limits,
+            rest_tls,
+            guard,
         )
-        log.info("REST server listening on %s:%d", settings.rest_bind_address, port)
+        log.info("REST server listening on %s:%d%s", settings.rest_bind_address, port, secured)
     metrics_runner = None
     if settings.metrics_port:
         metrics_runner, port = await start_metrics_server(
-            gateway, settings.rest_bind_address, settings.metrics_port
+            gateway, settings.rest_bind_address, settings.metrics_port, settings.rest_limits, rest_tls, guard
         )
-        log.info("metrics on %s:%d/metrics", settings.rest_bind_address, port)
+        log.info("metrics on %s:%d/metrics%s", settings.rest_bind_address, port, secured)
+    if guard.active:
+        log.info("restricted APIs: %s", ", ".join(guard.describe()))
 
     loading = asyncio.create_task(gateway.start())
     exit_code = 0
     stopping = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    watcher = None
+    watcher = tls_watcher = None
     if loading in done:
         loading.result()
         _log_summary(gateway)
         if settings.file_system_poll_wait_seconds > 0:
             watcher = asyncio.create_task(gateway.reloader.watch(settings.file_system_poll_wait_seconds))
+            if tls is not None:
+                tls_watcher = asyncio.create_task(tls.watch(settings.file_system_poll_wait_seconds))
         if single_model and not any(v.ready for v in gateway.manager.versions()):
             log.error("the only configured model could not be loaded; exiting")
             stop.set()
@@ -70,8 +98,9 @@ async def serve(
     else:
         loading.cancel()
 
-    if watcher is not None:
-        watcher.cancel()
+    for task in (watcher, tls_watcher):
+        if task is not None:
+            task.cancel()
     # Drain: readiness goes false and new requests get UNAVAILABLE / 503 at once, while the ones
     # already accepted finish (up to the drain timeout); only then do the transports close.
     in_flight = gateway.in_flight()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .restricted import ApiRestriction
 
 DEFAULT_GRPC_PORT = 8001  # Triton's defaults, so perf_analyzer and tritonclient examples need no flags
 DEFAULT_REST_PORT = 8000
@@ -73,6 +74,24 @@ class ModelSettings:
     priority: int = 2
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one REST client may hold open (see rest_protocol)."""
+
+    max_connections: int = 0  # 0 = unbounded
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its head; 0 = none
+    idle_timeout_s: float = 75.0  # between requests, and before the first one
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """--tls_cert_file, --tls_key_file, --tls_client_ca_file (see tls.py)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set: clients must present a certificate signed by this CA
+
+
 @dataclass(slots=True)
 class ServerSettings:
     models: list[ModelSettings] = field(default_factory=list)
@@ -88,6 +107,11 @@ class ServerSettings:
     grpc_max_message_bytes: int = ONE_GIB
     rest_max_body_bytes: int = ONE_GIB
     grpc_workers: int = 1
+    rest_limits: ConnectionLimits = ConnectionLimits()
+    grpc_max_concurrent_streams: int = 1024  # per connection; 0 = grpc's default (unbounded)
+    grpc_max_connections: int = 0  # 0 = unbounded
+    tls: TlsSettings | None = None  # None = plaintext
+    restricted_apis: tuple[ApiRestriction, ...] = ()
     cache_dir: str | None = None
     log_level: str = "INFO"
     log_path: str | None = None

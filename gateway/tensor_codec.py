@@ -58,6 +58,13 @@ def array_from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes 
 def _bytes_array_from_raw(
     name: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview
 ) -> np.ndarray:
+    # Each element takes at least its 4-byte length: a shape that claims more elements than the bytes
+    # can hold is refused before anything is allocated for it (a few bytes may declare [65536]*3).
+    if count * 4 > len(raw):
+        raise InvalidArgument(
+            f"input '{name}': shape {list(shape)} declares {count} BYTES elements, but the content has "
+            f"only {len(raw)} bytes (each element takes at least 4)"
+        )
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     offset, end = 0, len(view)
@@ -107,6 +114,8 @@ def array_from_contents(name: str, datatype: str, shape: tuple[int, ...], values
     """Decode typed contents (gRPC `contents`) or a JSON `data` list (flat or nested)."""
     dt = BY_NAME[datatype]
     count = element_count(shape)
+    if isinstance(values, list) and values and not isinstance(values[0], list) and len(values) != count:
+        raise _count_error(name, len(values), count, shape)  # a flat list: refused before conversion
     if datatype == "BYTES":
         flat = _flatten(values)
         if len(flat) != count:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,6 +26,9 @@ class GatewayProcess:
     grpc_port: int
     rest_port: int
     log_path: Path
+    # The context a client trusts the gateway's TLS certificate with (and presents its own, for mutual
+    # TLS); None: plaintext.
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -49,7 +53,11 @@ class GatewayProcess:
 
 
 def start_gateway(
-    args: list[str], log_path: Path, wait_ready: bool = True, timeout: float = 90
+    args: list[str],
+    log_path: Path,
+    wait_ready: bool = True,
+    timeout: float = 90,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> GatewayProcess:
     grpc_port, rest_port = free_port(), free_port()
     cmd = [
@@ -60,7 +68,7 @@ def start_gateway(
     ]  # fmt: skip
     log_file = open(log_path, "wb")  # noqa: SIM115 - the process owns it
     process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
-    gw = GatewayProcess(process, grpc_port, rest_port, log_path)
+    gw = GatewayProcess(process, grpc_port, rest_port, log_path, ssl_context)
     if wait_ready:
         wait_until_ready(gw, timeout)
     return gw
@@ -71,8 +79,11 @@ def wait_until_ready(gw: GatewayProcess, timeout: float) -> None:
     while time.monotonic() < deadline:
         if gw.process.poll() is not None:
             raise RuntimeError(f"gateway exited with {gw.process.returncode}:\n{gw.log()}")
+        scheme = "https" if gw.ssl_context is not None else "http"
         try:
-            with urllib.request.urlopen(f"http://{gw.http_url}/v2/health/ready", timeout=2) as r:
+            with urllib.request.urlopen(
+                f"{scheme}://{gw.http_url}/v2/health/ready", timeout=2, context=gw.ssl_context
+            ) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -10,6 +10,7 @@ names as tritonclient's, so the two cannot be imported in one process; the test
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 
 import numpy as np
@@ -128,7 +129,41 @@ async def check_grpc(url: str) -> None:
         await client.close()
 
 
+async def check_tls(mode: str, url: str, ca: str, cert: str | None, key: str | None) -> None:
+    """Over TLS (mutual when a client certificate is given): health and one inference."""
+    inputs, a = _simple_inputs(mode == "grpc-tls")
+    if mode == "rest-tls":
+        # RESTConfig's `cert` never reaches httpx (kserve 0.21 passes only `verify` on): the client
+        # certificate goes in through an SSLContext, which `verify` accepts.
+        context = ssl.create_default_context(cafile=ca)
+        if cert:
+            context.load_cert_chain(cert, key)
+        config = RESTConfig(protocol="v2", retries=1, timeout=30, verify=context)
+        client = InferenceRESTClient(config)
+        base = f"https://{url}"
+        try:
+            _check(await client.is_server_ready(base) is True, "REST over TLS: server ready")
+            response = await client.infer(base, InferRequest("simple", inputs), model_name="simple")
+        finally:
+            await client.close()
+    else:
+        grpc_client = InferenceGRPCClient(
+            url, use_ssl=True, root_certificates=ca, private_key=key, certificate_chain=cert, timeout=30
+        )
+        try:
+            _check(await grpc_client.is_server_ready() is True, "gRPC over TLS: server ready")
+            response = await grpc_client.infer(InferRequest("simple", inputs))
+        finally:
+            await grpc_client.close()
+    outputs = {o.name: o.as_numpy() for o in response.outputs}
+    _check(np.array_equal(outputs["OUTPUT0"], a + a), f"{mode}: simple sum")
+
+
 if __name__ == "__main__":
     mode, address = sys.argv[1], sys.argv[2]
-    asyncio.run(check_rest(address) if mode == "rest" else check_grpc(address))
+    if mode.endswith("-tls"):
+        ca, cert, key = sys.argv[3], *(sys.argv[4:6] or (None, None))
+        asyncio.run(check_tls(mode, address, ca, cert, key))
+    else:
+        asyncio.run(check_rest(address) if mode == "rest" else check_grpc(address))
     print("all kserve SDK checks passed")

@@ -74,7 +74,9 @@ def test_bytes_framing_errors_name_the_input_and_element():
     assert array_from_raw("s", "BYTES", (), framed(b"one")) == b"one"
     assert array_from_raw("s", "BYTES", (0,), b"").shape == (0,)
     with pytest.raises(InvalidArgument, match="input 's': BYTES content ends after 1 of 2"):
-        array_from_raw("s", "BYTES", (2,), framed(b"a"))
+        array_from_raw("s", "BYTES", (2,), framed(b"abcd"))
+    with pytest.raises(InvalidArgument, match=r"shape \[2\] declares 2 BYTES elements, but .* only 5 bytes"):
+        array_from_raw("s", "BYTES", (2,), framed(b"a"))  # refused before anything is allocated
     with pytest.raises(InvalidArgument, match="element 0 declares 9 bytes but only 2 remain"):
         array_from_raw("s", "BYTES", (1,), struct.pack("<I", 9) + b"ab")
     with pytest.raises(InvalidArgument, match="3 bytes left over after 1 elements"):

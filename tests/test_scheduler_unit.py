@@ -13,7 +13,7 @@ import pytest
 
 from gateway.adaptive import EXPLORE_EVERY, Execution, LoadAdaptiveExecutor, latency_execution_pays
 from gateway.errors import DeadlineExceeded, InternalError, ResourceExhausted
-from gateway.scheduler import BatchingPolicy, DeviceGate, ModelScheduler
+from gateway.scheduler import BatchingPolicy, DeviceGate, ModelScheduler, WhenFull
 from tests.fakes import FakeExecutor, ManualClock, settle
 
 
@@ -182,6 +182,51 @@ async def test_a_full_queue_refuses_at_once():
     executor.runs[2].finish()
     await settle()
     assert running.done() and all(t.done() for t in waiting)
+
+
+async def test_a_caller_that_waits_for_room_is_queued_when_a_place_frees_not_refused():
+    clock = ManualClock()
+    scheduler, executor, _ = make(clock, queue=1)
+    running = submit(scheduler, 1, 1.0)
+    await settle()
+    queued = submit(scheduler, 1, 2.0)
+    await settle()
+    patient = submit(scheduler, 1, 3.0, when_full=WhenFull.WAIT)
+    await settle()
+    assert not patient.done() and scheduler.queued == 1  # waiting for room, not in the queue
+    with pytest.raises(ResourceExhausted):  # a unary caller is still refused meanwhile
+        await scheduler.submit(rows(1), 1)
+    executor.runs[0].finish()  # `queued` leaves the queue for the executor: room for `patient`
+    await settle()
+    assert scheduler.queued == 1 and len(executor.runs) == 2
+    executor.runs[1].finish()
+    await settle()
+    executor.runs[2].finish()
+    await settle()
+    assert [float(t.result()[0][0][0, 0]) for t in (running, queued, patient)] == [
+        10.0,
+        20.0,
+        30.0,
+    ]  # (x10: the fake)
+
+
+async def test_wait_for_room_returns_at_once_with_room_and_after_a_withdrawal_without():
+    clock = ManualClock()
+    scheduler, executor, _ = make(clock, queue=1)
+    await asyncio.wait_for(scheduler.wait_for_room(), 1)  # empty queue: no wait
+    running = submit(scheduler)
+    await settle()
+    queued = submit(scheduler)
+    await settle()
+    room = asyncio.ensure_future(scheduler.wait_for_room())
+    await settle()
+    assert not room.done()
+    queued.cancel()  # a client that leaves frees its place
+    await settle()
+    assert room.done()
+    executor.runs[0].finish()
+    await settle()
+    assert running.done()
 
 
 async def test_a_deadline_that_passes_in_the_queue_drops_the_request_before_inference():

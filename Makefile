@@ -10,7 +10,7 @@ CACHE_DIR ?= .cache
 PERF_ANALYZER_DIR ?= $(CACHE_DIR)/perf_analyzer
 PROMETHEUS_DIR ?= $(CACHE_DIR)/prometheus
 
-.PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer bench prometheus \
+.PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer bench prometheus fuzz \
 	image-tools image-base image image-test kubectl
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make protos    regenerate gateway/proto/*_pb2.py from protos/*.proto"
 	@echo "make lint      ruff (style) and mypy (types) over the code"
 	@echo "make bench     gateway vs benchmark_app on the bench models (BENCH_ARGS=--repetitions 3 ...)"
+	@echo "make fuzz      a long Hypothesis + schemathesis run (FUZZ_EXAMPLES, SCHEMATHESIS_EXAMPLES)"
 	@echo "make perf-analyzer  install Triton's perf_analyzer into $(PERF_ANALYZER_DIR)"
 	@echo "make image     build the CPU image with podman on a debootstrap base; make image-test runs it"
 
@@ -127,6 +128,13 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) -m loadgen.bench $(BENCH_ARGS)
 	$(PY) -m loadgen.bench_scheduling $(SCHED_BENCH_ARGS)
+
+# Longer fuzzing than make test's fixed seeds: Hypothesis on both decoders, schemathesis on the REST API.
+FUZZ_EXAMPLES ?= 20000
+SCHEMATHESIS_EXAMPLES ?= 300
+fuzz: $(VENV)/.installed-test
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) SCHEMATHESIS_EXAMPLES=$(SCHEMATHESIS_EXAMPLES) \
+		$(PY) -m pytest -q tests/test_fuzz.py tests/test_openapi.py
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check gateway tests loadgen

@@ -38,7 +38,7 @@ from .scheduler import WhenFull
 from .tensor_codec import (
     array_from_contents,
     array_from_raw,
-    check_shape,
+    check_declared_shape,
     datatype_or_error,
     raw_from_array,
 )
@@ -83,7 +83,7 @@ def decode_infer_request(parsed: InferMessage, served: ModelVersion | None = Non
     for index, tensor in enumerate(msg.inputs):
         name = tensor.name
         dt = datatype_or_error(name, tensor.datatype)
-        shape = check_shape(name, tensor.shape)
+        shape = check_declared_shape(name, tensor.shape)
         has_typed = tensor.HasField("contents")
         if raw:
             if has_typed:

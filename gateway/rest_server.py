@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
+from . import openapi
 from .errors import GatewayError, InvalidArgument, NotFound
 from .gateway import Gateway
 from .jsondoc import parse_json
@@ -29,7 +30,7 @@ from .settings import ConnectionLimits
 from .tensor_codec import (
     array_from_contents,
     array_from_raw,
-    check_shape,
+    check_declared_shape,
     datatype_or_error,
     json_from_array,
     raw_from_array,
@@ -67,7 +68,8 @@ async def errors_middleware(request: web.Request, handler):
     except web.HTTPException as e:
         if e.status >= 400:
             reason = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
-            return _json_response({"error": reason}, e.status)
+            kept = {k: v for k, v in e.headers.items() if k.lower() == "allow"}  # 405's list of methods
+            return _json_response({"error": reason}, e.status, kept or None)
         raise
     except Exception as e:
         log.exception("unexpected error on %s %s", request.method, request.path)
@@ -128,7 +130,7 @@ def decode_infer_request(
             raise InvalidArgument(
                 f"input '{name}': 'shape' must be a list of integers; got {json.dumps(shape_value)}"
             )
-        shape = check_shape(name, shape_value)
+        shape = check_declared_shape(name, shape_value)
         params = _object(item.get("parameters", {}), f"input '{name}': parameters")
         if "shared_memory_region" in params:
             raise InvalidArgument(f"input '{name}': shared memory is not supported by this server")
@@ -387,6 +389,10 @@ class RestHandlers:
         report = await self.gateway.reload_config()
         return _json_response({"status": "reloaded", "models": report})
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        models = sorted({v.name for v in self.gateway.manager.versions()})
+        return _json_response(openapi.document(models))
+
     async def metrics(self, request: web.Request) -> web.Response:
         if not self.gateway.metrics.enabled:
             raise NotFound("metrics are disabled (--metrics_enable false)")
@@ -425,6 +431,7 @@ def build_app(gateway: Gateway, max_body_bytes: int, guard: ApiGuard | None = No
         ("GET", "/v2/health/ready", h.ready, ApiCategory.HEALTH),
         ("GET", "/v2", h.server_metadata, ApiCategory.METADATA),
         ("GET", "/metrics", h.metrics, ApiCategory.METRICS),
+        ("GET", "/openapi.json", h.openapi, ApiCategory.METADATA),
         ("POST", "/v1/config/reload", h.config_reload, ApiCategory.MODEL_REPOSITORY),  # OVMS's endpoint
         # Before /v2/models/{model}, which would otherwise take "stats" for a model name.
         ("GET", "/v2/models/stats", h.statistics, ApiCategory.STATISTICS),

@@ -24,10 +24,20 @@ def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def check_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+# numpy refuses an array whose non-zero dimensions times its element size pass 2**63 bytes, even when a
+# zero dimension elsewhere makes it empty: such a shape cannot be a tensor (8 bytes: the widest element,
+# and the size of an object pointer for BYTES).
+_MAX_ELEMENTS = ((1 << 63) - 1) // 8
+
+
+def check_declared_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    """A request's declared shape: non-negative dimensions whose product (zeros left out) fits in int64.
+    Later code may build arrays of it without overflow."""
     shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"input '{name}': shape {list(shape)} has a negative dimension")
+    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:
+        raise InvalidArgument(f"input '{name}': shape {list(shape)} is too large for any tensor")
     return shape
 
 

@@ -15,7 +15,13 @@ from gateway.errors import InvalidArgument
 from gateway.model_config import model_config
 from gateway.model_version import UNBOUNDED_BATCH, ModelVersion, check_shape
 from gateway.settings import ModelSettings, VersionPolicy
-from gateway.tensor_codec import array_from_contents, array_from_raw, json_from_array, raw_from_array
+from gateway.tensor_codec import (
+    array_from_contents,
+    array_from_raw,
+    check_declared_shape,
+    json_from_array,
+    raw_from_array,
+)
 from gateway.types import InferInput, TensorSpec
 from tests.datatype_samples import SAMPLES
 
@@ -220,3 +226,12 @@ def test_model_config_reports_a_scalar_as_triton_does():
     assert by_name["x"]["dims"] == [-1] and "reshape" not in by_name["x"]
     assert {o["name"]: o["dims"] for o in config["output"]}["out_sr"] == [1]
     assert config["max_batch_size"] == 0
+
+
+@pytest.mark.parametrize("shape", [(354909235730650, 6227020801, 0, 88411), (2**63,), (2**62, 4)])
+def test_a_shape_no_tensor_can_have_is_refused_even_when_empty(shape):
+    """Found by tests/test_fuzz.py: an empty shape whose other dimensions overflow int64 reached numpy."""
+    with pytest.raises(InvalidArgument, match="too large for any tensor"):
+        check_declared_shape("x", shape)
+    for datatype in ("FP64", "BYTES"):
+        assert array_from_raw("x", datatype, check_declared_shape("x", (2**59, 0)), b"").shape == (2**59, 0)

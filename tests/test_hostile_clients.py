@@ -353,3 +353,39 @@ def test_client_mistakes_are_not_logged_as_server_errors(hostile_server):
     exchange(hostile_server, PARSER_ERRORS["bad chunk size"])
     exchange(hostile_server, post("/v2/models/dummy/infer", b"{nope"))
     client_errors_were_not_logged_as_server_faults(hostile_server)
+
+
+def test_grpc_refuses_connections_past_its_bound(model_repo, tmp_path):
+    gw = start_gateway(
+        ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--grpc_max_connections", "2"],
+        tmp_path / "gw.log",
+    )
+    channels = []
+    try:
+        answers = []
+        for _ in range(4):  # each channel its own connection
+            channel = grpc.insecure_channel(gw.grpc_url, options=[("grpc.use_local_subchannel_pool", 1)])
+            channels.append(channel)
+            live = channel.unary_unary(
+                SERVICE + "ServerLive",
+                request_serializer=pb.ServerLiveRequest.SerializeToString,
+                response_deserializer=pb.ServerLiveResponse.FromString,
+            )
+            try:
+                answers.append(live(pb.ServerLiveRequest(), timeout=5).live)
+            except grpc.RpcError as e:
+                answers.append(e.code())
+        assert answers == [True, True, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE]
+        channels.pop(0).close()  # a connection closes: room for a new one
+        channel = grpc.insecure_channel(gw.grpc_url, options=[("grpc.use_local_subchannel_pool", 1)])
+        channels.append(channel)
+        live = channel.unary_unary(
+            SERVICE + "ServerLive",
+            request_serializer=pb.ServerLiveRequest.SerializeToString,
+            response_deserializer=pb.ServerLiveResponse.FromString,
+        )
+        assert live(pb.ServerLiveRequest(), timeout=5, wait_for_ready=True).live
+    finally:
+        for channel in channels:
+            channel.close()
+        assert gw.stop() == 0

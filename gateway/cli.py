@@ -182,6 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
         "16 x the model's parallelism, at least 64)",
     )
     m.add_argument("--priority", help="HIGH, MEDIUM (default) or LOW, or a level (1 = highest)")
+    m.add_argument(
+        "--mean", help="subtracted from every input value: a number or [a,b,c] per channel (needs --layout)"
+    )
+    m.add_argument("--scale", help="then divides it: a number or [a,b,c] per channel (needs --layout)")
+    m.add_argument(
+        "--color_format",
+        help="TARGET:SOURCE, e.g. RGB:BGR (clients send RGB, the model takes BGR): RGB, BGR, GRAY, NV12, "
+        "NV12_2, I420, I420_3 (needs --layout)",
+    )
+    m.add_argument(
+        "--precision",
+        help="TARGET:SOURCE, e.g. U8:FP32 (clients send uint8; converted to FP32 before mean and scale) "
+        "(needs --layout)",
+    )
     return p
 
 
@@ -200,6 +214,10 @@ _SINGLE_MODEL_FLAGS = (
     "preferred_batch_size",
     "max_queue_size",
     "priority",
+    "mean",
+    "scale",
+    "color_format",
+    "precision",
 )
 
 

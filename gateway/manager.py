@@ -14,7 +14,7 @@ import openvino as ov
 from .adaptive import LoadAdaptiveExecutor
 from .errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .model_version import ModelVersion, State, apply_batching
-from .openvino_runtime import InferExecutor, check_device, port_specs, read_model
+from .openvino_runtime import InferExecutor, check_device, port_layouts, port_specs, read_model
 from .repository import discover_versions, folder_fingerprint, looks_like_model, resolve_inside
 from .scheduler import BatchingPolicy, DeviceGate, Executor, ModelScheduler, default_queue_size
 from .settings import ModelSettings, ServerSettings, parse_model_entry
@@ -144,6 +144,7 @@ class ModelManager:
         try:
             compiled = await asyncio.to_thread(self._compile, version)
             inputs, bounds = port_specs(compiled.inputs, "input")
+            layouts = port_layouts(compiled.inputs)
             outputs, _ = port_specs(compiled.outputs, "output")
             pad_to = None
             if settings.max_batch_size:
@@ -189,7 +190,7 @@ class ModelManager:
         queue_size = settings.max_queue_size
         if queue_size is None:
             queue_size = default_queue_size(nireq, settings.max_batch_size)
-        version.describe(inputs, bounds, outputs)
+        version.describe(inputs, bounds, outputs, layouts)
         scheduler = ModelScheduler(
             executor=executor,
             label=f"model '{version.name}' version {version.version}",

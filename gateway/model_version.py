@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ConfigError, InvalidArgument, Unavailable
+from .images import ImageInput, decode_images, image_input
 from .scheduler import Executor, ModelScheduler, WhenFull
 from .settings import ModelSettings
 from .statistics import ExecutionTimes, VersionStats
@@ -107,14 +108,22 @@ class ModelVersion:
     stats: VersionStats = field(default_factory=VersionStats)
     # The metrics recorder: (name, version, times of one execution, queue time of each of its requests).
     on_execution: Callable[[str, str, ExecutionTimes, list[int]], None] | None = None
+    # Per input: how it takes encoded images, or why it does not (images.py).
+    image_inputs: tuple[ImageInput | str, ...] = ()
     _input_index: dict[str, int] = field(default_factory=dict)
     _output_index: dict[str, int] = field(default_factory=dict)
 
-    def describe(self, inputs, input_bounds, outputs) -> None:
-        """The client's view of the compiled model (after batching is applied), before it serves."""
+    def describe(self, inputs, input_bounds, outputs, layouts: Sequence[str] = ()) -> None:
+        """The client's view of the compiled model (after batching is applied), before it serves.
+        `layouts`: each input's OpenVINO layout ('[N,H,W,C]'; '[...]' when none is set)."""
         self.inputs, self.input_bounds, self.outputs = inputs, input_bounds, outputs
         self._input_index = {s.name: i for i, s in enumerate(inputs)}
         self._output_index = {s.name: i for i, s in enumerate(outputs)}
+        layouts = layouts or ["[...]"] * len(inputs)
+        self.image_inputs = tuple(
+            image_input(spec, bounds, layout)
+            for spec, bounds, layout in zip(inputs, input_bounds, layouts, strict=True)
+        )
         self.max_batch_size = self.settings.max_batch_size or batch_capacity(inputs, input_bounds, outputs)
 
     def activate(self, scheduler: ModelScheduler) -> None:
@@ -140,6 +149,26 @@ class ModelVersion:
     @property
     def ready(self) -> bool:
         return self.state is State.READY
+
+    async def decode_encoded_images(self, inputs: Sequence[InferInput]) -> list[InferInput]:
+        """BYTES inputs sent to a model input that is not BYTES are encoded images: decoded (off the
+        event loop) into the input's own datatype and shape, or refused saying why the input takes none."""
+        out = []
+        for given in inputs:
+            index = self._input_index.get(given.name)
+            if given.datatype != "BYTES" or index is None or self.inputs[index].datatype == "BYTES":
+                out.append(given)  # order_inputs judges it
+                continue
+            image = self.image_inputs[index]
+            if isinstance(image, str):
+                raise InvalidArgument(
+                    f"BYTES sent to input '{given.name}', which takes no encoded images: {image}"
+                )
+            decoded = await decode_images(image, given.data)
+            out.append(
+                InferInput(given.name, self.inputs[index].datatype, decoded.shape, decoded, given.parameters)
+            )
+        return out
 
     def check_input_count(self, given: int) -> None:
         """Before decoding: a request with more inputs than the model has is refused before any of its
@@ -239,6 +268,8 @@ class ModelVersion:
         scheduler = self.scheduler  # an unload may clear it while this request runs
         if scheduler is None:
             raise Unavailable(f"model '{self.name}' version {self.version} is not ready: {self.reason}")
+        if any(given.datatype == "BYTES" for given in inputs):
+            inputs = await self.decode_encoded_images(inputs)
         arrays, rows = self.order_inputs(inputs)
         picked = self.select_outputs(requested)
         results, _, _ = await scheduler.submit(arrays, rows, priority, deadline, when_full)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from .datatypes import from_openvino
+from .datatypes import BY_NAME, from_openvino
 from .errors import ConfigError, InternalError
 from .settings import ModelSettings
 from .statistics import ExecutionTimes
@@ -129,13 +129,30 @@ def _reshape_static_batch(model: ov.Model, settings: ModelSettings) -> None:
             ) from None
 
 
+_COLOR_FORMATS = {
+    "RGB": ov.preprocess.ColorFormat.RGB,
+    "BGR": ov.preprocess.ColorFormat.BGR,
+    "GRAY": ov.preprocess.ColorFormat.GRAY,
+    "NV12": ov.preprocess.ColorFormat.NV12_SINGLE_PLANE,
+    "NV12_2": ov.preprocess.ColorFormat.NV12_TWO_PLANES,
+    "I420": ov.preprocess.ColorFormat.I420_SINGLE_PLANE,
+    "I420_3": ov.preprocess.ColorFormat.I420_THREE_PLANES,
+}
+# The planes a multi-plane format splits an input into (OpenVINO names the new inputs "<input>/<plane>").
+_PLANES = {"NV12_2": ["y", "uv"], "I420_3": ["y", "u", "v"]}
+
+
 def _apply_layout(model: ov.Model, settings: ModelSettings) -> None:
+    """OVMS's layout (`target:source`) and, on the inputs that have one, its preprocessing, compiled into
+    the model with one PrePostProcessor in OVMS's order: colour, precision, mean, scale. Clients then send
+    what the tensor side says (e.g. uint8 NHWC RGB), and model metadata reports it."""
     if settings.layout is None:
         return
     layouts = settings.layout
     if isinstance(layouts, str):
         layouts = {_port_name(p, i, "input"): layouts for i, p in enumerate(model.inputs)}
     ppp = ov.preprocess.PrePostProcessor(model)
+    pre = settings.preprocessing
     for name, text in layouts.items():
         target, _, source = text.partition(":")
         try:
@@ -147,7 +164,36 @@ def _apply_layout(model: ov.Model, settings: ModelSettings) -> None:
             port.model().set_layout(ov.Layout(source))
         else:
             port.model().set_layout(ov.Layout(target))
-    ppp.build()
+        if pre is not None:
+            _preprocess(port, pre)
+    try:
+        ppp.build()
+    except Exception as e:  # OpenVINO says which step does not fit the input (e.g. 4 means for 3 channels)
+        raise ConfigError(
+            f"model '{settings.name}': layout / preprocessing cannot be applied: {_first_line(e)}"
+        ) from None
+
+
+def _preprocess(port, pre) -> None:
+    if pre.color_format is not None:
+        target, source = pre.color_format
+        if target in _PLANES:
+            port.tensor().set_color_format(_COLOR_FORMATS[target], _PLANES[target])
+        else:
+            port.tensor().set_color_format(_COLOR_FORMATS[target])
+        if source is not None and source != target:
+            port.preprocess().convert_color(_COLOR_FORMATS[source])
+    if pre.precision is not None:
+        target, source = pre.precision
+        port.tensor().set_element_type(BY_NAME[target].openvino)
+        if source is not None:
+            port.preprocess().convert_element_type(BY_NAME[source].openvino)
+        elif pre.mean is not None or pre.scale is not None:
+            port.preprocess().convert_element_type()  # to the model's type, before arithmetic on it
+    if pre.mean is not None:
+        port.preprocess().mean(list(pre.mean) if len(pre.mean) > 1 else pre.mean[0])
+    if pre.scale is not None:
+        port.preprocess().scale(list(pre.scale) if len(pre.scale) > 1 else pre.scale[0])
 
 
 def _port_name(port, index: int, kind: str) -> str:
@@ -175,6 +221,11 @@ def _spec(port, index: int, kind: str) -> tuple[TensorSpec, tuple[tuple[int, int
             bounds.append((d.get_min_length(), d.get_max_length()))
     datatype = from_openvino(port.get_element_type()).name
     return TensorSpec(_port_name(port, index, kind), datatype, tuple(dims)), tuple(bounds)
+
+
+def port_layouts(ports: Sequence) -> list[str]:
+    """Each port's layout as OpenVINO prints it ('[N,H,W,C]'; '[...]' when none is set)."""
+    return [str(ov.layout_helpers.get_layout(port)) for port in ports]
 
 
 def port_specs(ports: Sequence, kind: str):

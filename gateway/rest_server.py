@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
@@ -32,6 +33,7 @@ from .tensor_codec import (
     array_from_raw,
     check_declared_shape,
     datatype_or_error,
+    element_count,
     json_from_array,
     raw_from_array,
 )
@@ -149,6 +151,27 @@ def decode_infer_request(
             offset += size
         elif "data" in item:
             data = array_from_contents(name, dt.name, shape, item["data"])
+        elif offset < len(binary) and dt.name == "BYTES" and len(raw_inputs) == 1:
+            # OVMS: the one input of a request may omit binary_data_size, and its binary section is then
+            # one element, unframed (an encoded image, typically).
+            data = np.empty(1, dtype=object)
+            data[0] = bytes(binary[offset:])
+            if shape != (1,):
+                raise InvalidArgument(
+                    f"input '{name}': a binary section without binary_data_size is one element; "
+                    f"the shape must be [1], not {list(shape)}"
+                )
+            offset = len(binary)
+        elif offset < len(binary) and dt.itemsize:
+            # OVMS: a raw input may omit binary_data_size; its size follows from shape and datatype.
+            size = element_count(shape) * dt.itemsize
+            if offset + size > len(binary):
+                raise InvalidArgument(
+                    f"input '{name}': shape {list(shape)} of {dt.name} takes {size} bytes but only "
+                    f"{len(binary) - offset} bytes of binary data remain"
+                )
+            data = array_from_raw(name, dt.name, shape, binary[offset : offset + size])
+            offset += size
         else:
             raise InvalidArgument(f"input '{name}': no data; send 'data' or parameters.binary_data_size")
         inputs.append(InferInput(name, dt.name, shape, data, params))

@@ -72,6 +72,20 @@ class ModelSettings:
     max_queue_size: int | None = None
     # Dispatch order among models on one device, 1 = highest (HIGH 1, MEDIUM 2, LOW 3).
     priority: int = 2
+    # OVMS 2026's preprocessing, compiled into the model (openvino_runtime): applied to every input with a
+    # layout, in OVMS's order: colour, precision, mean, scale.
+    preprocessing: Preprocessing | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocessing:
+    """--mean, --scale, --color_format TARGET:SOURCE, --precision TARGET:SOURCE (each needs --layout).
+    TARGET is what clients send; SOURCE what the model is given (None: the model's own)."""
+
+    mean: tuple[float, ...] | None = None  # one value, or one per channel
+    scale: tuple[float, ...] | None = None
+    color_format: tuple[str, str | None] | None = None  # e.g. ("RGB", "BGR")
+    precision: tuple[str, str | None] | None = None  # e.g. ("UINT8", "FP32"), protocol datatype names
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +159,10 @@ _MODEL_KEYS = {
     "preferred_batch_size",
     "max_queue_size",
     "priority",
+    "mean",
+    "scale",
+    "color_format",
+    "precision",
 }
 PRIORITY_NAMES = {"HIGH": 1, "MEDIUM": 2, "LOW": 3}
 # OVMS keys for stateful models: accepted at their defaults so OVMS configs load, refused when switched on.
@@ -217,8 +235,76 @@ def parse_model_entry(entry: Any, config_dir: Path | None = None) -> ModelSettin
         batch_size=parse_batch_size(name, entry.get("batch_size")),
         version_policy=parse_version_policy(name, entry.get("model_version_policy")),
         allow_cache=_optional_bool(name, "allow_cache", entry.get("allow_cache")),
+        preprocessing=parse_preprocessing(name, entry),
         **parse_scheduling(name, entry),
     )
+
+
+COLOR_FORMATS = ("RGB", "BGR", "GRAY", "NV12", "NV12_2", "I420", "I420_3")
+# OVMS spells precisions as OpenVINO does (U8, FP32); the protocol's names (UINT8) are accepted too.
+_PRECISIONS = {
+    "U8": "UINT8", "I8": "INT8", "U16": "UINT16", "I16": "INT16", "U32": "UINT32", "I32": "INT32",
+    "U64": "UINT64", "I64": "INT64", "FP16": "FP16", "FP32": "FP32", "FP64": "FP64", "BF16": "BF16",
+    "F16": "FP16", "F32": "FP32", "F64": "FP64",
+}  # fmt: skip
+
+
+def parse_preprocessing(model: str, entry: dict) -> Preprocessing | None:
+    """The preprocessing keys of a model entry; each needs a layout, as in OVMS, to know where C is."""
+    keys = [k for k in ("color_format", "precision", "mean", "scale") if entry.get(k) not in (None, "")]
+    if not keys:
+        return None
+    if entry.get("layout") in (None, ""):
+        raise ConfigError(
+            f"model '{model}': {', '.join(keys)} need(s) a layout: set --layout (or \"layout\" in "
+            "config.json), e.g. NHWC:NCHW, so that the channel dimension is known"
+        )
+    return Preprocessing(
+        mean=_per_channel(model, "mean", entry.get("mean")),
+        scale=_per_channel(model, "scale", entry.get("scale")),
+        color_format=_pair(model, "color_format", entry.get("color_format"), COLOR_FORMATS),
+        precision=_precision_pair(model, entry.get("precision")),
+    )
+
+
+def _per_channel(model: str, key: str, value: Any) -> tuple[float, ...] | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith("[") else float(text)
+        except ValueError:
+            raise _fail(
+                model, key, value, "expected a number or a list of numbers, e.g. 127.5 or [1,2,3]"
+            ) from None
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise _fail(model, key, value, "expected a number or a list of numbers, e.g. 127.5 or [1,2,3]")
+    if key == "scale" and any(v == 0 for v in values):
+        raise _fail(model, key, value, "a scale of 0 would divide by zero")
+    return tuple(float(v) for v in values)
+
+
+def _pair(model: str, key: str, value: Any, allowed: tuple[str, ...]) -> tuple[str, str | None] | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise _fail(model, key, value, "expected TARGET or TARGET:SOURCE")
+    target, _, source = (part.strip().upper() for part in value.partition(":"))
+    for part in (target, source) if source else (target,):
+        if part not in allowed:
+            raise _fail(model, key, value, f"'{part}' is not one of {', '.join(allowed)}")
+    return target, source or None
+
+
+def _precision_pair(model: str, value: Any) -> tuple[str, str | None] | None:
+    allowed = tuple(sorted(set(_PRECISIONS) | set(_PRECISIONS.values())))
+    pair = _pair(model, "precision", value, allowed)
+    if pair is None:
+        return None
+    target, source = pair
+    return _PRECISIONS.get(target, target), (_PRECISIONS.get(source, source) if source else None)
 
 
 def _non_negative_int(model: str, key: str, value: Any) -> int:

@@ -10,6 +10,7 @@ names as tritonclient's, so the two cannot be imported in one process; the test
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import sys
 
@@ -159,9 +160,32 @@ async def check_tls(mode: str, url: str, ca: str, cert: str | None, key: str | N
     _check(np.array_equal(outputs["OUTPUT0"], a + a), f"{mode}: simple sum")
 
 
+async def check_image(mode: str, url: str, path: str) -> None:
+    """One encoded image file sent to the image test model `bgr` (BYTES [1]); prints the output data."""
+    t = InferInput("x", [1], "BYTES")
+    t.set_data_from_numpy(np.array([open(path, "rb").read()], dtype=np.object_), binary_data=True)
+    if mode == "rest-image":
+        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=1, timeout=30))
+        try:
+            response = await client.infer(f"http://{url}", InferRequest("bgr", [t]), model_name="bgr")
+        finally:
+            await client.close()
+    else:
+        grpc_client = InferenceGRPCClient(url, timeout=30)
+        try:
+            response = await grpc_client.infer(InferRequest("bgr", [t]))
+        finally:
+            await grpc_client.close()
+    out = response.outputs[0].as_numpy()
+    _check(list(out.shape) == [1, 3, 8, 8], f"{mode}: the decoded image's planes")
+    print(json.dumps(np.asarray(out, np.float32).ravel().tolist()))
+
+
 if __name__ == "__main__":
     mode, address = sys.argv[1], sys.argv[2]
-    if mode.endswith("-tls"):
+    if mode.endswith("-image"):
+        asyncio.run(check_image(mode, address, sys.argv[3]))
+    elif mode.endswith("-tls"):
         ca, cert, key = sys.argv[3], *(sys.argv[4:6] or (None, None))
         asyncio.run(check_tls(mode, address, ca, cert, key))
     else:

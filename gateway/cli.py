@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         "NV12_2, I420, I420_3 (needs --layout)",
     )
     m.add_argument(
+        "--image_inputs",
+        help="comma-separated inputs that metadata shows as BYTES [N], the encoded images clients send "
+        "(for clients that build requests from metadata, such as perf_analyzer)",
+    )
+    m.add_argument(
         "--precision",
         help="TARGET:SOURCE, e.g. U8:FP32 (clients send uint8; converted to FP32 before mean and scale) "
         "(needs --layout)",
@@ -218,6 +223,7 @@ _SINGLE_MODEL_FLAGS = (
     "scale",
     "color_format",
     "precision",
+    "image_inputs",
 )
 
 

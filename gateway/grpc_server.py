@@ -40,6 +40,7 @@ from .tensor_codec import (
     array_from_raw,
     check_declared_shape,
     datatype_or_error,
+    encoded_images_from_raw,
     raw_from_array,
 )
 from .types import InferInput, InferRequest, InferResponse, Interface, Method, RequestedOutput
@@ -90,7 +91,10 @@ def decode_infer_request(parsed: InferMessage, served: ModelVersion | None = Non
                 raise InvalidArgument(
                     f"input '{name}': has both raw_input_contents and typed contents; send one"
                 )
-            data = array_from_raw(name, dt.name, shape, raw[index])
+            if dt.name == "BYTES" and served is not None and served.takes_images(name):
+                data = encoded_images_from_raw(name, shape, raw[index])
+            else:
+                data = array_from_raw(name, dt.name, shape, raw[index])
         elif has_typed:
             if dt.contents_field is None:
                 raise InvalidArgument(

@@ -190,7 +190,12 @@ class ModelManager:
         queue_size = settings.max_queue_size
         if queue_size is None:
             queue_size = default_queue_size(nireq, settings.max_batch_size)
-        version.describe(inputs, bounds, outputs, layouts)
+        try:
+            version.describe(inputs, bounds, outputs, layouts)
+        except ConfigError as e:  # a setting that does not fit the compiled model (e.g. image_inputs)
+            version.fail(str(e))
+            log.error("model %s version %d: %s", version.name, version.version, version.reason)
+            return
         scheduler = ModelScheduler(
             executor=executor,
             label=f"model '{version.name}' version {version.version}",
@@ -416,7 +421,7 @@ class ModelManager:
             name=served.name,
             versions=tuple(str(v) for v in sorted(model.versions)),
             platform=PLATFORM,
-            inputs=served.inputs,
+            inputs=served.client_inputs or served.inputs,
             outputs=served.outputs,
         )
 

@@ -85,7 +85,7 @@ def model_config(version: ModelVersion, policy: VersionPolicy) -> dict:
                 "allow_ragged_batch": False,
                 "optional": False,
             }
-            for s in version.inputs
+            for s in (version.client_inputs or version.inputs)
         ],
         "output": [
             {**_tensor(s, batched), "label_filename": "", "is_shape_tensor": False} for s in version.outputs

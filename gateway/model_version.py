@@ -57,6 +57,31 @@ def apply_batching(settings: ModelSettings, inputs, input_bounds, outputs):
     return tuple(map(batched, inputs)), bounds, tuple(map(batched, outputs)), pad_to
 
 
+def client_view(
+    settings: ModelSettings, inputs: Sequence[TensorSpec], support: Sequence[ImageInput | str]
+) -> tuple[TensorSpec, ...]:
+    """The inputs as metadata shows them: the `image_inputs` setting's as BYTES [N] (N: the batch size
+    when static, else -1), so that clients which build requests from metadata (perf_analyzer) send
+    encoded images. ConfigError for a name that is no input, or an input that takes no images."""
+    names = {spec.name for spec in inputs}
+    for name in settings.image_inputs:
+        if name not in names:
+            raise ConfigError(
+                f"model '{settings.name}': field 'image_inputs': no input '{name}'; "
+                f"inputs: {', '.join(sorted(names))}"
+            )
+    out = []
+    for spec, how in zip(inputs, support, strict=True):
+        if spec.name not in settings.image_inputs:
+            out.append(spec)
+        elif isinstance(how, str):
+            raise ConfigError(f"model '{settings.name}': field 'image_inputs': {how}")
+        else:
+            low, high = how.batch
+            out.append(TensorSpec(spec.name, "BYTES", (low if low == high else -1,)))
+    return tuple(out)
+
+
 class State(enum.Enum):
     # Triton's repository-index states, which the index API reports verbatim.
     LOADING = "LOADING"
@@ -109,7 +134,10 @@ class ModelVersion:
     # The metrics recorder: (name, version, times of one execution, queue time of each of its requests).
     on_execution: Callable[[str, str, ExecutionTimes, list[int]], None] | None = None
     # Per input: how it takes encoded images, or why it does not (images.py).
-    image_inputs: tuple[ImageInput | str, ...] = ()
+    image_support: tuple[ImageInput | str, ...] = ()
+    # The inputs as clients are told of them (metadata, Triton config): `inputs`, except that an input
+    # named in the `image_inputs` setting is shown as what clients send it, BYTES [N].
+    client_inputs: tuple[TensorSpec, ...] = ()
     _input_index: dict[str, int] = field(default_factory=dict)
     _output_index: dict[str, int] = field(default_factory=dict)
 
@@ -120,10 +148,11 @@ class ModelVersion:
         self._input_index = {s.name: i for i, s in enumerate(inputs)}
         self._output_index = {s.name: i for i, s in enumerate(outputs)}
         layouts = layouts or ["[...]"] * len(inputs)
-        self.image_inputs = tuple(
+        self.image_support = tuple(
             image_input(spec, bounds, layout)
             for spec, bounds, layout in zip(inputs, input_bounds, layouts, strict=True)
         )
+        self.client_inputs = client_view(self.settings, inputs, self.image_support)
         self.max_batch_size = self.settings.max_batch_size or batch_capacity(inputs, input_bounds, outputs)
 
     def activate(self, scheduler: ModelScheduler) -> None:
@@ -150,6 +179,10 @@ class ModelVersion:
     def ready(self) -> bool:
         return self.state is State.READY
 
+    def takes_images(self, name: str) -> bool:
+        index = self._input_index.get(name)
+        return index is not None and isinstance(self.image_support[index], ImageInput)
+
     async def decode_encoded_images(self, inputs: Sequence[InferInput]) -> list[InferInput]:
         """BYTES inputs sent to a model input that is not BYTES are encoded images: decoded (off the
         event loop) into the input's own datatype and shape, or refused saying why the input takes none."""
@@ -159,7 +192,7 @@ class ModelVersion:
             if given.datatype != "BYTES" or index is None or self.inputs[index].datatype == "BYTES":
                 out.append(given)  # order_inputs judges it
                 continue
-            image = self.image_inputs[index]
+            image = self.image_support[index]
             if isinstance(image, str):
                 raise InvalidArgument(
                     f"BYTES sent to input '{given.name}', which takes no encoded images: {image}"

@@ -34,6 +34,7 @@ from .tensor_codec import (
     check_declared_shape,
     datatype_or_error,
     element_count,
+    encoded_images_from_raw,
     json_from_array,
     raw_from_array,
 )
@@ -147,7 +148,11 @@ def decode_infer_request(
                     f"input '{name}': binary_data_size is {size} but only {len(binary) - offset} bytes "
                     "of binary data remain"
                 )
-            data = array_from_raw(name, dt.name, shape, binary[offset : offset + size])
+            section = binary[offset : offset + size]
+            if dt.name == "BYTES" and served is not None and served.takes_images(name):
+                data = encoded_images_from_raw(name, shape, section)
+            else:
+                data = array_from_raw(name, dt.name, shape, section)
             offset += size
         elif "data" in item:
             data = array_from_contents(name, dt.name, shape, item["data"])
@@ -214,7 +219,7 @@ def single_raw_input_request(
             f"a request with no JSON header needs a model with exactly one input; "
             f"'{model}' has {len(served.inputs)}"
         )
-    spec = served.inputs[0]
+    spec = (served.client_inputs or served.inputs)[0]  # an image input shown as BYTES takes one image
     binary_output = {"binary_data_output": True}
     if spec.datatype == "BYTES":
         shape = tuple(1 if d < 0 else d for d in spec.shape)

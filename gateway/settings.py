@@ -75,6 +75,8 @@ class ModelSettings:
     # OVMS 2026's preprocessing, compiled into the model (openvino_runtime): applied to every input with a
     # layout, in OVMS's order: colour, precision, mean, scale.
     preprocessing: Preprocessing | None = None
+    # Inputs that metadata shows as BYTES [N] (encoded images) instead of their tensor (images.py).
+    image_inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,7 @@ _MODEL_KEYS = {
     "scale",
     "color_format",
     "precision",
+    "image_inputs",
 }
 PRIORITY_NAMES = {"HIGH": 1, "MEDIUM": 2, "LOW": 3}
 # OVMS keys for stateful models: accepted at their defaults so OVMS configs load, refused when switched on.
@@ -236,8 +239,20 @@ def parse_model_entry(entry: Any, config_dir: Path | None = None) -> ModelSettin
         version_policy=parse_version_policy(name, entry.get("model_version_policy")),
         allow_cache=_optional_bool(name, "allow_cache", entry.get("allow_cache")),
         preprocessing=parse_preprocessing(name, entry),
+        image_inputs=parse_names(name, "image_inputs", entry.get("image_inputs")),
         **parse_scheduling(name, entry),
     )
+
+
+def parse_names(model: str, key: str, value: Any) -> tuple[str, ...]:
+    """A list of input names (or, from the command line, a comma-separated string)."""
+    if value in (None, ""):
+        return ()
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail(model, key, value, "a list of input names is required")
+    return tuple(value)
 
 
 COLOR_FORMATS = ("RGB", "BGR", "GRAY", "NV12", "NV12_2", "I420", "I420_3")

@@ -99,6 +99,17 @@ def _bytes_array_from_raw(
     return out.reshape(shape)
 
 
+def encoded_images_from_raw(name: str, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
+    """The raw contents of a BYTES input that takes encoded images: length-prefixed elements, or, with
+    shape [1], one image without its prefix (what perf_analyzer sends for a base64 `b64` image, and what
+    OVMS took for a single image). A JPEG or PNG never starts with a prefix that frames it whole."""
+    if shape == (1,) and (len(raw) < 4 or _LENGTH.unpack_from(raw, 0)[0] != len(raw) - 4):
+        out = np.empty(1, dtype=object)
+        out[0] = bytes(raw)
+        return out
+    return array_from_raw(name, "BYTES", shape, raw)
+
+
 def raw_from_array(datatype: str, array: np.ndarray) -> bytes | memoryview:
     """Encode an output for raw transport: a zero-copy view for fixed-size types."""
     if datatype == "BYTES":

@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.demo_models import save
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from loadgen.gateway_process import start_gateway
+from tests.test_perf_analyzer import perf_analyzer, run_pa  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +65,8 @@ MODELS = {
         },
     ),  # fmt: skip
     "scalar_mean": (identity([1, 3, 4, 4]), {"layout": "NHWC:NCHW", "mean": 127.5, "scale": 127.5}),
+    "bgr_shown": (identity([1, 3, 8, 8]), {"layout": "NHWC:NCHW", "image_inputs": ["x"]}),
+    "shown_wrongly": (identity([1, 3, 8, 8]), {"layout": "NCHW", "image_inputs": ["x"]}),
 }
 
 
@@ -340,3 +343,89 @@ def test_each_preprocessing_flag_without_a_layout_is_refused_at_startup(flag, tm
     )  # fmt: skip
     assert result.returncode == 2
     assert "need(s) a layout" in result.stderr and flag.lstrip("-") in result.stderr
+
+
+# --- image_inputs: metadata shows the input as the encoded images clients send --------------------
+
+
+def test_an_image_input_shown_as_bytes_in_metadata_and_config(image_server):
+    client = grpcclient.InferenceServerClient(image_server.grpc_url)
+    meta = client.get_model_metadata("bgr_shown")
+    assert (meta.inputs[0].datatype, list(meta.inputs[0].shape)) == ("BYTES", [1])
+    config = client.get_model_config("bgr_shown", as_json=True)["config"]
+    assert config["input"][0]["data_type"] == "TYPE_STRING" and config["input"][0]["dims"] == ["1"]
+    image = picture(8, 8, seed=13)
+    np.testing.assert_array_equal(grpc_images(image_server, "bgr_shown", [png(image)])[0], planes(image))
+    tensor = grpcclient.InferInput("x", [1, 8, 8, 3], "FP32")  # the tensor itself is still taken
+    tensor.set_data_from_numpy(image[np.newaxis].astype(np.float32))
+    np.testing.assert_array_equal(client.infer("bgr_shown", [tensor]).as_numpy("out")[0], planes(image))
+
+
+def test_a_whole_body_with_header_length_0_is_one_image_for_an_input_shown_as_bytes(image_server):
+    import urllib.request
+
+    image = picture(8, 8, seed=14)
+    request = urllib.request.Request(
+        f"http://{image_server.http_url}/v2/models/bgr_shown/infer",
+        data=png(image),
+        headers={"Inference-Header-Content-Length": "0"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        length = int(r.headers["Inference-Header-Content-Length"])
+        body = r.read()
+    out = np.frombuffer(body[length:], np.float32).reshape(3, 8, 8)
+    np.testing.assert_array_equal(out, planes(image))
+
+
+def test_one_unframed_image_in_raw_contents_is_taken(image_server):
+    image = picture(8, 8, seed=15)
+    channel = grpc.insecure_channel(image_server.grpc_url)
+    infer = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelInferResponse.FromString,
+    )
+    request = pb.ModelInferRequest(model_name="bgr")
+    request.inputs.add(name="x", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(jpeg(image))  # no 4-byte length before it
+    out = np.frombuffer(infer(request, timeout=30).raw_output_contents[0], np.float32).reshape(3, 8, 8)
+    assert np.abs(out - planes(image)).mean() < 4
+
+
+def test_image_inputs_naming_an_input_that_takes_no_images_fails_that_model_only(image_server):
+    client = grpcclient.InferenceServerClient(image_server.grpc_url)
+    rows = {m.name: m for m in client.get_model_repository_index().models}
+    assert rows["shown_wrongly"].state == "UNAVAILABLE"
+    assert (
+        "field 'image_inputs'" in rows["shown_wrongly"].reason and "N...HWC" in rows["shown_wrongly"].reason
+    )
+    assert rows["bgr_shown"].state == "READY"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_perf_analyzer_sends_base64_images_from_input_data(perf_analyzer, image_server, protocol, tmp_path):  # noqa: F811
+    import base64
+
+    data = {
+        "data": [
+            {"x": {"b64": base64.b64encode(jpeg(picture(32, 24, seed=s))).decode(), "shape": [1]}}
+            for s in range(3)
+        ]
+    }
+    (tmp_path / "images.json").write_text(json.dumps(data))
+    url = image_server.grpc_url if protocol == "grpc" else image_server.http_url
+    output = run_pa(
+        perf_analyzer,
+        "-m",
+        "bgr_shown",
+        "-u",
+        url,
+        "-i",
+        protocol,
+        "--input-data",
+        str(tmp_path / "images.json"),
+    )
+    assert "Throughput:" in output
+    stats = grpcclient.InferenceServerClient(image_server.grpc_url).get_inference_statistics("bgr_shown")
+    assert stats.model_stats[0].inference_stats.fail.count == 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -179,7 +180,20 @@ def _resized(image: np.ndarray, height: int, width: int, out: np.ndarray | None 
     return out
 
 
-async def decode_images(spec: ImageInput, encoded: np.ndarray) -> np.ndarray:
+def _timed(work, *args):
+    """Run `work` on a decoder thread; its result and the thread CPU time it took."""
+    started = time.thread_time_ns()
+    result = work(*args)
+    return result, time.thread_time_ns() - started
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    batch: np.ndarray  # N x H x W x C, the input's element type
+    cpu_ns: int  # the decoder threads' CPU time
+
+
+async def decode_images(spec: ImageInput, encoded: np.ndarray) -> Decoded:
     """The [N] encoded images of one request input as one N x H x W x C array of the input's type."""
     if encoded.ndim != 1:
         raise InvalidArgument(
@@ -196,9 +210,11 @@ async def decode_images(spec: ImageInput, encoded: np.ndarray) -> np.ndarray:
         )
     loop = asyncio.get_running_loop()
     pool = _decoder_pool()
-    decoded = await asyncio.gather(
-        *(loop.run_in_executor(pool, _decode, spec, i, encoded[i]) for i in range(count))
+    timed = await asyncio.gather(
+        *(loop.run_in_executor(pool, _timed, _decode, spec, i, encoded[i]) for i in range(count))
     )
+    decoded = [image for image, _ in timed]
+    cpu_ns = sum(ns for _, ns in timed)
     first = decoded[0]
     height, width = spec.target_size(first.shape[0], first.shape[1]) if spec.resize else first.shape[:2]
     if not spec.resize:
@@ -216,13 +232,14 @@ async def decode_images(spec: ImageInput, encoded: np.ndarray) -> np.ndarray:
             raise _fail(spec, i, f"has {image.shape[2]} channel(s), image 0 has {channels}")
     if count == 1:
         if first.shape[:2] != (height, width):
-            first = await loop.run_in_executor(pool, _resized, first, height, width)
-        return first[np.newaxis]  # the decoder's (or resize's) own array: no copy
+            first, ns = await loop.run_in_executor(pool, _timed, _resized, first, height, width)
+            cpu_ns += ns
+        return Decoded(first[np.newaxis], cpu_ns)  # the decoder's (or resize's) own array: no copy
     batch = np.empty((count, height, width, channels), spec.dtype)
-    await asyncio.gather(
+    timed = await asyncio.gather(
         *(
-            loop.run_in_executor(pool, _resized, image, height, width, batch[i])
+            loop.run_in_executor(pool, _timed, _resized, image, height, width, batch[i])
             for i, image in enumerate(decoded)
         )
     )
-    return batch
+    return Decoded(batch, cpu_ns + sum(ns for _, ns in timed))

@@ -95,6 +95,11 @@ GATEWAY_FAMILIES = {
         "Smoothed inference time of requests that found their model idle, by execution (latency, "
         "throughput): what the gateway picks a lone request's execution from.",
     ),
+    "ovgw_images_decoded": ("counter", "Encoded images (JPEG, PNG ...) decoded for a model version."),
+    "ovgw_image_decode_cpu_us": (
+        "counter",
+        "CPU time the decoder threads spent decoding, converting and resizing those images, in microseconds.",
+    ),
     "ovgw_requests_unrouted": (
         "counter",
         "Failed requests that named no served model or version (unknown name or version, no ready version, "
@@ -336,6 +341,15 @@ class Metrics:
                         if seconds is not None:
                             gauge.add_metric([v.name, str(v.version), execution.value], seconds)
             yield gauge
+        for family, value in (
+            ("ovgw_images_decoded", lambda s: s.images_decoded),
+            ("ovgw_image_decode_cpu_us", lambda s: s.image_decode_cpu_ns // 1000),
+        ):
+            if family in wanted:
+                metric = Metric(family, GATEWAY_FAMILIES[family][1], "counter")
+                for v in versions:
+                    metric.add_sample(family, {"name": v.name, "version": str(v.version)}, value(v.stats))
+                yield metric
         for family, attribute in (
             ("ovgw_requests_rejected", "rejected_count"),
             ("ovgw_requests_timed_out", "timed_out_count"),

@@ -198,8 +198,16 @@ class ModelVersion:
                     f"BYTES sent to input '{given.name}', which takes no encoded images: {image}"
                 )
             decoded = await decode_images(image, given.data)
+            self.stats.images_decoded += decoded.batch.shape[0]
+            self.stats.image_decode_cpu_ns += decoded.cpu_ns
             out.append(
-                InferInput(given.name, self.inputs[index].datatype, decoded.shape, decoded, given.parameters)
+                InferInput(
+                    given.name,
+                    self.inputs[index].datatype,
+                    decoded.batch.shape,
+                    decoded.batch,
+                    given.parameters,
+                )
             )
         return out
 

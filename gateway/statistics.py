@@ -82,6 +82,8 @@ class VersionStats:
     timed_out_count: int = 0  # the deadline (gRPC deadline or `timeout` parameter) expired in the queue
     cancelled_count: int = 0  # the client went away while the request waited
     backend_fail_count: int = 0  # failures of OpenVINO itself (the rest of `fail` were invalid requests)
+    images_decoded: int = 0  # encoded images decoded for this version (images.py)
+    image_decode_cpu_ns: int = 0  # the decoder threads' CPU time for them
 
     def record_execution(self, times: ExecutionTimes, batch_size: int, queue_ns: list[int]) -> None:
         """One OpenVINO execution of `batch_size` rows for len(queue_ns) requests. As in Triton, each

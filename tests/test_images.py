@@ -153,6 +153,26 @@ def test_a_png_of_another_size_is_resized_as_opencv_does(image_server, transport
     np.testing.assert_array_equal(out[0], planes(resized(image, 8, 8)))
 
 
+def test_decoded_images_and_their_cpu_time_are_counted_in_metrics(image_server):
+    import urllib.request
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://{image_server.http_url}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            for family in ("ovgw_images_decoded", "ovgw_image_decode_cpu_us"):
+                if line.startswith(family + '{name="bgr_batch"'):
+                    out[family] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    before = scrape()
+    grpc_images(image_server, "bgr_batch", [png(picture(8, 8, seed=s)) for s in range(3)])
+    after = scrape()
+    assert after["ovgw_images_decoded"] - before.get("ovgw_images_decoded", 0) == 3
+    assert after["ovgw_image_decode_cpu_us"] > before.get("ovgw_image_decode_cpu_us", 0)
+
+
 @pytest.mark.parametrize("transport", SENDERS)
 def test_a_jpeg_decodes_within_a_decoders_tolerance(image_server, transport):
     image = picture(8, 8, seed=3)

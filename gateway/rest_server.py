@@ -434,7 +434,7 @@ class RestHandlers:
 
 async def _optional_json(request: web.Request, limit: int) -> dict:
     body = await read_body(request, limit)
-    if not body.strip():
+    if not body:  # no body at all; whitespace alone is not JSON
         return {}
     return _object(parse_json(body, "the request body"), "the request body")
 

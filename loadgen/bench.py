@@ -153,9 +153,10 @@ def gateway_run(
     concurrency: int,
     window_ms: int,
     out_dir: Path,
+    extra_args: list[str] | None = None,
 ) -> dict:
     """One loadgen window against `server` (the gateway, or the KServe peer), with the server process's CPU
-    time per answered request over the whole run."""
+    time per answered request over the whole run. `extra_args` go to loadgen (e.g. --input-data)."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
     tag = "kserve" if isinstance(server, PeerProcess) else "gateway"
     report = out_dir / f"{model.name}-{tag}-{protocol}-c{concurrency}-{time.time_ns()}.csv"
@@ -163,7 +164,7 @@ def gateway_run(
     shapes = [a for s in shape_args for a in ("--shape", s)]
     cmd = [sys.executable, "-m", "loadgen", "-m", model.name, "-u", url, "-i", protocol,
            "--concurrency-range", str(concurrency), "-p", str(window_ms),
-           "-f", str(report), *shapes]  # fmt: skip
+           "-f", str(report), *shapes, *(extra_args or [])]  # fmt: skip
     cpu0, count0 = process_cpu_s(server.process.pid), _answered(server, model.name)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=window_ms / 1000 * 4 + 120)
     cpu1, count1 = process_cpu_s(server.process.pid), _answered(server, model.name)

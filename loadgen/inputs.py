@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 
@@ -76,5 +77,14 @@ def _load_file(path: str) -> dict:
     entries = doc.get("data") if isinstance(doc, dict) else None
     if not entries:
         raise SystemExit(f'--input-data {path}: expected {{"data": [{{"INPUT": [...]}}]}}')
-    first = entries[0]
-    return {k: (v["content"] if isinstance(v, dict) and "content" in v else v) for k, v in first.items()}
+    return {name: _values(value) for name, value in entries[0].items()}
+
+
+def _values(value):
+    """An input's values in perf_analyzer's forms: a list, {"content": list}, or {"b64": ...} (raw bytes:
+    for a BYTES input, one element, e.g. an encoded image)."""
+    if isinstance(value, dict) and "content" in value:
+        value = value["content"]
+    if isinstance(value, dict) and "b64" in value:
+        return [base64.b64decode(value["b64"])]
+    return value

@@ -51,3 +51,21 @@ def test_scheduling_bench_writes_its_tables(tmp_path):
     assert results["batching"]["on"]["median_throughput"] > 0
     assert results["contention"]["priorities"]["contended"]["median_throughput"] > 0
     assert "Dynamic batching" in (out_dir / "results.md").read_text()
+
+
+def test_image_bench_writes_its_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "loadgen.bench_images", "--repetitions", "1", "--window-ms", "1000",
+         "--concurrency", "1", "--output", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    results = json.loads((run / "results.json").read_text())
+    assert {row["protocol"] for row in results["rows"]} == {"grpc", "http"}
+    for row in results["rows"]:
+        assert row["float"]["throughput"] > 0 and row["jpeg"]["throughput"] > 0
+        assert row["gateway_decode_us_per_image"] > 0 and row["decode_ratio"] > 0
+        assert row["library_under_load_us"] > 0 and row["decode_ratio_under_load"] > 0
+    assert results["library"]["imdecode"] > 0
+    assert "JPEG / float" in (run / "results.md").read_text()

@@ -67,5 +67,6 @@ def test_image_bench_writes_its_table(tmp_path):
         assert row["float"]["throughput"] > 0 and row["jpeg"]["throughput"] > 0
         assert row["gateway_decode_us_per_image"] > 0 and row["decode_ratio"] > 0
         assert row["library_under_load_us"] > 0 and row["decode_ratio_under_load"] > 0
+        assert row["tiny_decode_us_per_image"] > 0 and row["tiny_decode_ratio"] > 0
     assert results["library"]["imdecode"] > 0
     assert "JPEG / float" in (run / "results.md").read_text()

@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--grpc_max_connections", type=int, default=0, help="open gRPC connections at most, 0 = unbounded"
     )
+    n.add_argument(
+        "--grpc_max_concurrent_rpcs",
+        type=int,
+        default=0,
+        help="RPCs in the gRPC server at once; grpc refuses the rest with RESOURCE_EXHAUSTED before any "
+        "Python runs (0 = unbounded)",
+    )
     g.add_argument("--log_format", choices=["text", "json"], default="text", help="json: one object per line")
     g.add_argument("--log_level", default="INFO", choices=list(LOG_LEVELS))
     g.add_argument("--log_path", help="write the log to this file instead of stderr")
@@ -305,6 +312,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
             args.grpc_max_concurrent_streams, "--grpc_max_concurrent_streams"
         ),
         grpc_max_connections=_non_negative(args.grpc_max_connections, "--grpc_max_connections"),
+        grpc_max_concurrent_rpcs=_non_negative(args.grpc_max_concurrent_rpcs, "--grpc_max_concurrent_rpcs"),
         tls=_tls(args),
         restricted_apis=restricted,
         models=models,

@@ -185,6 +185,8 @@ class Gateway:
         try:
             if not self._accepting:
                 raise Unavailable("the server is shutting down")
+            if when_full is WhenFull.REFUSE:
+                version.refuse_if_full()  # before decoding: under overload a refusal should cost little
             request = await decode(version)
             priority, deadline = schedule_policy(request.parameters, deadline)
             outputs = await version.infer(request.inputs, request.outputs, priority, deadline, when_full)

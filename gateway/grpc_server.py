@@ -397,6 +397,7 @@ async def start_grpc_server(
     *,
     max_concurrent_streams: int = 0,
     max_connections: int = 0,
+    max_concurrent_rpcs: int = 0,
     credentials: grpc.ServerCredentials | None = None,
     guard: ApiGuard | None = None,
 ) -> tuple[aio.Server, int]:
@@ -410,7 +411,7 @@ async def start_grpc_server(
         options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
     if max_connections:
         options.append(("grpc.max_allowed_incoming_connections", max_connections))
-    server = aio.server(options=options)
+    server = aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs or None)
     handlers = build_handlers(GrpcServicer(gateway, guard))
     if hasattr(server, "add_registered_method_handlers"):
         # Registered methods skip grpc's per-call generic look-up.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, InvalidArgument, Unavailable
+from .errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable
 from .images import ImageInput, decode_images, image_input
 from .scheduler import Executor, ModelScheduler, WhenFull
 from .settings import ModelSettings
@@ -178,6 +178,16 @@ class ModelVersion:
     @property
     def ready(self) -> bool:
         return self.state is State.READY
+
+    def refuse_if_full(self) -> None:
+        """RESOURCE_EXHAUSTED now, before the request is decoded, when the queue has no room (the
+        scheduler checks again when the request joins it)."""
+        scheduler = self.scheduler
+        if scheduler is not None and not scheduler.has_room():
+            raise ResourceExhausted(
+                f"{scheduler.label}: the queue is full ({scheduler.max_queue_size} requests waiting); "
+                "retry later"
+            )
 
     def takes_images(self, name: str) -> bool:
         index = self._input_index.get(name)

@@ -53,6 +53,7 @@ async def serve(
             settings.grpc_max_message_bytes,
             max_concurrent_streams=settings.grpc_max_concurrent_streams,
             max_connections=settings.grpc_max_connections,
+            max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
             credentials=tls.grpc_credentials() if tls is not None else None,
             guard=guard,
         )

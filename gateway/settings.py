@@ -126,6 +126,7 @@ class ServerSettings:
     rest_limits: ConnectionLimits = ConnectionLimits()
     grpc_max_concurrent_streams: int = 1024  # per connection; 0 = grpc's default (unbounded)
     grpc_max_connections: int = 0  # 0 = unbounded
+    grpc_max_concurrent_rpcs: int = 0  # RPCs in the server at once, all connections; 0 = unbounded
     tls: TlsSettings | None = None  # None = plaintext
     restricted_apis: tuple[ApiRestriction, ...] = ()
     cache_dir: str | None = None

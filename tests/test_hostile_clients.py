@@ -391,3 +391,27 @@ def test_grpc_refuses_connections_past_its_bound(model_repo, tmp_path):
         for channel in channels:
             channel.close()
         assert gw.stop() == 0
+
+
+def test_a_new_connection_is_refused_with_503_only_when_every_open_one_is_busy(model_repo, tmp_path):
+    gw = start_gateway(
+        ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--rest_max_connections", "2"],
+        tmp_path / "gw.log",
+    )
+    busy = []
+    try:
+        for _ in range(2):  # each in the middle of uploading a body: a request in progress, not idle
+            s = socket.create_connection(("127.0.0.1", gw.rest_port), timeout=10)
+            s.sendall(b"POST /v2/models/dummy/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            busy.append(s)
+        time.sleep(0.3)
+        status, headers, doc = exchange(gw, post("/v2/models/dummy/infer", GOOD.encode()))
+        assert status == 503 and "too many open connections" in doc["error"]
+        busy.pop().close()  # one finishes: room again
+        time.sleep(0.3)
+        status, _, doc = exchange(gw, post("/v2/models/dummy/infer", GOOD.encode()))
+        assert status == 200 and doc["outputs"][0]["data"] == [2.0] * 10
+    finally:
+        for s in busy:
+            s.close()
+        assert gw.stop() == 0

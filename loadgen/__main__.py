@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import multiprocessing
 import os
 import sys
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--processes", type=int, default=None, help="load processes (default: cores, at most the load)"
     )
     p.add_argument("-f", dest="csv", default=None, help="write a perf_analyzer-style CSV here")
+    p.add_argument("--json", default=None, help="also write every row as JSON here (error latencies too)")
     return p
 
 
@@ -169,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             after = _stats(args.protocol, url, args.model, args.version) if has_stats else None
             rows.append(_report(mode, level, args, results, window_s, _server_columns(before, after)))
     _summary(mode, rows, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.writer(f)
@@ -202,6 +207,11 @@ def _report(mode, level, args, results, window_s, server) -> dict:
         "errors": errors,
     }
     row.update({f"p{q} latency": v for q, v in p.items()})
+    failed = np.array([x for r in results for x in r.error_latencies_ns], dtype=np.int64) / 1000  # µs
+    row["error p50 latency"] = float(np.percentile(failed, 50)) if failed.size else 0.0
+    row["error p99 latency"] = float(np.percentile(failed, 99)) if failed.size else 0.0
+    row["late sends"] = sum(r.late_sends for r in results)
+    row["loader cpu"] = loader_cpu
     row.update(server)
     server_us = sum(
         server.get(c, 0)
@@ -228,6 +238,9 @@ def _report(mode, level, args, results, window_s, server) -> dict:
         f"  Loader: {len(results)} processes, {loader_cpu * 100:.0f}% of one core"
         + (f", {late} late sends" if late else "")
     )
+    if errors:
+        p50, p99 = row["error p50 latency"], row["error p99 latency"]
+        print(f"  Errors: answered in p50 {p50:.0f} / p99 {p99:.0f} usec")
     first_error = next((r.first_error for r in results if r.first_error), "")
     if first_error:
         print(f"  First error: {first_error[:300]}")

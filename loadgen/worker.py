@@ -31,6 +31,7 @@ class WorkerJob:
 @dataclass
 class WorkerResult:
     latencies_ns: list[int] = field(default_factory=list)
+    error_latencies_ns: list[int] = field(default_factory=list)  # how long a refusal or failure took
     errors: int = 0
     first_error: str = ""
     cpu_s: float = 0.0
@@ -84,6 +85,7 @@ async def _run(job: WorkerJob) -> WorkerResult:
                 result.latencies_ns.append(int((done - sent) * 1e9))
             else:
                 result.errors += 1
+                result.error_latencies_ns.append(int((done - sent) * 1e9))
                 result.first_error = result.first_error or message
 
     async def closed_loop() -> None:

@@ -70,3 +70,19 @@ def test_image_bench_writes_its_table(tmp_path):
         assert row["tiny_decode_us_per_image"] > 0 and row["tiny_decode_ratio"] > 0
     assert results["library"]["imdecode"] > 0
     assert "JPEG / float" in (run / "results.md").read_text()
+
+
+def test_overload_bench_writes_its_results(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "loadgen.bench_overload", "--models", "simple", "--window-ms", "700",
+         "--soak-seconds", "2", "--output", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    results = json.loads((run / "results.json").read_text())
+    entry = results["models"]["simple"]
+    assert entry["capacity"]["Inferences/Second"] > 0
+    for key in ("closed_512", "open_10x"):
+        assert entry[key]["throughput_ratio"] > 0 and entry[key]["p99_ratio"] > 0
+    assert results["soak"]["rss_start_kib"] > 0 and results["soak"]["throughput"] > 0

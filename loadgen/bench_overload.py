@@ -1,0 +1,109 @@
+"""make bench, overload and soak (issue 16): how the gateway behaves past its capacity, and over time.
+
+For `simple` and the ResNet-50-shaped model: capacity first (closed loop at a concurrency that saturates the
+model), then 512 closed-loop clients, then open loop at 10 x the measured capacity; for each, the admitted
+requests' throughput and p99 against capacity, and how long a refused request took to be answered (client
+side: an upper bound of the server's time). Then a soak at capacity (`--soak-seconds`, default 600; 0 skips):
+RSS at its start and end, and errors. Loader processes share the machine's cores (2 here): indicative only.
+
+Targets (issue 16): admitted p99 <= 2 x its value at capacity, refusals answered within 1 ms p99, admitted
+throughput >= 0.95 x capacity; soak RSS growth < 5 %, no error.
+
+    python -m loadgen.bench_overload [--window-ms 5000] [--soak-seconds 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway.demo_models import save, simple_model
+
+from .bench import CACHE, ROOT
+from .bench_models import resnet50_shaped
+from .gateway_process import GatewayProcess, start_gateway
+
+# model -> the closed-loop concurrency taken as its capacity on 2 cores
+CAPACITY_CONCURRENCY = {"simple": 64, "resnet50": 8}
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def load(gw: GatewayProcess, model: str, mode_args: list[str], window_ms: int, out: Path) -> dict:
+    report = out / f"{model}-{time.time_ns()}.json"
+    cmd = [sys.executable, "-m", "loadgen", "-m", model, "-u", gw.grpc_url, "-i", "grpc",
+           "-p", str(window_ms), "--json", str(report), *mode_args]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=window_ms / 1000 * 3 + 300)
+    if not report.exists():
+        raise RuntimeError(f"loadgen failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
+    (row,) = json.loads(report.read_text())
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadgen.bench_overload")
+    p.add_argument("--window-ms", type=int, default=5000)
+    p.add_argument("--soak-seconds", type=int, default=600)
+    p.add_argument("--models", default="simple,resnet50")
+    p.add_argument("--output", default=str(ROOT / "bench-results"))
+    args = p.parse_args(argv)
+    out = Path(args.output) / (time.strftime("%Y%m%d-%H%M%S") + "-overload")
+    out.mkdir(parents=True)
+    entries = []
+    for name, build in (("simple", simple_model), ("resnet50", resnet50_shaped)):
+        path = CACHE / "bench_models" / name / "1" / "model.xml"
+        if not path.exists():
+            save(build(), path.parent)
+        entries.append({"config": {"name": name, "base_path": str(path.parent.parent)}})
+    (out / "config.json").write_text(json.dumps({"model_config_list": entries}))
+    results: dict = {"models": {}}
+    gw = start_gateway(["--config_path", str(out / "config.json")], out / "gateway.log", timeout=300)
+    try:
+        for model in args.models.split(","):
+            c = CAPACITY_CONCURRENCY[model]
+            capacity = load(gw, model, ["--concurrency-range", str(c)], args.window_ms, out)
+            closed = load(gw, model, ["--concurrency-range", "512"], args.window_ms, out)
+            rate = 10 * capacity["Inferences/Second"]
+            opened = load(gw, model, ["--request-rate-range", f"{rate:.0f}"], args.window_ms, out)
+            entry = {"capacity": capacity, "closed_512": closed, "open_10x": opened}
+            for key in ("closed_512", "open_10x"):
+                row = entry[key]
+                row["throughput_ratio"] = row["Inferences/Second"] / capacity["Inferences/Second"]
+                row["p99_ratio"] = row["p99 latency"] / max(1.0, capacity["p99 latency"])
+            results["models"][model] = entry
+            cap, cap_p99 = capacity["Inferences/Second"], capacity["p99 latency"]
+            parts = [f"{model}: capacity {cap:.0f}/s p99 {cap_p99:.0f} us"]
+            for key in ("closed_512", "open_10x"):
+                row = entry[key]
+                parts.append(
+                    f"{key}: admitted {row['throughput_ratio']:.2f} x, p99 {row['p99_ratio']:.2f} x, "
+                    f"{row['errors']} refused (p99 {row['error p99 latency']:.0f} us), "
+                    f"{row['late sends']} late sends"
+                )
+            print("; ".join(parts), flush=True)
+        if args.soak_seconds:
+            rss0 = rss_kib(gw.process.pid)
+            soak = load(gw, "simple", ["--concurrency-range", "64"], args.soak_seconds * 1000, out)
+            rss1 = rss_kib(gw.process.pid)
+            results["soak"] = {"seconds": args.soak_seconds, "rss_start_kib": rss0, "rss_end_kib": rss1,
+                               "rss_growth": rss1 / rss0 - 1, "errors": soak["errors"],
+                               "throughput": soak["Inferences/Second"]}  # fmt: skip
+            print(f"soak: {results['soak']}", flush=True)
+    finally:
+        gw.stop()
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -83,6 +83,7 @@ def test_overload_bench_writes_its_results(tmp_path):
     results = json.loads((run / "results.json").read_text())
     entry = results["models"]["simple"]
     assert entry["capacity"]["Inferences/Second"] > 0
-    for key in ("closed_512", "open_10x"):
-        assert entry[key]["throughput_ratio"] > 0 and entry[key]["p99_ratio"] > 0
+    for key in ("closed_512", "open_10x"):  # 0 when nothing was answered inside the window: a result too
+        assert entry[key]["throughput_ratio"] >= 0 and entry[key]["p99_ratio"] >= 0
+        assert entry[key]["errors"] >= 0 and entry[key]["error p99 latency"] >= 0
     assert results["soak"]["rss_start_kib"] > 0 and results["soak"]["throughput"] > 0

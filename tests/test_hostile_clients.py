@@ -357,35 +357,34 @@ def test_client_mistakes_are_not_logged_as_server_errors(hostile_server):
     client_errors_were_not_logged_as_server_faults(hostile_server)
 
 
+def live_on_a_new_connection(gw, channels: list):
+    """ServerLive on a channel of its own (its own connection), kept in `channels` to be closed."""
+    channel = grpc.insecure_channel(gw.grpc_url, options=[("grpc.use_local_subchannel_pool", 1)])
+    channels.append(channel)
+    return channel.unary_unary(
+        SERVICE + "ServerLive",
+        request_serializer=pb.ServerLiveRequest.SerializeToString,
+        response_deserializer=pb.ServerLiveResponse.FromString,
+    )
+
+
 def test_grpc_refuses_connections_past_its_bound(model_repo, tmp_path):
     gw = start_gateway(
         ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--grpc_max_connections", "2"],
         tmp_path / "gw.log",
     )
-    channels = []
+    channels: list = []
     try:
         answers = []
-        for _ in range(4):  # each channel its own connection
-            channel = grpc.insecure_channel(gw.grpc_url, options=[("grpc.use_local_subchannel_pool", 1)])
-            channels.append(channel)
-            live = channel.unary_unary(
-                SERVICE + "ServerLive",
-                request_serializer=pb.ServerLiveRequest.SerializeToString,
-                response_deserializer=pb.ServerLiveResponse.FromString,
-            )
+        for _ in range(4):
+            live = live_on_a_new_connection(gw, channels)
             try:
                 answers.append(live(pb.ServerLiveRequest(), timeout=5).live)
             except grpc.RpcError as e:
                 answers.append(e.code())
         assert answers == [True, True, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE]
         channels.pop(0).close()  # a connection closes: room for a new one
-        channel = grpc.insecure_channel(gw.grpc_url, options=[("grpc.use_local_subchannel_pool", 1)])
-        channels.append(channel)
-        live = channel.unary_unary(
-            SERVICE + "ServerLive",
-            request_serializer=pb.ServerLiveRequest.SerializeToString,
-            response_deserializer=pb.ServerLiveResponse.FromString,
-        )
+        live = live_on_a_new_connection(gw, channels)
         assert live(pb.ServerLiveRequest(), timeout=5, wait_for_ready=True).live
     finally:
         for channel in channels:

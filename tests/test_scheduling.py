@@ -186,6 +186,20 @@ def test_full_queue_refuses_at_once_and_the_server_keeps_serving(batching_server
     np.testing.assert_array_equal(result.as_numpy("Y"), _rows_of(9) * 2)
 
 
+def test_a_full_queue_refuses_before_decoding_the_request(batching_server):
+    """Under overload a refusal should cost little: a request for a full queue is refused before its
+    tensors are decoded or validated, so a malformed one arriving then is RESOURCE_EXHAUSTED too."""
+    gw = batching_server
+    good = [_rows_of(i) for i in range(20)]
+    bad = [np.zeros((1, 5), np.float32) for _ in range(10)]  # X is [-1, 4]: wrong shape
+    results = asyncio.run(_concurrently(gw, "slow", good + bad))
+    bad_results = results[len(good) :]
+    codes = [r.status() for r in bad_results if isinstance(r, InferenceServerException)]
+    assert len(codes) == len(bad), bad_results
+    assert "StatusCode.RESOURCE_EXHAUSTED" in codes, codes  # sent behind 20 good ones: the queue was full
+    assert set(codes) <= {"StatusCode.RESOURCE_EXHAUSTED", "StatusCode.INVALID_ARGUMENT"}
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))

@@ -355,10 +355,13 @@ def _guard(method: Callable[..., Awaitable], call: _Call, servicer: GrpcServicer
     """
     counted = _COUNTED.get(method.__name__)
     gateway = servicer.gateway
+    name = method.__name__
+    restricted = servicer.guard is not None  # decided once: no restriction costs nothing per call
 
     async def handler(raw: bytes, context: aio.ServicerContext):
         try:
-            servicer.check_restriction(method.__name__, context)
+            if restricted:
+                servicer.check_restriction(name, context)
             try:
                 request = call.parse(raw)
             except DecodeError:

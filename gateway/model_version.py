@@ -140,6 +140,9 @@ class ModelVersion:
     client_inputs: tuple[TensorSpec, ...] = ()
     _input_index: dict[str, int] = field(default_factory=dict)
     _output_index: dict[str, int] = field(default_factory=dict)
+    # Some input is rank 4 and not BYTES: BYTES sent to it are images (or refused saying why). For other
+    # models a BYTES input meets order_inputs' datatype check directly, with no per-request scan here.
+    _may_take_images: bool = False
 
     def describe(self, inputs, input_bounds, outputs, layouts: Sequence[str] = ()) -> None:
         """The client's view of the compiled model (after batching is applied), before it serves.
@@ -153,6 +156,7 @@ class ModelVersion:
             for spec, bounds, layout in zip(inputs, input_bounds, layouts, strict=True)
         )
         self.client_inputs = client_view(self.settings, inputs, self.image_support)
+        self._may_take_images = any(len(s.shape) == 4 and s.datatype != "BYTES" for s in inputs)
         self.max_batch_size = self.settings.max_batch_size or batch_capacity(inputs, input_bounds, outputs)
 
     def activate(self, scheduler: ModelScheduler) -> None:
@@ -319,7 +323,7 @@ class ModelVersion:
         scheduler = self.scheduler  # an unload may clear it while this request runs
         if scheduler is None:
             raise Unavailable(f"model '{self.name}' version {self.version} is not ready: {self.reason}")
-        if any(given.datatype == "BYTES" for given in inputs):
+        if self._may_take_images and any(given.datatype == "BYTES" for given in inputs):
             inputs = await self.decode_encoded_images(inputs)
         arrays, rows = self.order_inputs(inputs)
         picked = self.select_outputs(requested)

@@ -36,7 +36,8 @@ def check_declared_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"input '{name}': shape {list(shape)} has a negative dimension")
-    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:
+    count = math.prod(shape)
+    if count > _MAX_ELEMENTS or (count == 0 and math.prod(d for d in shape if d) > _MAX_ELEMENTS):
         raise InvalidArgument(f"input '{name}': shape {list(shape)} is too large for any tensor")
     return shape
 

@@ -19,6 +19,7 @@ the tests in tests/test_hostile_clients.py pin that behaviour.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -47,7 +48,7 @@ class GatewayRequestHandler(RequestHandler):
     def __init__(self, manager: GatewayHttpServer, *, header_timeout_s: float, **kwargs):
         super().__init__(manager, **kwargs)
         self._header_timeout_s = header_timeout_s
-        self._header_timer: object | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False  # over the connection bound: closed at once, never served
         self.idle_since = time.monotonic()
 
@@ -88,7 +89,7 @@ class GatewayRequestHandler(RequestHandler):
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
-            self._header_timer.cancel()  # type: ignore[attr-defined]
+            self._header_timer.cancel()
             self._header_timer = None
 
     def _header_timed_out(self, parsed_when_armed: int) -> None:

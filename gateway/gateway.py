@@ -72,8 +72,16 @@ Decoder = Callable[[ModelVersion], Awaitable[InferRequest]]
 
 
 class Gateway:
-    def __init__(self, settings: ServerSettings, core: ov.Core | None = None):
+    def __init__(
+        self,
+        settings: ServerSettings,
+        core: ov.Core | None = None,
+        on_config_reload: Callable[[], object] | None = None,
+    ):
+        """`on_config_reload`: called on OVMS's config reload besides the models (the server re-reads its
+        TLS files there)."""
         self.settings = settings
+        self._on_config_reload = on_config_reload
         self.metrics = Metrics(select_families(settings.metrics_enable, settings.metrics_list))
         self.manager = ModelManager(
             settings, core, on_execution=self.metrics.execution if self.metrics.enabled else None
@@ -151,6 +159,8 @@ class Gateway:
 
     async def reload_config(self) -> dict[str, str]:
         """OVMS's config reload: apply the config file (or the version folders) now."""
+        if self._on_config_reload is not None:
+            self._on_config_reload()
         return await self.reloader.reload()
 
     # --- inference -----------------------------------------------------------------------------

@@ -31,14 +31,11 @@ async def serve(
             pass
 
     try:
-        gateway = Gateway(settings)
-    except ConfigError as e:  # e.g. a plugin library that OpenVINO cannot register
-        log.error("configuration error: %s", e)
-        return 2
-    try:
         tls = TlsCredentials(settings.tls) if settings.tls is not None else None
         guard = ApiGuard(settings.restricted_apis)
-    except ConfigError as e:
+        # OVMS's config reload re-reads the TLS files too (rotation with the poll turned off).
+        gateway = Gateway(settings, on_config_reload=tls.refresh if tls is not None else None)
+    except ConfigError as e:  # e.g. a plugin library that OpenVINO cannot register
         log.error("configuration error: %s", e)
         return 2
     scheme = "TLS" if tls is None or not tls.mutual else "mutual TLS"

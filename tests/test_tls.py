@@ -291,3 +291,31 @@ def test_rotated_certificate_files_take_effect_without_a_restart(pki, model_repo
         assert "cannot be used yet" in gw.log()
     finally:
         assert gw.stop() == 0
+
+
+def test_ovms_config_reload_re_reads_the_tls_files_with_polling_off(pki, model_repo, tmp_path):
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(pki.server.cert, live / "server.crt")
+    shutil.copy(pki.server.key, live / "server.key")
+    gw = start_gateway(
+        [*single_model(model_repo), "--file_system_poll_wait_seconds", "0",
+         "--tls_cert_file", str(live / "server.crt"), "--tls_key_file", str(live / "server.key")],
+        tmp_path / "gw.log",
+        ssl_context=pki.context(),
+    )  # fmt: skip
+    try:
+        new_ca = CertificateAuthority(tmp_path, "reload-ca")
+        new_server = new_ca.issue("reload-server", server=True)
+        shutil.copy(new_server.key, live / "server.key")
+        shutil.copy(new_server.cert, live / "server.crt")
+        time.sleep(0.5)
+        assert https_status(gw, pki.context()) == 200  # no poll: still the old certificate
+        request = urllib.request.Request(f"https://{gw.http_url}/v1/config/reload", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=30, context=pki.context()) as r:
+            assert r.status == 200
+        assert https_status(gw, pki.context(ca=new_ca.cert_path)) == 200
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            https_status(gw, pki.context())
+    finally:
+        assert gw.stop() == 0

@@ -47,7 +47,8 @@ def test_the_served_document_lists_the_served_models_as_examples(gateway_server)
     assert {"simple", "dummy"} <= set(model["examples"])
 
 
-def run_schemathesis(gw, *args: str) -> str:
+def run_schemathesis(gw, *args: str, cwd: Path) -> str:
+    """The schemathesis CLI; `cwd` takes the cache it writes (.schemathesis/), outside the checkout."""
     result = subprocess.run(
         [
             SCHEMATHESIS, "run", f"http://{gw.http_url}/openapi.json",
@@ -55,7 +56,7 @@ def run_schemathesis(gw, *args: str) -> str:
             "--max-examples", EXAMPLES, "--workers", "1", "--no-color", "--generation-database", "none",
             *args,
         ],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=cwd,
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
@@ -71,12 +72,12 @@ def fresh_gateway(model_repo, tmp_path):
 
 
 @pytest.mark.parametrize("seed", ["1", "2"])
-def test_schemathesis_data_plane(fresh_gateway, seed):
-    run_schemathesis(fresh_gateway, "--seed", seed, "--exclude-path-regex", CONTROL_PLANE)
+def test_schemathesis_data_plane(fresh_gateway, seed, tmp_path):
+    run_schemathesis(fresh_gateway, "--seed", seed, "--exclude-path-regex", CONTROL_PLANE, cwd=tmp_path)
     log = fresh_gateway.log()
     assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
 
 
-def test_schemathesis_control_plane(fresh_gateway):
-    run_schemathesis(fresh_gateway, "--seed", "3", "--include-path-regex", CONTROL_PLANE)
+def test_schemathesis_control_plane(fresh_gateway, tmp_path):
+    run_schemathesis(fresh_gateway, "--seed", "3", "--include-path-regex", CONTROL_PLANE, cwd=tmp_path)
     assert "Traceback" not in fresh_gateway.log(), fresh_gateway.log()[-3000:]

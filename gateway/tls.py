@@ -106,7 +106,9 @@ class TlsCredentials:
     def server_context(self) -> ssl.SSLContext:
         """The context REST listens with: every handshake switches to the current generation's context."""
         if self._listening is None:
-            listening = _load(self.settings).context
+            listening = (
+                self._current.context
+            )  # the first generation's; later ones are handed over per handshake
 
             def use_current(ssl_object, server_name, context) -> None:
                 ssl_object.context = self._current.context

@@ -317,12 +317,17 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     results["machine"]["loadavg_end"] = os.getloadavg()
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results, args.repetitions)
-    (out_dir / "results.md").write_text(table)
+    write_results(out_dir, results, table)
     print(table)
     print(f"written to {out_dir}")
     return 0
+
+
+def write_results(out_dir: Path, results: dict, table: str) -> None:
+    """A bench's results: all of them as JSON, the table as Markdown."""
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.md").write_text(table)
 
 
 def _medians(runs: list[dict]) -> dict:

@@ -34,7 +34,7 @@ from openvino import opset13 as ops
 
 from gateway.demo_models import save
 
-from .bench import CACHE, ROOT, BenchModel, gateway_run
+from .bench import CACHE, ROOT, BenchModel, gateway_run, write_results
 from .bench_models import resnet50_shaped
 from .gateway_process import GatewayProcess, start_gateway
 
@@ -237,9 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         row["decode_ratio"] = row["gateway_decode_us_per_image"] / results["library"]["imdecode_to_fp32"]
         row["decode_ratio_under_load"] = row["gateway_decode_us_per_image"] / row["library_under_load_us"]
         row["tiny_decode_ratio"] = row["tiny_decode_us_per_image"] / results["library"]["imdecode_to_fp32"]
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results, args.repetitions)
-    (out_dir / "results.md").write_text(table)
+    write_results(out_dir, results, table)
     print(table)
     print(f"written to {out_dir}")
     return 0

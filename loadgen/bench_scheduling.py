@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .bench import ROOT, BenchModel, benchmark_app, gateway_run, median_of, prepare_models
+from .bench import ROOT, BenchModel, benchmark_app, gateway_run, median_of, prepare_models, write_results
 from .gateway_process import start_gateway
 
 BATCH = 8
@@ -180,9 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.output) / (time.strftime("%Y%m%d-%H%M%S") + "-scheduling")
     results = run(out_dir, args.window_ms, args.repetitions, args.benchmark_seconds)
     results["loadavg_end"] = os.getloadavg()
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
-    (out_dir / "results.md").write_text(table)
+    write_results(out_dir, results, table)
     print(table)
     print(f"written to {out_dir}; medians of {args.repetitions}")
     return 0

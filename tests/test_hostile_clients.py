@@ -22,6 +22,7 @@ import tritonclient.grpc as grpcclient
 from gateway.jsondoc import MAX_JSON_DEPTH
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from loadgen.gateway_process import start_gateway
+from tests.test_error_table import RawGrpc
 
 BODY_LIMIT = 1_000_000
 MAX_CONNECTIONS = 24
@@ -120,16 +121,10 @@ def test_json_nested_too_deep_anywhere_is_400_naming_the_limit(hostile_server, b
 
 
 def test_a_deep_config_parameter_of_a_grpc_repository_load_is_invalid_argument(hostile_server):
-    channel = grpc.insecure_channel(hostile_server.grpc_url)
-    load = channel.unary_unary(
-        SERVICE + "RepositoryModelLoad",
-        request_serializer=pb.RepositoryModelLoadRequest.SerializeToString,
-        response_deserializer=pb.RepositoryModelLoadResponse.FromString,
-    )
     request = pb.RepositoryModelLoadRequest(model_name="dummy")
     request.parameters["config"].string_param = "[" * 5000 + "]" * 5000
     with pytest.raises(grpc.RpcError) as e:
-        load(request, timeout=30)
+        RawGrpc(hostile_server.grpc_url).call("RepositoryModelLoad", request, pb.RepositoryModelLoadResponse)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "deeper" in e.value.details()
     assert_still_serving(hostile_server)
 
@@ -192,14 +187,8 @@ def test_an_absurd_shape_is_refused_over_grpc(hostile_server, datatype, shape, t
             tensor.contents.int_contents.extend([1, 2])
     else:
         request.raw_input_contents.append(struct.pack("<I", 1) + b"a" + struct.pack("<I", 1) + b"b")
-    channel = grpc.insecure_channel(hostile_server.grpc_url)
-    infer = channel.unary_unary(
-        SERVICE + "ModelInfer",
-        request_serializer=pb.ModelInferRequest.SerializeToString,
-        response_deserializer=pb.ModelInferResponse.FromString,
-    )
     with pytest.raises(grpc.RpcError) as e:
-        infer(request, timeout=30)
+        RawGrpc(hostile_server.grpc_url).infer(request)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "INPUT0" in e.value.details()
     assert_still_serving(hostile_server)
 

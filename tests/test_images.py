@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import grpc
 import numpy as np
 import openvino as ov
 import pytest
@@ -27,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.demo_models import save
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from loadgen.gateway_process import start_gateway
+from tests.test_error_table import RawGrpc
 from tests.test_perf_analyzer import perf_analyzer, run_pa  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,18 +231,13 @@ def test_pixels_are_converted_to_the_inputs_type_without_scaling(image_server):
 
 def test_raw_grpc_bytes_contents_and_raw_input_contents_with_length_prefixes(image_server):
     images = [png(picture(8, 8, seed=7)), png(picture(6, 9, seed=8))]
-    channel = grpc.insecure_channel(image_server.grpc_url)
-    infer = channel.unary_unary(
-        "/inference.GRPCInferenceService/ModelInfer",
-        request_serializer=pb.ModelInferRequest.SerializeToString,
-        response_deserializer=pb.ModelInferResponse.FromString,
-    )
+    infer = RawGrpc(image_server.grpc_url).infer
     typed = pb.ModelInferRequest(model_name="bgr_batch")
     typed.inputs.add(name="x", datatype="BYTES", shape=[2]).contents.bytes_contents.extend(images)
     raw = pb.ModelInferRequest(model_name="bgr_batch")
     raw.inputs.add(name="x", datatype="BYTES", shape=[2])
     raw.raw_input_contents.append(b"".join(struct.pack("<I", len(i)) + i for i in images))
-    answers = [np.frombuffer(infer(r, timeout=30).raw_output_contents[0], np.float32) for r in (typed, raw)]
+    answers = [np.frombuffer(infer(r).raw_output_contents[0], np.float32) for r in (typed, raw)]
     np.testing.assert_array_equal(answers[0], answers[1])
     assert answers[0].size == 2 * 3 * 8 * 8
 
@@ -400,16 +395,11 @@ def test_a_whole_body_with_header_length_0_is_one_image_for_an_input_shown_as_by
 
 def test_one_unframed_image_in_raw_contents_is_taken(image_server):
     image = picture(8, 8, seed=15)
-    channel = grpc.insecure_channel(image_server.grpc_url)
-    infer = channel.unary_unary(
-        "/inference.GRPCInferenceService/ModelInfer",
-        request_serializer=pb.ModelInferRequest.SerializeToString,
-        response_deserializer=pb.ModelInferResponse.FromString,
-    )
+    infer = RawGrpc(image_server.grpc_url).infer
     request = pb.ModelInferRequest(model_name="bgr")
     request.inputs.add(name="x", datatype="BYTES", shape=[1])
     request.raw_input_contents.append(jpeg(image))  # no 4-byte length before it
-    out = np.frombuffer(infer(request, timeout=30).raw_output_contents[0], np.float32).reshape(3, 8, 8)
+    out = np.frombuffer(infer(request).raw_output_contents[0], np.float32).reshape(3, 8, 8)
     assert np.abs(out - planes(image)).mean() < 4
 
 

@@ -11,7 +11,7 @@ PERF_ANALYZER_DIR ?= $(CACHE_DIR)/perf_analyzer
 PROMETHEUS_DIR ?= $(CACHE_DIR)/prometheus
 
 .PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer bench prometheus fuzz \
-	image-tools image-base image image-test kubectl
+	image-tools image-base image image-test kubectl gcc
 
 help:
 	@echo "make demo      create .venv, install, build demo models, serve REST :8000 and gRPC :8001"
@@ -112,6 +112,11 @@ kubectl:
 	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null)
 	kubectl version --client
 
+# gcc and the C headers: the pipeline tests build a custom node library (loadgen/custom_nodes/resize_node.c).
+gcc:
+	@command -v gcc >/dev/null || (apt-get update -qq && apt-get install -y -qq gcc libc6-dev >/dev/null)
+	gcc --version | head -1
+
 # perf_analyzer's install may fail on a machine without the registries; its tests then skip and say why.
 test: $(VENV)/.installed-test
 	@mkdir -p $(CACHE_DIR)
@@ -121,6 +126,8 @@ test: $(VENV)/.installed-test
 		|| echo "prometheus could not be installed; see $(CACHE_DIR)/prometheus_install.log"
 	-@$(MAKE) --no-print-directory kubectl > $(CACHE_DIR)/kubectl_install.log 2>&1 \
 		|| echo "kubectl could not be installed; see $(CACHE_DIR)/kubectl_install.log"
+	-@$(MAKE) --no-print-directory gcc > $(CACHE_DIR)/gcc_install.log 2>&1 \
+		|| echo "gcc could not be installed; see $(CACHE_DIR)/gcc_install.log"
 	PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer \
 	PROMETHEUS=$(abspath $(PROMETHEUS_DIR))/usr/bin/prometheus $(PY) -m pytest -q tests
 

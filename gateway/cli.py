@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .metrics import select_families
+from .pipeline_settings import PipelineConfig
 from .restricted import ApiGuard, parse_restriction
 from .settings import (
     DEFAULT_GRPC_PORT,
@@ -256,7 +257,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
                 f"{', '.join(extra)} apply to single-model mode; set them in {args.config_path}"
             )
         config = read_config_file(args.config_path)
-        models, errors = config.models, config.model_errors
+        models, errors, pipelines = config.models, config.model_errors, config.pipelines
         metrics_enable, metrics_list = config.metrics_enable, config.metrics_list
     elif args.model_name or args.model_path:
         if not (args.model_name and args.model_path):
@@ -266,7 +267,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
             value = getattr(args, flag)
             if value is not None:
                 entry[flag] = _maybe_json(value) if flag in ("shape", "layout") else value
-        models, errors = [parse_model_entry(entry)], {}
+        models, errors, pipelines = [parse_model_entry(entry)], {}, PipelineConfig()
         metrics_enable, metrics_list = None, None
     else:
         raise ConfigError("give --model_name and --model_path, or --config_path")
@@ -317,6 +318,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         restricted_apis=restricted,
         models=models,
         model_errors=errors,
+        pipelines=pipelines,
         config_path=args.config_path,
         model_repository_path=repository,
         grpc_port=grpc_port,

@@ -23,12 +23,14 @@ import openvino as ov
 
 from . import __version__
 from .datatypes import from_numpy
-from .errors import Code, GatewayError, InternalError, InvalidArgument, Unavailable
+from .errors import Code, FailedPrecondition, GatewayError, InternalError, InvalidArgument, Unavailable
 from .jsondoc import parse_json
 from .manager import ModelManager
 from .metrics import Metrics, select_families
-from .model_config import model_config
+from .model_config import model_config, pipeline_config
 from .model_version import ModelVersion
+from .pipeline import Pipeline, Servable
+from .pipeline_registry import PipelineRegistry
 from .reloader import Reloader
 from .scheduler import WhenFull
 from .settings import ServerSettings
@@ -48,6 +50,7 @@ from .types import (
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "ovgw"
+PIPELINE_PLATFORM = "OpenVINO"  # what metadata reports for a pipeline, as for models (OVMS)
 
 # Protocol extensions that work at this commit; clients (perf_analyzer) trust this list.
 EXTENSIONS = (
@@ -68,7 +71,7 @@ _OUTCOMES = {
 
 # Turns a request off the wire into an InferRequest for the version it was routed to; transports pass one
 # so that reading and decoding happen inside the request's accounting.
-Decoder = Callable[[ModelVersion], Awaitable[InferRequest]]
+Decoder = Callable[[Servable], Awaitable[InferRequest]]
 
 
 class Gateway:
@@ -86,12 +89,18 @@ class Gateway:
         self.manager = ModelManager(
             settings, core, on_execution=self.metrics.execution if self.metrics.enabled else None
         )
-        self.reloader = Reloader(self.manager, settings)
+        self.pipelines = PipelineRegistry(self.manager)
+        self.reloader = Reloader(self.manager, self.pipelines, settings)
         self._accepting = True
 
     async def start(self) -> None:
-        """Load every configured model. Returns when each has loaded or failed (and been reported)."""
+        """Load every configured model, then build the pipelines on them. Returns when each has loaded
+        or failed (and been reported)."""
         await self.manager.load_all()
+        graphs = self.settings.pipelines
+        self.pipelines.apply(
+            graphs.pipelines, graphs.pipeline_errors, graphs.libraries, graphs.library_errors
+        )
 
     async def stop(self, drain_timeout: float = 30.0) -> bool:
         """Refuse new requests (UNAVAILABLE), wait for the accepted ones; True when all finished in time."""
@@ -102,7 +111,8 @@ class Gateway:
         return self.in_flight() == 0
 
     def in_flight(self) -> int:
-        return sum(v.in_flight for v in self.manager.versions())
+        # a pipeline request counts itself: between its nodes no model version holds it
+        return sum(v.in_flight for v in self.manager.versions()) + sum(p.in_flight for p in self.pipelines)
 
     def render_metrics(self) -> str:
         return self.metrics.render(self.manager)
@@ -121,7 +131,11 @@ class Gateway:
     def model_ready(self, name: str, version: str = "", interface: Interface | None = None) -> bool:
         """Readiness of a model (version). An unknown name or version is NOT_FOUND, as the protocol says."""
         try:
-            ready = self.manager.is_ready(name, version)
+            if not self.manager.knows(name) and self.pipelines.knows(name):
+                pipeline = self.pipelines.get(name)  # OVMS: a pipeline ignores the version asked for
+                ready = pipeline is not None and pipeline.ready
+            else:
+                ready = self.manager.is_ready(name, version)
         except GatewayError:
             self.count_unrouted(interface, Method.MODEL_READY)
             raise
@@ -134,28 +148,57 @@ class Gateway:
         self, name: str, version: str = "", interface: Interface | None = None
     ) -> ModelMetadata:
         served = self._route(name, version, interface, Method.MODEL_METADATA)
-        meta = self.manager.metadata(served)
+        if isinstance(served, Pipeline):
+            meta = ModelMetadata(
+                served.name, (str(served.version),), PIPELINE_PLATFORM, served.inputs, served.outputs
+            )
+        else:
+            meta = self.manager.metadata(served)
         if interface is not None and self.metrics.enabled:
             self.metrics.request(True, interface, Method.MODEL_METADATA, name, str(served.version))
         return meta
 
     def model_config(self, name: str, version: str = "") -> dict:
         """Triton's model configuration, derived from the served version (model_configuration extension)."""
-        served = self.manager.version(name, version)
+        served = self._servable(name, version)
+        if isinstance(served, Pipeline):
+            return pipeline_config(served)
         return model_config(served, served.settings.version_policy)
 
     def statistics(self, name: str = "", version: str = "") -> list[dict]:
-        return [v.stats.to_dict(v.name, str(v.version)) for v in self.manager.served_versions(name, version)]
+        if name and not self.manager.knows(name) and self.pipelines.knows(name):
+            pipeline = self.pipelines.get(name)
+            return [pipeline.stats.to_dict(name, str(pipeline.version))] if pipeline else []
+        served = [
+            v.stats.to_dict(v.name, str(v.version)) for v in self.manager.served_versions(name, version)
+        ]
+        if not name:
+            served += [p.stats.to_dict(p.name, str(p.version)) for p in self.pipelines]
+        return served
 
     def repository_index(self, ready_only: bool = False) -> list[VersionStatus]:
-        return self.manager.index(ready_only)
+        rows = self.manager.index(ready_only) + self.pipelines.index(ready_only)
+        return sorted(rows, key=lambda r: (r.name, int(r.version or 0)))
 
     async def load_model(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
         """The repository API's load: `parameters` as the request carried them (both transports)."""
-        await self.manager.load(name, repository_config(parameters or {}))
+        self._refuse_pipeline(name, "load")
+        try:
+            await self.manager.load(name, repository_config(parameters or {}))
+        finally:
+            self.pipelines.revalidate()  # a pipeline waiting for this model may serve now
 
     async def unload_model(self, name: str) -> None:
+        self._refuse_pipeline(name, "unload")
         await self.manager.unload(name)
+        self.pipelines.revalidate()  # pipelines on this model are not ready any more
+
+    def _refuse_pipeline(self, name: str, what: str) -> None:
+        if not self.manager.knows(name) and self.pipelines.knows(name):
+            raise FailedPrecondition(
+                f"'{name}' is a pipeline: pipelines come from config.json, so {what} it by editing the "
+                "file (it is re-read on POST /v1/config/reload and by the file poll)"
+            )
 
     async def reload_config(self) -> dict[str, str]:
         """OVMS's config reload: apply the config file (or the version folders) now."""
@@ -169,7 +212,7 @@ class Gateway:
         """Run one inference (the in-process API). `deadline` (time.monotonic) drops the request if it is
         still queued then, as does the request's `timeout` parameter (µs)."""
 
-        async def given(_: ModelVersion) -> InferRequest:
+        async def given(_: Servable) -> InferRequest:
             return request
 
         return await self.decode_and_infer(request.model_name, request.model_version, given, None, deadline)
@@ -220,20 +263,27 @@ class Gateway:
         """Until the queue of the version a request names can take it (at once when the name resolves to
         nothing: the request then fails as usual)."""
         try:
-            scheduler = self.manager.version(model_name, model_version).scheduler
+            served = self._servable(model_name, model_version)
         except GatewayError:
             return
+        scheduler = served.scheduler if isinstance(served, ModelVersion) else None
         if scheduler is not None:
             await scheduler.wait_for_room()
 
-    def _route(self, name: str, version: str, interface: Interface | None, method: Method) -> ModelVersion:
+    def _servable(self, name: str, version: str) -> Servable:
+        """The ready model version, or pipeline, a name means: models first, then pipelines (OVMS)."""
+        if self.manager.knows(name) or not self.pipelines.knows(name):
+            return self.manager.version(name, version)
+        return self.pipelines.pipeline(name)
+
+    def _route(self, name: str, version: str, interface: Interface | None, method: Method) -> Servable:
         """The ready version a request is for. A failure is counted under the version when it exists (not
         ready), and as unrouted when it does not: OVMS keeps request counters per version, so a request for
         an unknown model or version has none to count in."""
         try:
-            return self.manager.version(name, version)
+            return self._servable(name, version)
         except GatewayError:
-            known = self.manager.existing_version(name, version)
+            known: Servable | None = self.manager.existing_version(name, version) or self.pipelines.get(name)
             if known is None:
                 self.count_unrouted(interface, method)
             elif method is Method.MODEL_INFER:
@@ -242,7 +292,7 @@ class Gateway:
                 self.metrics.request(False, interface, method, name, str(known.version))
             raise
 
-    def _account(self, version: ModelVersion, interface: Interface | None, outcome: Outcome, ns: int) -> None:
+    def _account(self, version: Servable, interface: Interface | None, outcome: Outcome, ns: int) -> None:
         version.stats.record_outcome(outcome, ns)
         if interface is not None and self.metrics.enabled:
             label = str(version.version)

@@ -31,7 +31,7 @@ from .grpc_wire import (
     length_delimited,
     split_bytes_field,
 )
-from .model_version import ModelVersion
+from .pipeline import Servable
 from .proto import ovgw_grpc_service_pb2 as pb
 from .restricted import ApiCategory, ApiGuard
 from .scheduler import WhenFull
@@ -72,7 +72,7 @@ class InferMessage:
     raw_input_contents: list[memoryview]
 
 
-def decode_infer_request(parsed: InferMessage, served: ModelVersion | None = None) -> InferRequest:
+def decode_infer_request(parsed: InferMessage, served: Servable | None = None) -> InferRequest:
     msg, raw = parsed.message, parsed.raw_input_contents
     if served is not None:
         served.check_input_count(len(msg.inputs))
@@ -123,7 +123,7 @@ def decode_infer_request(parsed: InferMessage, served: ModelVersion | None = Non
 def decoder(parsed: InferMessage) -> Decoder:
     """Decode `parsed` once the gateway has routed it, inside its accounting."""
 
-    async def decode(served: ModelVersion) -> InferRequest:
+    async def decode(served: Servable) -> InferRequest:
         return decode_infer_request(parsed, served)
 
     return decode

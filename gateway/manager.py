@@ -376,6 +376,13 @@ class ModelManager:
 
     # --- look-ups -------------------------------------------------------------------------------
 
+    def served_names(self) -> list[str]:
+        """Every model name the manager knows (ready or not): what a pipeline's name must not clash with."""
+        return list(self._models)
+
+    def knows(self, name: str) -> bool:
+        return name in self._models
+
     def model(self, name: str) -> ServedModel:
         model = self._models.get(name)
         if model is None:

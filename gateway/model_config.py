@@ -13,6 +13,7 @@ import os
 
 from .datatypes import BY_NAME
 from .model_version import ModelVersion
+from .pipeline import Pipeline
 from .settings import VersionPolicy
 from .types import TensorSpec
 
@@ -107,3 +108,35 @@ def model_config(version: ModelVersion, policy: VersionPolicy) -> dict:
     if settings.max_batch_size:  # the gateway's dynamic batcher is on
         config["dynamic_batching"] = _dynamic_batching(version)
     return config
+
+
+def pipeline_config(pipeline: Pipeline) -> dict:
+    """A pipeline's configuration as Triton would show a model's: its inputs and outputs (no batch
+    dimension of its own: max_batch_size 0, as OVMS's pipelines take the shapes their nodes define)."""
+    return {
+        "name": pipeline.name,
+        "platform": PLATFORM,
+        "backend": PLATFORM,
+        "runtime": "",
+        "version_policy": {"specific": {"versions": [pipeline.version]}},
+        "max_batch_size": 0,
+        "input": [
+            {
+                **_tensor(s, False),
+                "format": "FORMAT_NONE",
+                "is_shape_tensor": False,
+                "allow_ragged_batch": False,
+                "optional": False,
+            }
+            for s in pipeline.inputs
+        ],
+        "output": [
+            {**_tensor(s, False), "label_filename": "", "is_shape_tensor": False} for s in pipeline.outputs
+        ],
+        "instance_group": [],
+        "default_model_filename": "",
+        "optimization": {"priority": "PRIORITY_DEFAULT"},
+        "parameters": {},
+        "model_transaction_policy": {"decoupled": False},
+        "response_cache": {"enable": False},
+    }

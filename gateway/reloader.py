@@ -16,14 +16,16 @@ from pathlib import Path
 
 from .errors import ConfigError, InvalidArgument
 from .manager import ModelManager
+from .pipeline_registry import PipelineRegistry
 from .settings import ServerSettings, read_config_file
 
 log = logging.getLogger(__name__)
 
 
 class Reloader:
-    def __init__(self, manager: ModelManager, settings: ServerSettings):
+    def __init__(self, manager: ModelManager, pipelines: PipelineRegistry, settings: ServerSettings):
         self._manager = manager
+        self._pipelines = pipelines
         self._settings = settings
         self._lock = asyncio.Lock()
         self._last: tuple | None = None
@@ -50,17 +52,24 @@ class Reloader:
             snapshot = await asyncio.to_thread(self._snapshot)
             config = self._config_file()
             if config is None:
-                wanted = list(self._settings.models)
+                wanted, graphs = list(self._settings.models), self._settings.pipelines
             else:
                 try:
-                    wanted = (await asyncio.to_thread(read_config_file, str(config))).models
+                    parsed = await asyncio.to_thread(read_config_file, str(config))
                 except ConfigError as e:
                     log.error("config reload ignored, the serving models stay as they are: %s", e)
                     raise InvalidArgument(f"the configuration was not applied: {e}") from None
+                wanted, graphs = parsed.models, parsed.pipelines
             report = await self._manager.apply(wanted)
+            # after the models: pipelines are validated against the models as they now serve
+            report.update(
+                self._pipelines.apply(
+                    graphs.pipelines, graphs.pipeline_errors, graphs.libraries, graphs.library_errors
+                )
+            )
             self._last = snapshot
             for name, what in report.items():
-                log.info("reload: model %s %s", name, what)
+                log.info("reload: %s %s", name, what)
             return report
 
     async def watch(self, interval: float) -> None:

@@ -23,7 +23,7 @@ from . import openapi
 from .errors import GatewayError, InvalidArgument, NotFound
 from .gateway import Gateway
 from .jsondoc import parse_json
-from .model_version import ModelVersion
+from .pipeline import Servable
 from .rest_body import BodyTooLarge, UnreadableBody, UnsupportedEncoding, read_body
 from .rest_protocol import GatewayAppRunner
 from .restricted import ApiCategory, ApiGuard
@@ -107,7 +107,7 @@ def decode_infer_request(
     version: str,
     header: bytes | bytearray | memoryview,
     binary: memoryview,
-    served: ModelVersion | None = None,
+    served: Servable | None = None,
 ) -> InferRequest:
     doc = _object(parse_json(header, "the request body"), "the request body")
     raw_inputs = doc.get("inputs")
@@ -209,9 +209,7 @@ def decode_infer_request(
     return InferRequest(model, inputs, version, request_id, outputs or None, request_params)
 
 
-def single_raw_input_request(
-    served: ModelVersion, model: str, version: str, body: memoryview
-) -> InferRequest:
+def single_raw_input_request(served: Servable, model: str, version: str, body: memoryview) -> InferRequest:
     """`Inference-Header-Content-Length: 0`: the whole body is the one input of a one-input model, and
     the outputs come back binary."""
     if len(served.inputs) != 1:
@@ -393,7 +391,7 @@ class RestHandlers:
         model, version = request.match_info["model"], request.match_info.get("version", "")
         binary_output = False  # the request's binary_data_output: the default of every output
 
-        async def decode(served: ModelVersion) -> InferRequest:
+        async def decode(served: Servable) -> InferRequest:
             nonlocal binary_output
             # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
             body = await read_body(request, self.max_body_bytes)

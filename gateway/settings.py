@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .pipeline_settings import PipelineConfig, parse_pipeline_config
 from .restricted import ApiRestriction
 
 DEFAULT_GRPC_PORT = 8001  # Triton's defaults, so perf_analyzer and tritonclient examples need no flags
@@ -113,6 +114,8 @@ class ServerSettings:
     models: list[ModelSettings] = field(default_factory=list)
     # Models that could not even be parsed: served as failed (reported, never ready) beside the good ones.
     model_errors: dict[str, str] = field(default_factory=dict)
+    # config.json's pipelines and custom node libraries
+    pipelines: PipelineConfig = PipelineConfig()
     config_path: str | None = None
     # Where the model_repository extension loads models from by name.
     model_repository_path: str | None = None
@@ -518,6 +521,7 @@ class ConfigFile:
     model_errors: dict[str, str]
     metrics_enable: bool | None = None  # monitoring.metrics.enable; None = not set
     metrics_list: list[str] | None = None
+    pipelines: PipelineConfig = PipelineConfig()
 
 
 def _monitoring(doc: dict, where: str) -> tuple[bool | None, list[str] | None]:
@@ -564,11 +568,11 @@ def read_config_file(path: str) -> ConfigFile:
             raise ConfigError(
                 f"config_path '{p}': unknown key '{key}'; allowed keys: {', '.join(sorted(_TOP_LEVEL_KEYS))}"
             )
-    for key in ("pipeline_config_list", "mediapipe_config_list", "custom_node_library_config_list"):
-        if doc.get(key):
-            raise ConfigError(
-                f"config_path '{p}': '{key}' is not supported by this gateway (pipelines/graphs)"
-            )
+    if doc.get("mediapipe_config_list"):
+        raise ConfigError(
+            f"config_path '{p}': 'mediapipe_config_list' is not supported by this gateway (MediaPipe graphs)"
+        )
+    graphs = parse_pipeline_config(doc, f"config_path '{p}'", p.parent.resolve())
     metrics_enable, metrics_list = _monitoring(doc, f"config_path '{p}'")
     entries = doc.get("model_config_list", [])
     if not isinstance(entries, list):
@@ -589,4 +593,4 @@ def read_config_file(path: str) -> ConfigFile:
                 f"config_path '{p}': model '{settings.name}' is defined twice in model_config_list"
             )
         models.append(settings)
-    return ConfigFile(models, errors, metrics_enable, metrics_list)
+    return ConfigFile(models, errors, metrics_enable, metrics_list, graphs)

@@ -181,9 +181,35 @@ async def check_image(mode: str, url: str, path: str) -> None:
     print(json.dumps(np.asarray(out, np.float32).ravel().tolist()))
 
 
+async def check_pipeline(mode: str, url: str) -> None:
+    """The test pipeline `chain` (x * 2 * 3, FP32 [N,4]) is a model to the SDK too."""
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    t = InferInput("x", [2, 4], "FP32")
+    t.set_data_from_numpy(x, binary_data=mode == "rest-pipeline")
+    if mode == "rest-pipeline":
+        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=1, timeout=30))
+        try:
+            _check(await client.is_model_ready(f"http://{url}", "chain") is True, f"{mode}: ready")
+            response = await client.infer(f"http://{url}", InferRequest("chain", [t]), model_name="chain")
+        finally:
+            await client.close()
+    else:
+        grpc_client = InferenceGRPCClient(url, timeout=30)
+        try:
+            _check(await grpc_client.is_model_ready("chain") is True, f"{mode}: ready")
+            response = await grpc_client.infer(InferRequest("chain", [t]))
+        finally:
+            await grpc_client.close()
+    outputs = {o.name: o.as_numpy() for o in response.outputs}
+    _check(np.array_equal(outputs["result"], x * 6), f"{mode}: the chain's result")
+    _check(np.array_equal(outputs["intermediate"], x * 2), f"{mode}: the intermediate output")
+
+
 if __name__ == "__main__":
     mode, address = sys.argv[1], sys.argv[2]
-    if mode.endswith("-image"):
+    if mode.endswith("-pipeline"):
+        asyncio.run(check_pipeline(mode, address))
+    elif mode.endswith("-image"):
         asyncio.run(check_image(mode, address, sys.argv[3]))
     elif mode.endswith("-tls"):
         ca, cert, key = sys.argv[3], *(sys.argv[4:6] or (None, None))

@@ -1,0 +1,323 @@
+"""A served pipeline (OVMS DAG): to clients a model; inside, a graph run node by node.
+
+A request runs each node as soon as its inputs are ready, as one asyncio task per node and branch, so
+independent nodes and demultiplexed branches run concurrently. DL model nodes go through the model's own
+ModelVersion (validation, its scheduler and batching), looked up when the node runs: a model reloaded
+while a pipeline serves is picked up by the next node that needs it, and requests already queued on the
+old version finish there. Custom nodes run in threads. The first node to fail fails the request with
+its status and a message naming the node, and the request's other tasks are cancelled.
+
+Copies: a demultiplexed branch gets a view of its slice (dimension 0 of a C-contiguous array); a custom
+node's outputs are views of the library's buffers; only gathering copies (it stacks the branches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .custom_node import CustomNodeError
+from .errors import DeadlineExceeded, GatewayError, InternalError, InvalidArgument, Unavailable
+from .model_version import ModelVersion, State, check_shape
+from .pipeline_graph import GraphNode, PipelineGraph
+from .pipeline_settings import REQUEST_NODE, NodeKind, PipelineSettings, Source
+from .scheduler import WhenFull
+from .statistics import ExecutionTimes, VersionStats
+from .types import InferInput, InferOutput, RequestedOutput, TensorSpec
+
+log = logging.getLogger(__name__)
+
+# OVMS reports every pipeline as version 1 and ignores the version a request names.
+PIPELINE_VERSION = 1
+
+# (model name, version or None) -> the ready version a node runs on now (GatewayError when none).
+VersionResolver = Callable[[str, int | None], ModelVersion]
+
+Path = tuple[int, ...]  # a branch: the slice index at each demultiplexing level, outermost first
+
+
+@dataclass(eq=False, slots=True)
+class Pipeline:
+    name: str
+    settings: PipelineSettings
+    resolve: VersionResolver
+    graph: PipelineGraph | None = None
+    state: State = State.LOADING
+    reason: str = ""
+    version: int = PIPELINE_VERSION
+    in_flight: int = 0
+    max_batch_size: int = 0  # batching, if any, happens in the models' own schedulers
+    stats: VersionStats = field(default_factory=VersionStats)
+    _input_index: dict[str, int] = field(default_factory=dict)
+    _output_index: dict[str, int] = field(default_factory=dict)
+
+    def activate(self, graph: PipelineGraph) -> None:
+        self.graph = graph
+        self._input_index = {s.name: i for i, s in enumerate(graph.inputs)}
+        self._output_index = {s.name: i for i, s in enumerate(graph.outputs)}
+        self.state, self.reason = State.READY, ""
+
+    def fail(self, reason: str) -> None:
+        # Requests in flight hold the graph and finish on it.
+        self.graph, self.state, self.reason = None, State.UNAVAILABLE, reason
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.graph.inputs if self.graph else ()
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.graph.outputs if self.graph else ()
+
+    client_inputs = inputs
+
+    def models(self) -> set[str]:
+        return {n.model_name for n in self.settings.nodes if n.kind is NodeKind.MODEL}
+
+    # --- what transports ask of a servable (see ModelVersion) -------------------------------------
+
+    def check_input_count(self, given: int) -> None:
+        if given > len(self.inputs):
+            raise InvalidArgument(f"Invalid number of inputs - Expected: {len(self.inputs)}; Actual: {given}")
+
+    def takes_images(self, name: str) -> bool:
+        return False
+
+    def refuse_if_full(self) -> None:
+        """Each model node's scheduler judges its own queue when the node runs."""
+
+    # --- inference ------------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        inputs: Sequence[InferInput],
+        requested: Sequence[RequestedOutput] | None,
+        priority: int = 0,
+        deadline: float | None = None,
+        when_full: WhenFull = WhenFull.REFUSE,
+    ) -> list[InferOutput]:
+        graph = self.graph  # a reload may replace it while this request runs
+        if graph is None:
+            raise Unavailable(f"pipeline '{self.name}' is not ready: {self.reason}")
+        given = self._order_inputs(graph, inputs)
+        picked = self._select_outputs(graph, requested)
+        run = _Run(self.name, graph, given, self.resolve, priority, deadline, when_full)
+        started = time.perf_counter_ns()
+        results = await run.outputs([graph.output_sources[i] for i in picked])
+        # Triton's statistics for a pipeline as for an ensemble: one inference per request, its compute
+        # the whole graph (each model node's own statistics show its queue and compute).
+        self.stats.record_execution(ExecutionTimes(0, time.perf_counter_ns() - started, 0), 1, [0])
+        outputs = []
+        for position, (index, array) in enumerate(zip(picked, results, strict=True)):
+            spec = graph.outputs[index]
+            params = dict(requested[position].parameters) if requested else {}
+            outputs.append(InferOutput(spec.name, spec.datatype, tuple(array.shape), array, params))
+        return outputs
+
+    def _order_inputs(self, graph: PipelineGraph, inputs: Sequence[InferInput]) -> dict[str, np.ndarray]:
+        """The request's inputs checked against the pipeline's (names, datatypes, shapes), once: the
+        nodes' own checks then only meet tensors the graph produced."""
+        given: dict[str, np.ndarray] = {}
+        for tensor in inputs:
+            index = self._input_index.get(tensor.name)
+            if index is None:
+                raise InvalidArgument(
+                    f"unexpected input '{tensor.name}' for pipeline '{self.name}'; pipeline inputs: "
+                    f"{', '.join(self._input_index)}"
+                )
+            if tensor.name in given:
+                raise InvalidArgument(f"input '{tensor.name}' is given more than once")
+            spec = graph.inputs[index]
+            if tensor.datatype != spec.datatype:
+                raise InvalidArgument(
+                    f"Invalid input precision - Expected: {spec.datatype}; Actual: {tensor.datatype}; "
+                    f"input name: {tensor.name}"
+                )
+            bounds = tuple((0, -1) if d < 0 else (d, d) for d in spec.shape)
+            check_shape(spec.name, bounds, tensor.shape)
+            given[tensor.name] = tensor.data
+        missing = [s.name for s in graph.inputs if s.name not in given]
+        if missing:
+            raise InvalidArgument(
+                f"Invalid number of inputs - Expected: {len(graph.inputs)}; Actual: {len(inputs)}; "
+                f"missing input(s): {', '.join(missing)}"
+            )
+        if graph.entry_demultiply is not None:
+            sizes = {name: array.shape[0] for name, array in given.items()}
+            if len(set(sizes.values())) > 1:
+                detail = ", ".join(f"{n} has {s}" for n, s in sizes.items())
+                raise InvalidArgument(
+                    f"pipeline '{self.name}' demultiplexes its inputs on dimension 0, which must be the same "
+                    f"for every input; Actual: {detail}"
+                )
+            if not next(iter(sizes.values())):
+                raise InvalidArgument(
+                    f"pipeline '{self.name}': dimension 0 of the inputs is 0: no branch to run (the "
+                    "pipeline demultiplexes its inputs)"
+                )
+        return given
+
+    def _select_outputs(self, graph: PipelineGraph, requested: Sequence[RequestedOutput] | None) -> list[int]:
+        if not requested:
+            return list(range(len(graph.outputs)))
+        picked: list[int] = []
+        for out in requested:
+            index = self._output_index.get(out.name)
+            if index is None:
+                raise InvalidArgument(
+                    f"unexpected output '{out.name}' for pipeline '{self.name}'; pipeline outputs: "
+                    f"{', '.join(self._output_index)}"
+                )
+            if index in picked:
+                raise InvalidArgument(f"output '{out.name}' is requested more than once")
+            picked.append(index)
+        return picked
+
+
+class _Run:
+    """One request through the graph: a task per (node, branch), made when first needed."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        graph: PipelineGraph,
+        inputs: dict[str, np.ndarray],
+        resolve: VersionResolver,
+        priority: int,
+        deadline: float | None,
+        when_full: WhenFull,
+    ):
+        self._pipeline, self._graph, self._inputs = pipeline, graph, inputs
+        self._resolve, self._priority, self._deadline, self._when_full = (
+            resolve,
+            priority,
+            deadline,
+            when_full,
+        )
+        self._tasks: dict[tuple[str, Path], asyncio.Task[dict[str, np.ndarray]]] = {}
+        self._branches: dict[tuple[str, Path], int] = {}
+
+    async def outputs(self, sources: Sequence[tuple[str, Source]]) -> list[np.ndarray]:
+        try:
+            return list(await asyncio.gather(*(self._gathered(source, ()) for _, source in sources)))
+        finally:
+            for task in self._tasks.values():
+                if not task.done():
+                    task.cancel()  # a failed branch stops the others
+                elif not task.cancelled():
+                    task.exception()  # retrieved: the failure that matters was raised above
+
+    async def _gathered(self, source: Source, path: Path) -> np.ndarray:
+        """What the response gets from `source`: every level it gathers stacked, outermost first."""
+        levels = self._graph.response_levels
+        if len(path) == len(levels):
+            return await self._item(source, path)
+        count = await self._branch_count(levels[len(path)], path)
+        parts = await asyncio.gather(*(self._gathered(source, (*path, i)) for i in range(count)))
+        return np.stack(parts)
+
+    async def _branch_count(self, demultiplexer: str, path: Path) -> int:
+        if demultiplexer == REQUEST_NODE:
+            return next(iter(self._inputs.values())).shape[0]
+        await self._execution(demultiplexer, path)
+        return self._branches[(demultiplexer, path)]
+
+    async def _item(self, source: Source, path: Path) -> np.ndarray:
+        """The tensor `source` gives a consumer in branch `path` (as long as the source's output levels)."""
+        if source.node == REQUEST_NODE:
+            array = self._inputs[source.item]
+            return array[path[-1]] if self._graph.entry_demultiply is not None else array
+        node = self._graph.nodes[source.node]
+        if node.demultiply_count is None:
+            return (await self._execution(node.name, path))[source.item]
+        outputs = await self._execution(node.name, path[:-1])
+        return outputs[source.item][path[-1]]
+
+    def _execution(self, name: str, path: Path) -> asyncio.Task[dict[str, np.ndarray]]:
+        key = (name, path)
+        task = self._tasks.get(key)
+        if task is None:
+            task = self._tasks[key] = asyncio.ensure_future(self._run_node(self._graph.nodes[name], path))
+        return task
+
+    async def _node_inputs(self, node: GraphNode, path: Path) -> dict[str, np.ndarray]:
+        if node.gather_from is None:
+            arrays = await asyncio.gather(*(self._item(source, path) for _, source in node.inputs))
+        else:
+            count = await self._branch_count(node.gather_from, path)
+
+            async def stacked(source: Source) -> np.ndarray:
+                parts = await asyncio.gather(*(self._item(source, (*path, i)) for i in range(count)))
+                return np.stack(parts)
+
+            arrays = await asyncio.gather(*(stacked(source) for _, source in node.inputs))
+        return {name: array for (name, _), array in zip(node.inputs, arrays, strict=True)}
+
+    async def _run_node(self, node: GraphNode, path: Path) -> dict[str, np.ndarray]:
+        inputs = await self._node_inputs(node, path)
+        where = f"pipeline '{self._pipeline}' node '{node.name}'"
+        try:
+            if node.kind is NodeKind.MODEL:
+                produced = await self._run_model(node, inputs)
+            else:
+                produced = await self._run_custom(node, inputs)
+        except GatewayError as e:
+            raise type(e)(f"{where}: {e.message}") from None
+        except CustomNodeError as e:
+            log.warning("%s failed: %s", where, e)
+            raise InternalError(f"{where}: {e}") from None
+        outputs = {alias: produced[item] for alias, item in node.aliases.items()}
+        if node.demultiply_count is not None:
+            self._branches[(node.name, path)] = self._split_count(where, node, outputs)
+        return outputs
+
+    async def _run_model(self, node: GraphNode, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        version = self._resolve(node.model_name, node.model_version)
+        request = [
+            InferInput(name, node.input_specs[name].datatype, tuple(array.shape), array)
+            for name, array in inputs.items()
+        ]
+        wanted = [RequestedOutput(item) for item in dict.fromkeys(node.aliases.values())]
+        outputs = await version.infer(request, wanted, self._priority, self._deadline, self._when_full)
+        return {out.name: out.data for out in outputs}
+
+    async def _run_custom(self, node: GraphNode, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            raise DeadlineExceeded("the request's deadline passed before this node could run")
+        assert node.instance is not None  # CUSTOM nodes get one when the graph is built
+        for name, array in inputs.items():
+            spec = node.input_specs[name]
+            check_shape(name, tuple((0, -1) if d < 0 else (d, d) for d in spec.shape), tuple(array.shape))
+        return await asyncio.to_thread(node.instance.execute, inputs)
+
+    def _split_count(self, where: str, node: GraphNode, outputs: dict[str, np.ndarray]) -> int:
+        sizes = {alias: array.shape[0] if array.ndim else None for alias, array in outputs.items()}
+        distinct = set(sizes.values())
+        if None in distinct or len(distinct) != 1:
+            detail = ", ".join(f"{a}: {s}" for a, s in sizes.items())
+            raise InternalError(
+                f"{where}: demultiplexing needs the same dimension 0 on every output; got {detail}"
+            )
+        count = distinct.pop()
+        assert count is not None
+        if node.demultiply_count is not None and node.demultiply_count > 0 and count != node.demultiply_count:
+            raise InternalError(
+                f"{where}: demultiply_count is {node.demultiply_count} but the outputs have dimension 0 "
+                f"of {count}"
+            )
+        if count == 0:
+            raise InvalidArgument(f"{where}: produced 0 branches to demultiplex; the request stops here")
+        return count
+
+
+# What a request is routed to: a model version or a pipeline (the same calls serve both).
+Servable = ModelVersion | Pipeline

@@ -137,6 +137,8 @@ bench: $(VENV)/.installed-test
 	$(PY) -m loadgen.bench_scheduling $(SCHED_BENCH_ARGS)
 	$(PY) -m loadgen.bench_images $(IMAGE_BENCH_ARGS)
 	$(PY) -m loadgen.bench_overload $(OVERLOAD_BENCH_ARGS)
+	$(MAKE) --no-print-directory gcc
+	$(PY) -m loadgen.bench_pipelines $(PIPELINE_BENCH_ARGS)
 
 # Longer fuzzing than make test's fixed seeds: Hypothesis on both decoders, schemathesis on the REST API.
 FUZZ_EXAMPLES ?= 20000

@@ -87,3 +87,19 @@ def test_overload_bench_writes_its_results(tmp_path):
         assert entry[key]["throughput_ratio"] >= 0 and entry[key]["p99_ratio"] >= 0
         assert entry[key]["errors"] >= 0 and entry[key]["error p99 latency"] >= 0
     assert results["soak"]["rss_start_kib"] > 0 and results["soak"]["throughput"] > 0
+
+
+def test_pipeline_bench_writes_its_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "loadgen.bench_pipelines", "--repetitions", "1", "--requests", "2",
+         "--images", "1,2", "--output", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    results = json.loads((run / "results.json").read_text())
+    assert [row["images"] for row in results["rows"]] == [1, 2]
+    for row in results["rows"]:
+        assert row["pipeline"] > 0 and row["pipeline_batched"] > 0 and row["client_one_by_one"] > 0
+        assert row["nodes_compute_ms"] > 0 and row["pipeline_batched_executions_per_request"] >= 1
+    assert "batched / one-by-one" in (run / "results.md").read_text()

@@ -1,0 +1,193 @@
+"""The pipeline executor (pipeline.py) with fake model versions whose inferences the test finishes: what
+runs concurrently, what a failing node does to the rest of the request, and what nodes are handed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from gateway.errors import GatewayError, ResourceExhausted
+from gateway.pipeline import Pipeline
+from gateway.pipeline_graph import ModelPorts, build_graph
+from gateway.pipeline_settings import parse_pipeline_entry
+from gateway.types import InferInput, InferOutput, TensorSpec
+
+
+class FakeVersion:
+    """A model version: y = x + 1 on FP32 [-1, 4]; each inference waits until the test releases it."""
+
+    def __init__(self, name: str, produce=lambda x: x + 1):
+        self.name = name
+        self.started: list[asyncio.Future] = []
+        self.calls: list[dict] = []
+        self.cancelled = 0
+        self.fail_with: GatewayError | None = None
+        self.produce = produce
+
+    async def infer(self, inputs, requested, priority=0, deadline=None, when_full=None):
+        release = asyncio.get_running_loop().create_future()
+        self.started.append(release)
+        self.calls.append({"priority": priority, "deadline": deadline, "shape": inputs[0].shape})
+        try:
+            await release
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.fail_with is not None:
+            raise self.fail_with
+        y = self.produce(inputs[0].data)
+        return [InferOutput("y", "FP32", y.shape, y)]
+
+
+def ports(name: str) -> ModelPorts:
+    """Every fake model takes x FP32 [-1,4]; `split` gives one [1,4] row per slice: y [-1,1,4]."""
+    out = (-1, 1, 4) if name == "split" else (-1, 4)
+    return ModelPorts(name, 1, (TensorSpec("x", "FP32", (-1, 4)),), (TensorSpec("y", "FP32", out),))
+
+
+def make_pipeline(entry: dict, versions: dict[str, FakeVersion]) -> Pipeline:
+    settings = parse_pipeline_entry(entry)
+    graph = build_graph(settings, set(), {}, lambda name, version: ports(name), None)  # type: ignore[arg-type]
+    pipeline = Pipeline(settings.name, settings, lambda name, version: versions[name])  # type: ignore[arg-type,return-value]
+    pipeline.activate(graph)
+    return pipeline
+
+
+def node(name, model, source, **extra):
+    return {
+        "name": name,
+        "type": "DL model",
+        "model_name": model,
+        "inputs": [{"x": {"node_name": source[0], "data_item": source[1]}}],
+        "outputs": [{"data_item": "y", "alias": "y"}],
+        **extra,
+    }
+
+
+def request(x: np.ndarray) -> list[InferInput]:
+    return [InferInput("x", "FP32", x.shape, x)]
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_independent_nodes_run_at_once_and_the_join_waits_for_both():
+    versions = {m: FakeVersion(m) for m in ("left", "right", "join")}
+    two_inputs = node("join", "join", ("left", "y"))
+    pipeline = make_pipeline(
+        {
+            "name": "p",
+            "inputs": ["x"],
+            "nodes": [
+                node("left", "left", ("request", "x")),
+                node("right", "right", ("request", "x")),
+                two_inputs,
+            ],
+            "outputs": [
+                {"joined": {"node_name": "join", "data_item": "y"}},
+                {"right": {"node_name": "right", "data_item": "y"}},
+            ],
+        },
+        versions,
+    )
+    x = np.zeros((2, 4), np.float32)
+    task = asyncio.ensure_future(pipeline.infer(request(x), None))
+    await settle()
+    assert len(versions["left"].started) == 1 and len(versions["right"].started) == 1  # both at once
+    assert not versions["join"].started
+    versions["left"].started[0].set_result(None)
+    await settle()
+    assert len(versions["join"].started) == 1  # as soon as its one input is ready, not after `right`
+    versions["join"].started[0].set_result(None)
+    versions["right"].started[0].set_result(None)
+    outputs = {o.name: o.data for o in await task}
+    np.testing.assert_array_equal(outputs["joined"], x + 2)
+    np.testing.assert_array_equal(outputs["right"], x + 1)
+
+
+async def test_branches_run_at_once_and_a_failed_one_stops_the_others():
+    versions = {"m": FakeVersion("m")}
+    pipeline = make_pipeline(
+        {
+            "name": "p",
+            "inputs": ["x"],
+            "demultiply_count": -1,
+            "nodes": [node("each", "m", ("request", "x"))],
+            "outputs": [{"y": {"node_name": "each", "data_item": "y"}}],
+        },
+        versions,
+    )
+    task = asyncio.ensure_future(
+        pipeline.infer(request(np.zeros((3, 1, 4), np.float32)), None, priority=1, deadline=5.0)
+    )
+    await settle()
+    model = versions["m"]
+    assert len(model.started) == 3  # one inference per branch, all queued at once
+    assert all(c["shape"] == (1, 4) and c["priority"] == 1 and c["deadline"] == 5.0 for c in model.calls)
+    model.fail_with = ResourceExhausted("the queue is full")
+    model.started[1].set_result(None)
+    with pytest.raises(ResourceExhausted) as e:
+        await task
+    assert "pipeline 'p' node 'each': the queue is full" == e.value.message  # the node's status, named
+    await settle()
+    assert model.cancelled == 2  # the other branches were stopped
+
+
+async def test_a_demultiplexer_with_zero_rows_stops_the_request():
+    versions = {
+        "split": FakeVersion("split", lambda x: np.zeros((0, 1, 4), np.float32)),
+        "each": FakeVersion("each"),
+    }
+    pipeline = make_pipeline(
+        {
+            "name": "p",
+            "inputs": ["x"],
+            "nodes": [
+                node("split", "split", ("request", "x"), demultiply_count=-1),
+                node("each", "each", ("split", "y")),
+            ],
+            "outputs": [{"y": {"node_name": "each", "data_item": "y"}}],
+        },
+        versions,
+    )
+    task = asyncio.ensure_future(pipeline.infer(request(np.zeros((1, 4), np.float32)), None))
+    await settle()
+    versions["split"].started[0].set_result(None)
+    with pytest.raises(GatewayError) as e:
+        await task
+    assert "node 'split': produced 0 branches" in e.value.message
+    assert not versions["each"].started
+
+
+async def test_the_response_gathers_branches_in_order_whatever_order_they_finish():
+    rows = lambda x: np.arange(3, dtype=np.float32).reshape(3, 1, 1) * np.ones((3, 1, 4), np.float32)  # noqa: E731
+    versions = {"split": FakeVersion("split", rows), "each": FakeVersion("each")}
+    pipeline = make_pipeline(
+        {
+            "name": "p",
+            "inputs": ["x"],
+            "nodes": [
+                node("split", "split", ("request", "x"), demultiply_count=3),
+                node("each", "each", ("split", "y")),
+            ],
+            "outputs": [{"y": {"node_name": "each", "data_item": "y"}}],
+        },
+        versions,
+    )
+    assert pipeline.outputs[0].shape == (3, -1, 4)  # the gather's dimension, then each branch's [-1,4]
+    task = asyncio.ensure_future(pipeline.infer(request(np.zeros((1, 4), np.float32)), None))
+    await settle()
+    versions["split"].started[0].set_result(None)
+    await settle()
+    each = versions["each"]
+    assert [c["shape"] for c in each.calls] == [(1, 4)] * 3
+    for release in reversed(each.started):  # the last branch finishes first
+        release.set_result(None)
+    (out,) = await task
+    np.testing.assert_array_equal(
+        out.data, np.arange(1, 4, dtype=np.float32).reshape(3, 1, 1) * np.ones((3, 1, 4))
+    )

@@ -9,7 +9,8 @@
 
 Each pipeline node gets its own instance (`initialize` with the node's params), made when the pipeline
 is built and deinitialized once nothing uses it any more (the pipeline retired and its last request and
-output buffer gone). `execute` runs off the event loop and may run concurrently for several requests.
+output buffer gone). `execute` runs in a thread (on the event loop only once it has proved to take
+well under a millisecond, see pipeline.py) and may run concurrently for several requests.
 Inputs are read-only views of the upstream arrays; outputs are checked against the contract (name,
 precision, byte size = product of dims x element size). A C library's output buffers become the arrays
 downstream nodes read, without a copy, and go back through `release` when the last array goes.
@@ -21,9 +22,12 @@ import ctypes
 import importlib
 import importlib.util
 import logging
+import statistics
 import sys
 import threading
+import time
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +82,23 @@ class CustomNodeParam(ctypes.Structure):
     _fields_ = [("key", ctypes.c_char_p), ("value", ctypes.c_char_p)]
 
 
+class ExecuteTimes:
+    """The last few execute() times of one node instance (wall clock, ns): the pipeline executor runs a
+    node that is reliably cheap on the event loop (see pipeline.py)."""
+
+    def __init__(self, keep: int = 8):
+        self._recent: deque[int] = deque(maxlen=keep)
+
+    def add(self, ns: int) -> None:
+        self._recent.append(ns)
+
+    def typical_ns(self) -> int | None:
+        """The median of the recent runs; None until there are three."""
+        if len(self._recent) < 3:
+            return None
+        return int(statistics.median(self._recent))
+
+
 class CustomNodeError(Exception):
     """A library call failed or broke the contract; the message says which and how."""
 
@@ -88,6 +109,7 @@ class NodeInstance(Protocol):
     library: str
     inputs: tuple[TensorSpec, ...]  # from the library's inputs info; -1 = dynamic dimension
     outputs: tuple[TensorSpec, ...]
+    times: ExecuteTimes
 
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Blocking; called off the event loop, possibly from several threads at once."""
@@ -233,6 +255,7 @@ class CNodeInstance:
         if status != 0:
             raise ConfigError(f"custom node library '{self.library}': initialize returned {status}")
         self._manager = manager
+        self.times = ExecuteTimes()
         # deinitialize once the instance is unreachable: the pipeline retired, its requests and the
         # buffers they hold gone (buffers keep the instance alive, see _ReleasedOnCollect).
         weakref.finalize(self, _deinitialize, self._lib, manager, self.library)
@@ -297,6 +320,7 @@ class CNodeInstance:
             tensors[i].precision = DATATYPE_PRECISIONS[from_numpy(array.dtype).name]
         outputs = ctypes.POINTER(CustomNodeTensor)()
         count = ctypes.c_int()
+        started = time.perf_counter_ns()
         status = self._lib.execute(
             tensors,
             len(inputs),
@@ -306,6 +330,7 @@ class CNodeInstance:
             self._params.count,
             self._manager,
         )
+        self.times.add(time.perf_counter_ns() - started)
         if status != 0:
             raise CustomNodeError(f"custom node library '{self.library}': execute returned {status}")
         produced: dict[str, np.ndarray] = {}
@@ -461,6 +486,7 @@ class PythonNodeInstance:
             raise ConfigError(
                 f"custom node library '{self.library}': initialize failed: {type(e).__name__}: {e}"
             ) from None
+        self.times = ExecuteTimes()
         if hasattr(self._node, "deinitialize"):
             weakref.finalize(self, _python_deinitialize, self._node, self.library)
 
@@ -470,12 +496,14 @@ class PythonNodeInstance:
             view = array.view()
             view.flags.writeable = False  # inputs are read-only, as in the C ABI
             views[name] = view
+        started = time.perf_counter_ns()
         try:
             produced = self._node.execute(views)
         except Exception as e:
             raise CustomNodeError(
                 f"custom node library '{self.library}': execute raised {type(e).__name__}: {e}"
             ) from e
+        self.times.add(time.perf_counter_ns() - started)
         if not isinstance(produced, Mapping):
             raise CustomNodeError(
                 f"custom node library '{self.library}': execute returned a {type(produced).__name__}, "

@@ -140,10 +140,21 @@ def timed(call, requests: int) -> float:
     return statistics.median(times)
 
 
+def _stats(gw: GatewayProcess, name: str) -> dict:
+    with urllib.request.urlopen(f"http://{gw.http_url}/v2/models/{name}/stats", timeout=10) as response:
+        return json.loads(response.read())["model_stats"][0]
+
+
+def server_ms(gw: GatewayProcess, pipeline: str) -> tuple[int, float]:
+    """(requests, total ms inside the gateway) of a pipeline: its statistics' `success`, from the request's
+    arrival to its response (reading and decoding the request included, sending the response not)."""
+    success = _stats(gw, pipeline)["inference_stats"]["success"]
+    return int(success["count"]), int(success["ns"]) / 1e6
+
+
 def model_compute_ms(gw: GatewayProcess, model: str) -> tuple[int, float]:
     """(executions, total compute ms) of a model from the gateway's statistics."""
-    with urllib.request.urlopen(f"http://{gw.http_url}/v2/models/{model}/stats", timeout=10) as response:
-        stats = json.loads(response.read())["model_stats"][0]
+    stats = _stats(gw, model)
     total = sum(stats["batch_stats"][i][k]["ns"] for i in range(len(stats["batch_stats"]))
                 for k in ("compute_input", "compute_infer", "compute_output"))  # fmt: skip
     return int(stats["execution_count"]), total / 1e6
@@ -202,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                     ("pipeline", "sr_pipeline", "sr_b1"),
                     ("pipeline_batched", "sr_pipeline_batched", "sr_batched"),
                 ):
-                    before = model_compute_ms(gw, model)
+                    before, server_before = model_compute_ms(gw, model), server_ms(gw, name)
                     run[kind] = timed(lambda: call_pipeline(client, name, images), args.requests)  # noqa: B023
-                    after = model_compute_ms(gw, model)
+                    after, server_after = model_compute_ms(gw, model), server_ms(gw, name)
+                    run[f"{kind}_server_ms"] = (server_after[1] - server_before[1]) / max(
+                        1, server_after[0] - server_before[0]
+                    )
                     executions = after[0] - before[0]
                     run[f"{kind}_model_compute_ms_per_request"] = (after[1] - before[1]) / (args.requests + 1)
                     run[f"{kind}_executions_per_request"] = executions / (args.requests + 1)
@@ -215,12 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             node_compute = row["pipeline_model_compute_ms_per_request"] + n * results["resize_node_ms"]
             row["nodes_compute_ms"] = node_compute
             row["pipeline_vs_nodes_compute"] = row["pipeline"] / node_compute
+            row["pipeline_server_vs_nodes_compute"] = row["pipeline_server_ms"] / node_compute
             row["pipeline_vs_client"] = row["pipeline"] / row["client_one_by_one"]
             row["batched_vs_client"] = row["pipeline_batched"] / row["client_one_by_one"]
             results["rows"].append(row)
             print(
-                f"N={n}: pipeline {row['pipeline']:.2f} ms (nodes' compute {node_compute:.2f} ms: "
-                f"{row['pipeline_vs_nodes_compute']:.2f} x), batched {row['pipeline_batched']:.2f} ms "
+                f"N={n}: pipeline {row['pipeline']:.2f} ms, in the server {row['pipeline_server_ms']:.2f} ms "
+                f"(nodes' compute {node_compute:.2f} ms: {row['pipeline_vs_nodes_compute']:.2f} x, in the "
+                f"server {row['pipeline_server_vs_nodes_compute']:.2f} x), batched "
+                f"{row['pipeline_batched']:.2f} ms "
                 f"({row['pipeline_batched_executions_per_request']:.1f} executions), client one by one "
                 f"{row['client_one_by_one']:.2f} ms; batched / one-by-one {row['batched_vs_client']:.2f}",
                 flush=True,
@@ -239,14 +256,16 @@ def markdown(results: dict, repetitions: int) -> str:
         "",
         f"C resize node execute: {results['resize_node_ms']:.3f} ms per image (in process).",
         "",
-        "| N | pipeline (batch-1 model) | its nodes' compute | ratio | pipeline, batching on | executions |"
-        " client calling the model one by one | batched / one-by-one |",
+        "| N | pipeline (batch-1 model): client / in the server | its nodes' compute | ratio: client / "
+        "server | pipeline, batching on | executions | client calling the model one by one | batched / "
+        "one-by-one |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in results["rows"]:
         lines.append(
-            f"| {row['images']} | {row['pipeline']:.2f} | {row['nodes_compute_ms']:.2f} | "
-            f"{row['pipeline_vs_nodes_compute']:.2f} | {row['pipeline_batched']:.2f} | "
+            f"| {row['images']} | {row['pipeline']:.2f} / {row['pipeline_server_ms']:.2f} | "
+            f"{row['nodes_compute_ms']:.2f} | {row['pipeline_vs_nodes_compute']:.2f} / "
+            f"{row['pipeline_server_vs_nodes_compute']:.2f} | {row['pipeline_batched']:.2f} | "
             f"{row['pipeline_batched_executions_per_request']:.1f} | {row['client_one_by_one']:.2f} | "
             f"{row['batched_vs_client']:.2f} |"
         )

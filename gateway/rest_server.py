@@ -416,7 +416,9 @@ class RestHandlers:
         return _json_response({"status": "reloaded", "models": report})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        models = sorted({v.name for v in self.gateway.manager.versions()})
+        models = sorted(
+            {v.name for v in self.gateway.manager.versions()} | {p.name for p in self.gateway.pipelines}
+        )
         return _json_response(openapi.document(models))
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -157,3 +157,24 @@ def test_python_node_outputs_are_checked(tmp_path):
         with pytest.raises(CustomNodeError) as e:
             loaded.library.instance({"mode": mode}).execute({"x": np.zeros(2, np.float32)})
         assert expected in str(e.value), (mode, str(e.value))
+
+
+def test_python_node_by_module_name(tmp_path, monkeypatch):
+    package = tmp_path / "my_nodes"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "scale.py").write_text(
+        "class Scale:\n"
+        "    def initialize(self, params): self.factor = float(params['factor'])\n"
+        "    def inputs_info(self): return {'x': ('float32', (-1, 4))}\n"
+        "    def outputs_info(self): return {'y': ('FP32', (-1, 4))}\n"
+        "    def execute(self, inputs): return {'y': inputs['x'] * self.factor}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_library("scale", "my_nodes.scale:Scale")
+    assert loaded.library is not None, loaded.error
+    instance = loaded.library.instance({"factor": "2.5"})
+    assert instance.inputs == (TensorSpec("x", "FP32", (-1, 4)),)  # a numpy dtype name is accepted
+    np.testing.assert_array_equal(
+        instance.execute({"x": np.ones((2, 4), np.float32)})["y"], np.full((2, 4), 2.5)
+    )

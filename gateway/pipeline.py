@@ -26,6 +26,7 @@ import numpy as np
 
 from .custom_node import CustomNodeError
 from .errors import DeadlineExceeded, GatewayError, InternalError, InvalidArgument, Unavailable
+from .images import decode_images
 from .model_version import ModelVersion, State, check_shape
 from .pipeline_graph import GraphNode, PipelineGraph
 from .pipeline_settings import REQUEST_NODE, NodeKind, PipelineSettings, Source
@@ -100,7 +101,7 @@ class Pipeline:
             raise InvalidArgument(f"Invalid number of inputs - Expected: {len(self.inputs)}; Actual: {given}")
 
     def takes_images(self, name: str) -> bool:
-        return False
+        return self.graph is not None and name in self.graph.images
 
     def refuse_if_full(self) -> None:
         """Each model node's scheduler judges its own queue when the node runs."""
@@ -118,6 +119,8 @@ class Pipeline:
         graph = self.graph  # a reload may replace it while this request runs
         if graph is None:
             raise Unavailable(f"pipeline '{self.name}' is not ready: {self.reason}")
+        if graph.images and any(tensor.datatype == "BYTES" for tensor in inputs):
+            inputs = await self._decode_images(graph, inputs)
         given = self._order_inputs(graph, inputs)
         picked = self._select_outputs(graph, requested)
         run = _Run(self.name, graph, given, self.resolve, priority, deadline, when_full)
@@ -132,6 +135,25 @@ class Pipeline:
             params = dict(requested[position].parameters) if requested else {}
             outputs.append(InferOutput(spec.name, spec.datatype, tuple(array.shape), array, params))
         return outputs
+
+    async def _decode_images(self, graph: PipelineGraph, inputs: Sequence[InferInput]) -> list[InferInput]:
+        """BYTES sent to an input that takes images: decoded as the model it feeds would decode them;
+        with demultiplexing at the entry, [N,H,W,C] becomes N branches of [1,H,W,C]."""
+        out = []
+        for tensor in inputs:
+            image = graph.images.get(tensor.name)
+            if image is None or tensor.datatype != "BYTES":
+                out.append(tensor)
+                continue
+            decoded = await decode_images(image, tensor.data)
+            self.stats.images_decoded += decoded.batch.shape[0]
+            self.stats.image_decode_cpu_ns += decoded.cpu_ns
+            batch = decoded.batch
+            if graph.entry_demultiply is not None:
+                batch = batch.reshape(batch.shape[0], 1, *batch.shape[1:])
+            spec = graph.inputs[self._input_index[tensor.name]]
+            out.append(InferInput(tensor.name, spec.datatype, batch.shape, batch, tensor.parameters))
+        return out
 
     def _order_inputs(self, graph: PipelineGraph, inputs: Sequence[InferInput]) -> dict[str, np.ndarray]:
         """The request's inputs checked against the pipeline's (names, datatypes, shapes), once: the

@@ -16,10 +16,11 @@ response gathers whatever is left, outermost first, each adding a leading dimens
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .custom_node import LoadedLibrary, NodeInstance
 from .errors import ConfigError
+from .images import ImageInput
 from .pipeline_settings import (
     DYNAMIC_DEMULTIPLY,
     REQUEST_NODE,
@@ -42,6 +43,7 @@ class ModelPorts:
     version: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    images: Mapping[str, ImageInput] = field(default_factory=dict)  # inputs that take encoded images
 
 
 # (model name, version or None for the default) -> the model's ports; ConfigError saying why when the
@@ -57,6 +59,7 @@ class GraphNode:
     kind: NodeKind
     inputs: tuple[tuple[str, Source], ...]  # the node's input name -> where it comes from
     input_specs: dict[str, TensorSpec]  # what the node takes per execution (model or library metadata)
+    input_images: Mapping[str, ImageInput]  # MODEL: its inputs that take encoded images
     aliases: dict[str, str]  # alias (what other nodes reference) -> data item (the model's/library's output)
     output_specs: dict[str, TensorSpec]  # alias -> per-execution tensor, before any demultiplexing
     levels: tuple[str, ...]  # demultiplexers in effect where this node runs, outermost first
@@ -81,6 +84,9 @@ class PipelineGraph:
     entry_demultiply: int | None  # the request's demultiply_count
     response_levels: tuple[str, ...]  # the levels the response gathers, outermost first
     demultiply_counts: dict[str, int] = field(default_factory=dict)  # demultiplexer -> count (-1 dynamic)
+    # Pipeline inputs that take encoded images (BYTES [N]): how to decode them for the model they feed;
+    # decoding gives [N, H, W, C], and with demultiplexing at the entry each image becomes one branch.
+    images: dict[str, ImageInput] = field(default_factory=dict)
 
     def models(self) -> set[str]:
         return {n.model_name for n in self.nodes.values() if n.kind is NodeKind.MODEL}
@@ -148,6 +154,7 @@ def build_graph(
             produced = {s.name: s for s in ports.outputs}
             owner = f"model '{node.model_name}' version {ports.version}"
             instance = None
+            images = ports.images
         else:
             try:
                 instance = make_instance(node.library_name, node.params)
@@ -156,6 +163,7 @@ def build_graph(
             input_specs = {s.name: s for s in instance.inputs}
             produced = {s.name: s for s in instance.outputs}
             owner = f"library '{node.library_name}'"
+            images = {}
         connected = [input_name for input_name, _ in node.inputs]
         for input_name in connected:
             if input_name not in input_specs:
@@ -179,6 +187,7 @@ def build_graph(
             kind=node.kind,
             inputs=node.inputs,
             input_specs=input_specs,
+            input_images=images,
             aliases=aliases,
             output_specs={alias: produced[item] for alias, item in aliases.items()},
             levels=(),
@@ -217,6 +226,7 @@ def build_graph(
         gathered = tuple(counts[level] if counts[level] > 0 else -1 for level in response_levels)
         outputs.append(TensorSpec(output_name, spec.datatype, (*gathered, *spec.shape)))
     return PipelineGraph(
+        images=_image_inputs(settings, graph_nodes, inputs),
         name=settings.name,
         inputs=inputs,
         outputs=tuple(outputs),
@@ -226,6 +236,39 @@ def build_graph(
         response_levels=response_levels,
         demultiply_counts={k: v for k, v in counts.items() if v is not None},
     )
+
+
+def _image_inputs(
+    settings: PipelineSettings, nodes: Mapping[str, GraphNode], inputs: Sequence[TensorSpec]
+) -> dict[str, ImageInput]:
+    """The pipeline inputs that take encoded images, as OVMS's binary inputs: those that feed only model
+    inputs taking images (of one shape), with no gather between. With demultiplexing at the entry, the
+    model takes one image per branch: its batch dimension must be 1, and the request's N images are the
+    branches."""
+    out = {}
+    for spec in inputs:
+        consumers = [
+            (node, input_name)
+            for node in nodes.values()
+            for input_name, source in node.inputs
+            if source.node == REQUEST_NODE and source.item == spec.name
+        ]
+        ways = [node.input_images.get(name) for node, name in consumers]
+        if not consumers or any(
+            w is None or n.gather_from is not None for w, (n, _) in zip(ways, consumers, strict=True)
+        ):
+            continue
+        image = ways[0]
+        assert image is not None
+        if any(w != image for w in ways):
+            continue
+        if settings.demultiply_count is not None:
+            if image.batch != (1, 1):
+                continue
+            count = settings.demultiply_count
+            image = replace(image, batch=(count, count) if count > 0 else (1, -1))
+        out[spec.name] = image
+    return out
 
 
 def _check_names(where: str, settings: PipelineSettings) -> None:

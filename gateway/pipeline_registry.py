@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 from .custom_node import LoadedLibrary, NodeInstance, load_library
 from .errors import ConfigError, GatewayError, NotFound, Unavailable
+from .images import ImageInput
 from .manager import ModelManager
 from .model_version import State
 from .pipeline import Pipeline
@@ -127,7 +128,12 @@ class PipelineRegistry:
             served = self._manager.version(model, "" if version is None else str(version))
         except GatewayError as e:
             raise ConfigError(e.message) from None
-        return ModelPorts(served.name, served.version, served.inputs, served.outputs)
+        images = {
+            spec.name: how
+            for spec, how in zip(served.inputs, served.image_support, strict=True)
+            if isinstance(how, ImageInput)
+        }
+        return ModelPorts(served.name, served.version, served.inputs, served.outputs, images)
 
     def _resolve(self, model: str, version: int | None):
         return self._manager.version(model, "" if version is None else str(version))

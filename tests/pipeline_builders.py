@@ -47,6 +47,13 @@ def rows_model() -> ov.Model:
     return ov.Model([rows.output(0)], [x], "rows")
 
 
+def bgr_model() -> ov.Model:
+    """planes = x (+ 0), FP32 [1,3,8,8]: served with layout NHWC:NCHW, so it takes encoded images."""
+    x = _named(ops.parameter([1, 3, 8, 8], ov.Type.f32, name="x"), "x")
+    planes = _named(ops.add(x, ops.constant(np.float32(0))), "planes")
+    return ov.Model([planes.output(0)], [x], "bgr")
+
+
 def expected_super_resolution(images: np.ndarray) -> np.ndarray:
     """What the pipeline answers for images [N,1,3,16,16]: the resize node takes every other pixel."""
     small = images[:, :, :, :: HIGH // LOW, :: HIGH // LOW]
@@ -104,6 +111,7 @@ def build_pipeline_repository(root: Path) -> Path:
     save(scaled_model(3.0), root / "triple" / "1")
     save(sum_model(), root / "sum" / "1")
     save(rows_model(), root / "rows" / "1")
+    save(bgr_model(), root / "bgr" / "1")
     library = build_c_library(root)
     models = [
         {"config": {"name": "super_resolution", "base_path": "super_resolution"}},
@@ -119,6 +127,7 @@ def build_pipeline_repository(root: Path) -> Path:
         {"config": {"name": "triple", "base_path": "triple"}},
         {"config": {"name": "sum", "base_path": "sum"}},
         {"config": {"name": "rows", "base_path": "rows"}},
+        {"config": {"name": "bgr", "base_path": "bgr", "layout": "NHWC:NCHW"}},
     ]
     pipelines = [
         super_resolution_pipeline("sr_dynamic", "resize_c", -1, "super_resolution"),
@@ -214,6 +223,25 @@ def build_pipeline_repository(root: Path) -> Path:
             ],
             "outputs": [{"total": {"node_name": "total", "data_item": "total"}}],
         },
+        *(
+            {
+                # encoded images into a pipeline (OVMS's binary inputs): one image, or one per branch
+                "name": name,
+                "inputs": ["image"],
+                **extra,
+                "nodes": [
+                    {
+                        "name": "decode",
+                        "type": "DL model",
+                        "model_name": "bgr",
+                        "inputs": [{"x": {"node_name": "request", "data_item": "image"}}],
+                        "outputs": [{"data_item": "planes", "alias": "planes"}],
+                    }
+                ],
+                "outputs": [{"planes": {"node_name": "decode", "data_item": "planes"}}],
+            }
+            for name, extra in (("images_single", {}), ("images_demux", {"demultiply_count": -1}))
+        ),
         {
             # broken on purpose: its model does not exist; everything else must serve
             "name": "broken",

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -157,6 +158,36 @@ def test_grpc_stream(grpc_client, pipeline_server):
     assert len(got) == 3
     for batch, answer in zip(batches, got, strict=True):
         np.testing.assert_allclose(answer, expected_super_resolution(batch), rtol=1e-6)
+
+
+def png(seed: int) -> tuple[bytes, np.ndarray]:
+    """An 8x8 PNG and its BGR planes [3,8,8] as float32 (what the `bgr` model gives back)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    ok, data = cv2.imencode(".png", pixels)
+    assert ok
+    return data.tobytes(), pixels.transpose(2, 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_encoded_images_into_a_pipeline(grpc_client, http_client, transport):
+    files, planes = zip(*(png(seed) for seed in range(3)), strict=True)
+
+    def send(pipeline, images):
+        data = np.array(list(images), dtype=np.object_)
+        if transport == "grpc":
+            tensor = grpcclient.InferInput("image", [len(images)], "BYTES")
+            tensor.set_data_from_numpy(data)
+            return grpc_client.infer(pipeline, [tensor]).as_numpy("planes")
+        tensor = httpclient.InferInput("image", [len(images)], "BYTES")
+        tensor.set_data_from_numpy(data, binary_data=True)
+        return http_client.infer(pipeline, [tensor]).as_numpy("planes")
+
+    np.testing.assert_array_equal(send("images_single", files[:1]), planes[0][np.newaxis])
+    # with demultiplexing at the entry, each image is a branch: N images, N planes [1,3,8,8] gathered
+    np.testing.assert_array_equal(send("images_demux", files), np.stack(planes)[:, np.newaxis])
+    with pytest.raises(InferenceServerException) as e:
+        send("images_demux", [b"not an image"])
+    assert "image" in e.value.message() and e.value.status() in ("StatusCode.INVALID_ARGUMENT", "400")
 
 
 def test_model_chain_with_aliases_and_a_pinned_version(grpc_client, http_client):

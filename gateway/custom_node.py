@@ -233,7 +233,9 @@ class _ReleasedOnCollect:
 
     def __init__(self, instance: CNodeInstance, address: int, shape: tuple[int, ...], dtype: np.dtype):
         self.__array_interface__ = {
-            "data": (address, True),  # read-only: downstream nodes must not write into a library's buffer
+            # Writeable: the buffer is the server's until it is released, and only read downstream (Python
+            # nodes get read-only views); OpenVINO can then take it without a copy.
+            "data": (address, False),
             "shape": shape,
             "typestr": dtype.str,
             "version": 3,

@@ -9,8 +9,12 @@ INLINE_BELOW_NS, which run on the event loop (a thread hand-off costs them more)
 fails the request with its status and a message naming the node, and the request's other tasks are
 cancelled.
 
-Copies: a demultiplexed branch gets a view of its slice (dimension 0 of a C-contiguous array); a custom
-node's outputs are views of the library's buffers; only gathering copies (it stacks the branches).
+Copies: a demultiplexed branch gets a view of its slice (dimension 0 of a C-contiguous array); a C
+library's outputs are views of its buffers, writeable (the server owns them until they are released),
+so a model node after it hands them to OpenVINO without a copy; a model's outputs go on as the arrays
+OpenVINO wrote; only gathering copies (it stacks the branches). Arrays OpenVINO cannot share (read-only
+views, such as a request's own bytes or what a Python node returns of its read-only inputs) are copied
+once when a model node takes them, as for any request.
 """
 
 from __future__ import annotations

@@ -222,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
                     executions = after[0] - before[0]
                     run[f"{kind}_model_compute_ms_per_request"] = (after[1] - before[1]) / (args.requests + 1)
                     run[f"{kind}_executions_per_request"] = executions / (args.requests + 1)
+                compute_before, server_before = model_compute_ms(gw, "sr_b1"), server_ms(gw, "sr_b1")
                 run["client_one_by_one"] = timed(lambda: call_one_by_one(client, images), args.requests)  # noqa: B023
+                compute_after, server_after = model_compute_ms(gw, "sr_b1"), server_ms(gw, "sr_b1")
+                calls = max(1, server_after[0] - server_before[0])
+                # the gateway's own cost for one plain model call, beside the pipeline's
+                run["model_call_server_ms"] = (server_after[1] - server_before[1]) / calls
+                run["model_call_compute_ms"] = (compute_after[1] - compute_before[1]) / calls
                 row["runs"].append(run)
             for key in row["runs"][0]:
                 row[key] = statistics.median(r[key] for r in row["runs"])
@@ -270,6 +276,13 @@ def markdown(results: dict, repetitions: int) -> str:
             f"{row['batched_vs_client']:.2f} |"
         )
     lines += [
+        "",
+        "A plain call of the model (the one-by-one client's), in the server / its compute: "
+        + ", ".join(
+            f"N={row['images']}: {row['model_call_server_ms']:.2f} / {row['model_call_compute_ms']:.2f} ms"
+            for row in results["rows"]
+        )
+        + ".",
         "",
         "Targets: N = 1 pipeline / nodes' compute <= 1.1; N = 16 batched / one-by-one <= 0.5.",
         "",

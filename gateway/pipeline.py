@@ -228,8 +228,36 @@ async def _all(awaitables: Sequence[Awaitable[T]]) -> list[T]:
 
 
 def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """Branches gathered on a new dimension 0: one branch as a view, more copied once into one array."""
-    return parts[0][np.newaxis] if len(parts) == 1 else np.stack(parts)
+    """Branches gathered on a new dimension 0, without a copy where that is possible: one branch, or
+    branches that are consecutive rows of one array (a batched model node's output, split by its
+    scheduler into the branches' rows, in order); otherwise copied once into one array."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first[np.newaxis]
+    if _consecutive(parts):
+        return np.lib.stride_tricks.as_strided(
+            first, (len(parts), *first.shape), (first.nbytes, *first.strides), writeable=False
+        )
+    return np.stack(parts)
+
+
+def _consecutive(parts: Sequence[np.ndarray]) -> bool:
+    """Whether `parts` are C-contiguous, equal-shaped views that follow each other in one base array."""
+    first = parts[0]
+    base = first.base
+    if base is None or not first.flags.c_contiguous or not first.nbytes:
+        return False
+    start = first.ctypes.data
+    for i, part in enumerate(parts):
+        if (
+            part.base is not base
+            or part.shape != first.shape
+            or part.dtype != first.dtype
+            or not part.flags.c_contiguous
+            or part.ctypes.data != start + i * first.nbytes
+        ):
+            return False
+    return True
 
 
 class _Run:

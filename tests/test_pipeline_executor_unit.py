@@ -191,3 +191,21 @@ async def test_the_response_gathers_branches_in_order_whatever_order_they_finish
     np.testing.assert_array_equal(
         out.data, np.arange(1, 4, dtype=np.float32).reshape(3, 1, 1) * np.ones((3, 1, 4))
     )
+
+
+def test_gathering_consecutive_rows_of_one_array_is_a_view_and_anything_else_a_copy():
+    from gateway.pipeline import _stack
+
+    batch = np.arange(24, dtype=np.float32).reshape(4, 1, 6)
+    rows = [batch[i : i + 1][0] for i in range(4)]  # what a batched model node hands its branches
+    gathered = _stack(rows)
+    np.testing.assert_array_equal(gathered, batch)
+    assert np.shares_memory(gathered, batch) and not gathered.flags.writeable
+    shuffled = _stack([rows[1], rows[0], rows[2], rows[3]])
+    np.testing.assert_array_equal(shuffled, batch[[1, 0, 2, 3]])
+    assert not np.shares_memory(shuffled, batch)
+    apart = [np.ones((1, 6), np.float32), np.zeros((1, 6), np.float32)]
+    np.testing.assert_array_equal(_stack(apart), np.stack(apart))
+    strided = [batch[i, :, ::2] for i in range(4)]  # not contiguous: copied
+    np.testing.assert_array_equal(_stack(strided), batch[:, :, ::2])
+    assert not np.shares_memory(_stack(strided), batch)

@@ -29,7 +29,14 @@ from typing import TypeVar
 import numpy as np
 
 from .custom_node import CustomNodeError
-from .errors import DeadlineExceeded, GatewayError, InternalError, InvalidArgument, Unavailable
+from .errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InternalError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from .images import decode_images
 from .model_version import ModelVersion, State, check_shape
 from .pipeline_graph import GraphNode, PipelineGraph
@@ -108,7 +115,23 @@ class Pipeline:
         return self.graph is not None and name in self.graph.images
 
     def refuse_if_full(self) -> None:
-        """Each model node's scheduler judges its own queue when the node runs."""
+        """RESOURCE_EXHAUSTED now, before the request is decoded, when a model node the request feeds
+        directly has no room in its queue. This is the pipeline's admission: once admitted, its nodes wait
+        for room instead of being refused (a demultiplexed request of 200 images would otherwise fill a
+        queue of 64 with its own branches and fail itself)."""
+        graph = self.graph
+        if graph is None:
+            return
+        for node in graph.nodes.values():
+            if node.kind is NodeKind.MODEL and all(s.node == REQUEST_NODE for _, s in node.inputs):
+                try:
+                    self.resolve(node.model_name, node.model_version).refuse_if_full()
+                except ResourceExhausted as e:
+                    raise ResourceExhausted(
+                        f"pipeline '{self.name}' node '{node.name}': {e.message}"
+                    ) from None
+                except GatewayError:
+                    pass  # not ready: the node fails with that when it runs
 
     # --- inference ------------------------------------------------------------------------------
 
@@ -127,7 +150,9 @@ class Pipeline:
             inputs = await self._decode_images(graph, inputs)
         given = self._order_inputs(graph, inputs)
         picked = self._select_outputs(graph, requested)
-        run = _Run(self.name, graph, given, self.resolve, priority, deadline, when_full)
+        # Admitted (see refuse_if_full): every node waits for room in its model's queue, whatever the
+        # transport asked (WhenFull.REFUSE is for the admission).
+        run = _Run(self.name, graph, given, self.resolve, priority, deadline, WhenFull.WAIT)
         started = time.perf_counter_ns()
         results = await run.outputs([graph.output_sources[i] for i in picked])
         # Triton's statistics for a pipeline as for an ensemble: one inference per request, its compute

@@ -12,6 +12,7 @@ from gateway.errors import GatewayError, ResourceExhausted
 from gateway.pipeline import Pipeline
 from gateway.pipeline_graph import ModelPorts, build_graph
 from gateway.pipeline_settings import parse_pipeline_entry
+from gateway.scheduler import WhenFull
 from gateway.types import InferInput, InferOutput, TensorSpec
 
 
@@ -25,11 +26,18 @@ class FakeVersion:
         self.cancelled = 0
         self.fail_with: GatewayError | None = None
         self.produce = produce
+        self.full = False
+
+    def refuse_if_full(self) -> None:
+        if self.full:
+            raise ResourceExhausted(f"model '{self.name}': the queue is full")
 
     async def infer(self, inputs, requested, priority=0, deadline=None, when_full=None):
         release = asyncio.get_running_loop().create_future()
         self.started.append(release)
-        self.calls.append({"priority": priority, "deadline": deadline, "shape": inputs[0].shape})
+        self.calls.append(
+            {"priority": priority, "deadline": deadline, "shape": inputs[0].shape, "when_full": when_full}
+        )
         try:
             await release
         except asyncio.CancelledError:
@@ -209,3 +217,29 @@ def test_gathering_consecutive_rows_of_one_array_is_a_view_and_anything_else_a_c
     strided = [batch[i, :, ::2] for i in range(4)]  # not contiguous: copied
     np.testing.assert_array_equal(_stack(strided), batch[:, :, ::2])
     assert not np.shares_memory(_stack(strided), batch)
+
+
+async def test_admission_refuses_on_the_entry_nodes_and_admitted_nodes_wait_for_room():
+    versions = {"first": FakeVersion("first"), "second": FakeVersion("second")}
+    pipeline = make_pipeline(
+        {
+            "name": "p",
+            "inputs": ["x"],
+            "nodes": [node("a", "first", ("request", "x")), node("b", "second", ("a", "y"))],
+            "outputs": [{"y": {"node_name": "b", "data_item": "y"}}],
+        },
+        versions,
+    )
+    versions["second"].full = True  # not fed by the request: its queue is judged when the node runs
+    pipeline.refuse_if_full()
+    versions["first"].full = True
+    with pytest.raises(ResourceExhausted) as e:
+        pipeline.refuse_if_full()
+    assert e.value.message == "pipeline 'p' node 'a': model 'first': the queue is full"
+    task = asyncio.ensure_future(pipeline.infer(request(np.zeros((1, 4), np.float32)), None))
+    await settle()
+    versions["first"].started[0].set_result(None)
+    await settle()
+    versions["second"].started[0].set_result(None)
+    await task
+    assert [c["when_full"] for v in versions.values() for c in v.calls] == [WhenFull.WAIT, WhenFull.WAIT]

@@ -142,6 +142,14 @@ def test_sixteen_images_through_a_batching_model_node(grpc_client):
     assert executions < 16  # the branches of one request met in the model's batcher
 
 
+def test_a_request_with_more_branches_than_the_model_queue_holds(grpc_client):
+    # super_resolution's queue holds 64 requests (the default for its parallelism): the 100 branches of one
+    # admitted request wait for room instead of refusing each other
+    batch = images(100, seed=100)
+    result = grpc_client.infer("sr_dynamic", [grpc_input("images", batch)], client_timeout=120)
+    np.testing.assert_allclose(result.as_numpy("enhanced"), expected_super_resolution(batch), rtol=1e-6)
+
+
 def test_grpc_stream(grpc_client, pipeline_server):
     results: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(pipeline_server.grpc_url)

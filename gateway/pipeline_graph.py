@@ -49,8 +49,9 @@ class ModelPorts:
 # (model name, version or None for the default) -> the model's ports; ConfigError saying why when the
 # model or version is not served (or not ready).
 ModelLookup = Callable[[str, int | None], ModelPorts]
-# (library name, node params) -> the node's library instance; ConfigError when it cannot be made.
-InstanceMaker = Callable[[str, tuple[tuple[str, str], ...]], NodeInstance]
+# (node name, library name, node params) -> the node's own library instance (OVMS initializes the library
+# once per node); ConfigError when it cannot be made.
+InstanceMaker = Callable[[str, str, tuple[tuple[str, str], ...]], NodeInstance]
 
 
 @dataclass(eq=False, slots=True)
@@ -157,7 +158,7 @@ def build_graph(
             images = ports.images
         else:
             try:
-                instance = make_instance(node.library_name, node.params)
+                instance = make_instance(node.name, node.library_name, node.params)
             except ConfigError as e:
                 raise ConfigError(f"{at}: {e}") from None
             input_specs = {s.name: s for s in instance.inputs}

@@ -32,8 +32,8 @@ class PipelineRegistry:
         self._pipelines: dict[str, Pipeline] = {}
         self._errors: dict[str, str] = {}  # pipelines whose entry could not even be parsed
         self._libraries: dict[str, LoadedLibrary] = {}
-        # (pipeline, node, library, params) -> its library instance, kept across rebuilds while the
-        # node's definition and library are unchanged (instances are initialized once per node).
+        # (pipeline, node, library, its path and load, params) -> the node's library instance, kept
+        # across rebuilds while the node's library and params are unchanged (initialized once per node).
         self._instances: dict[tuple, NodeInstance] = {}
 
     # --- configuration ---------------------------------------------------------------------------
@@ -84,8 +84,10 @@ class PipelineRegistry:
         model_names = set(self._manager.served_names())
         for name, pipeline in self._pipelines.items():
 
-            def make_instance(library: str, params: tuple, pipeline: Pipeline = pipeline) -> NodeInstance:
-                return self._instance(pipeline, library, params, used)
+            def make_instance(
+                node: str, library: str, params: tuple, pipeline: Pipeline = pipeline
+            ) -> NodeInstance:
+                return self._instance(pipeline, node, library, params, used)
 
             try:
                 graph = build_graph(
@@ -112,11 +114,11 @@ class PipelineRegistry:
         self._instances = used  # instances no node uses any more deinitialize once their requests end
 
     def _instance(
-        self, pipeline: Pipeline, library_name: str, params: tuple, used: dict[tuple, NodeInstance]
+        self, pipeline: Pipeline, node: str, library_name: str, params: tuple, used: dict[tuple, NodeInstance]
     ) -> NodeInstance:
         loaded = self._libraries[library_name]
         assert loaded.library is not None  # build_graph checked
-        key = (pipeline.name, library_name, loaded.base_path, id(loaded.library), params)
+        key = (pipeline.name, node, library_name, loaded.base_path, id(loaded.library), params)
         instance = used.get(key) or self._instances.get(key)
         if instance is None:
             instance = loaded.library.instance(dict(params))

@@ -89,7 +89,7 @@ def build(entry, model_names: frozenset[str] = frozenset(MODELS)):
         set(model_names),
         LIBRARIES,
         lookup,
-        lambda library, params: FakeInstance(),
+        lambda node, library, params: FakeInstance(),
     )
 
 
@@ -360,3 +360,26 @@ def test_a_config_keeps_good_pipelines_beside_bad_ones():
     with pytest.raises(ConfigError) as e:
         parse_pipeline_config({"pipeline_config_list": [good, good]}, "config.json")
     assert "'p' is defined twice" in str(e.value)
+
+
+def test_each_custom_node_gets_its_own_library_instance():
+    def custom(name, source):
+        return {
+            "name": name,
+            "type": "custom",
+            "library_name": "lib",
+            "params": {"same": "params"},
+            "inputs": [{"image": {"node_name": source[0], "data_item": source[1]}}],
+            "outputs": [{"data_item": "resized", "alias": "y"}],
+        }
+
+    made = []
+
+    def maker(node, library, params):
+        made.append((node, library, params))
+        return FakeInstance()
+
+    entry = pipeline([custom("one", ("request", "in")), custom("two", ("one", "y"))])
+    graph = build_graph(parse_pipeline_entry(entry), set(), LIBRARIES, lookup, maker)
+    assert made == [("one", "lib", (("same", "params"),)), ("two", "lib", (("same", "params"),))]
+    assert graph.nodes["one"].instance is not graph.nodes["two"].instance

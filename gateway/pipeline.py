@@ -102,9 +102,6 @@ class Pipeline:
 
     client_inputs = inputs
 
-    def models(self) -> set[str]:
-        return {n.model_name for n in self.settings.nodes if n.kind is NodeKind.MODEL}
-
     # --- what transports ask of a servable (see ModelVersion) -------------------------------------
 
     def check_input_count(self, given: int) -> None:

@@ -84,13 +84,9 @@ class PipelineGraph:
     nodes: dict[str, GraphNode]  # in an order where every node comes after its sources
     entry_demultiply: int | None  # the request's demultiply_count
     response_levels: tuple[str, ...]  # the levels the response gathers, outermost first
-    demultiply_counts: dict[str, int] = field(default_factory=dict)  # demultiplexer -> count (-1 dynamic)
     # Pipeline inputs that take encoded images (BYTES [N]): how to decode them for the model they feed;
     # decoding gives [N, H, W, C], and with demultiplexing at the entry each image becomes one branch.
     images: dict[str, ImageInput] = field(default_factory=dict)
-
-    def models(self) -> set[str]:
-        return {n.model_name for n in self.nodes.values() if n.kind is NodeKind.MODEL}
 
 
 def _fmt(spec: TensorSpec) -> str:
@@ -235,7 +231,6 @@ def build_graph(
         nodes=graph_nodes,
         entry_demultiply=settings.demultiply_count,
         response_levels=response_levels,
-        demultiply_counts={k: v for k, v in counts.items() if v is not None},
     )
 
 

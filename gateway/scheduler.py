@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import enum
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -160,14 +161,20 @@ class ModelScheduler:
     def has_room(self) -> bool:
         return not self.max_queue_size or len(self._waiting) < self.max_queue_size
 
-    async def wait_for_room(self) -> None:
-        """Return once the queue can take a request (at once when it can now)."""
+    async def wait_for_room(self, deadline: float | None = None) -> None:
+        """Return once the queue can take a request (at once when it can now); DeadlineExceeded when
+        `deadline` (clock time) passes first."""
         while not self.has_room():
             waiter = self._loop.create_future()
             self._room_waiters.append(waiter)
+            timer = None
+            if deadline is not None:
+                timer = self._clock.call_at(deadline, functools.partial(_expire_waiter, waiter, self.label))
             try:
                 await waiter
             finally:
+                if timer is not None:
+                    timer.cancel()
                 if waiter in self._room_waiters:
                     self._room_waiters.remove(waiter)
 
@@ -198,7 +205,7 @@ class ModelScheduler:
                 raise ResourceExhausted(
                     f"{self.label}: the queue is full ({self.max_queue_size} requests waiting); retry later"
                 )
-            await self.wait_for_room()
+            await self.wait_for_room(deadline)
         key = tuple(a.shape[1:] for a in arrays) if self.batching else ()
         self._sequence += 1
         waiting = _Waiting(
@@ -337,6 +344,13 @@ class Ticket(enum.Enum):
     REFUSED = "refused"  # wait: the gate calls pump() again when this model may go
     UNCOUNTED = "uncounted"  # go; the gate is not counting (one priority on the device)
     COUNTED = "counted"  # go, and release() the slot when the execution ends
+
+
+def _expire_waiter(waiter: asyncio.Future, label: str) -> None:
+    if not waiter.done():
+        waiter.set_exception(
+            DeadlineExceeded(f"{label}: the request's deadline expired while it waited for room in the queue")
+        )
 
 
 class DeviceGate:

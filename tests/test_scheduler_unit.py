@@ -210,6 +210,24 @@ async def test_a_caller_that_waits_for_room_is_queued_when_a_place_frees_not_ref
     ]  # (x10: the fake)
 
 
+async def test_a_deadline_that_passes_while_waiting_for_room_drops_the_request():
+    clock = ManualClock()
+    scheduler, executor, _ = make(clock, queue=1)
+    submit(scheduler)
+    await settle()
+    submit(scheduler)  # the queue's one place
+    await settle()
+    patient = submit(scheduler, 1, 3.0, when_full=WhenFull.WAIT, deadline=clock.now() + 0.5)
+    await settle()
+    assert not patient.done()
+    clock.advance(0.5)
+    await settle()
+    with pytest.raises(DeadlineExceeded) as e:
+        patient.result()
+    assert "waited for room" in e.value.message
+    assert scheduler.queued == 1 and len(executor.runs) == 1  # it never joined the queue
+
+
 async def test_wait_for_room_returns_at_once_with_room_and_after_a_withdrawal_without():
     clock = ManualClock()
     scheduler, executor, _ = make(clock, queue=1)

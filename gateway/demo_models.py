@@ -5,6 +5,7 @@
 The same models serve the test suite: `simple` and `dummy` are the models Triton's
 and OVMS's client examples call, `identity_<type>` covers every datatype, and
 `versioned` has two versions that answer differently, and `scalars` takes and returns rank-0 tensors.
+`dummy_twice` is a pipeline (an OVMS DAG) of two `dummy` nodes.
 """
 
 from __future__ import annotations
@@ -112,8 +113,29 @@ def build_repository(root: str | Path) -> Path:
         {"config": {"name": "scalars", "base_path": "scalars"}},
     ]
     config = root / "config.json"
-    config.write_text(json.dumps({"model_config_list": entries}, indent=2) + "\n")
+    document = {"model_config_list": entries, "pipeline_config_list": [dummy_twice_pipeline()]}
+    config.write_text(json.dumps(document, indent=2) + "\n")
     return config
+
+
+def dummy_twice_pipeline() -> dict:
+    """An OVMS pipeline of two `dummy` nodes: a = (b + 1) + 1, FP32 [-1,10], served as `dummy_twice`."""
+
+    def dummy(name: str, source: tuple[str, str]) -> dict:
+        return {
+            "name": name,
+            "type": "DL model",
+            "model_name": "dummy",
+            "inputs": [{"b": {"node_name": source[0], "data_item": source[1]}}],
+            "outputs": [{"data_item": "a", "alias": "a"}],
+        }
+
+    return {
+        "name": "dummy_twice",
+        "inputs": ["b"],
+        "nodes": [dummy("first", ("request", "b")), dummy("second", ("first", "a"))],
+        "outputs": [{"a": {"node_name": "second", "data_item": "a"}}],
+    }
 
 
 if __name__ == "__main__":

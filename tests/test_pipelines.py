@@ -320,3 +320,16 @@ def test_perf_analyzer_drives_a_pipeline(pipeline_server, perf_analyzer):  # noq
         f"images:4,1,3,{HIGH},{HIGH}",
     )
     assert_report(output)
+
+
+def test_the_demo_repository_serves_a_pipeline(gateway_server):
+    client = httpclient.InferenceServerClient(gateway_server.http_url)
+    try:
+        b = np.arange(20, dtype=np.float32).reshape(2, 10)
+        result = client.infer("dummy_twice", [http_input("b", b)])
+        np.testing.assert_array_equal(result.as_numpy("a"), b + 2)
+        assert client.get_model_metadata("dummy_twice")["inputs"] == [
+            {"name": "b", "datatype": "FP32", "shape": [-1, 10]}
+        ]
+    finally:
+        client.close()

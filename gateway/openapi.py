@@ -316,6 +316,7 @@ def document(models: Sequence[str] = ()) -> dict:
             _json(_ref("Empty"), "unloaded"),
             _model_params(models, False),
             "404",
+            "412",  # a pipeline's name: pipelines come and go with config.json
             "503",
         ),
     }

@@ -397,6 +397,12 @@ class RestHandlers:
             body = await read_body(request, self.max_body_bytes)
             header_length = request.headers.get(HEADER_LENGTH)
             if header_length is not None and header_length.strip() == "0" and body:
+                if request.content_type == "application/json":
+                    # the two headers contradict each other: no JSON header, yet a JSON body
+                    raise InvalidArgument(
+                        f"{HEADER_LENGTH}: 0 says the body is one raw input with no JSON header, but "
+                        "Content-Type says application/json; send the raw input as application/octet-stream"
+                    )
                 decoded = single_raw_input_request(served, model, version, memoryview(body))
             else:
                 if not body:

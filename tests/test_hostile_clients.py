@@ -12,6 +12,8 @@ import json
 import socket
 import struct
 import time
+import urllib.error
+import urllib.request
 import zlib
 
 import grpc
@@ -403,3 +405,20 @@ def test_a_new_connection_is_refused_with_503_only_when_every_open_one_is_busy(m
         for s in busy:
             s.close()
         assert gw.stop() == 0
+
+
+def test_a_raw_body_declared_as_json_is_refused(gateway_server):
+    """`Inference-Header-Content-Length: 0` (the body is one raw input) contradicts a JSON Content-Type."""
+    request = urllib.request.Request(
+        f"http://{gateway_server.http_url}/v2/models/identity_bytes/infer",
+        data=b"\x00",
+        method="POST",
+        headers={"Inference-Header-Content-Length": "0", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=10)
+    assert e.value.code == 400 and "application/octet-stream" in json.loads(e.value.read())["error"]
+    request.remove_header("Content-type")
+    request.add_header("Content-Type", "application/octet-stream")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200

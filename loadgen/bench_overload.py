@@ -9,7 +9,7 @@ RSS at its start and end, and errors. Loader processes share the machine's cores
 Targets (issue 16): admitted p99 <= 2 x its value at capacity, refusals answered within 1 ms p99, admitted
 throughput >= 0.95 x capacity; soak RSS growth < 5 %, no error.
 
-    python -m loadgen.bench_overload [--window-ms 5000] [--soak-seconds 600]
+    python -m loadgen.bench_overload [--window-ms 5000] [--soak-seconds 600] [--models simple,resnet50]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .gateway_process import GatewayProcess, start_gateway
 
 # model -> the closed-loop concurrency taken as its capacity on 2 cores
 CAPACITY_CONCURRENCY = {"simple": 64, "resnet50": 8}
+SOAK_WARMUP_MS = 30_000
 
 
 def rss_kib(pid: int) -> int:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"models": {}}
     gw = start_gateway(["--config_path", str(out / "config.json")], out / "gateway.log", timeout=300)
     try:
-        for model in args.models.split(","):
+        for model in filter(None, args.models.split(",")):  # --models "" runs the soak alone
             c = CAPACITY_CONCURRENCY[model]
             capacity = load(gw, model, ["--concurrency-range", str(c)], args.window_ms, out)
             closed = load(gw, model, ["--concurrency-range", "512"], args.window_ms, out)
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print("; ".join(parts), flush=True)
         if args.soak_seconds:
+            # a warm-up first: RSS is measured once the allocator and the connections have settled, so that
+            # growth means what the soak itself kept
+            warmup_ms = min(SOAK_WARMUP_MS, args.soak_seconds * 50)  # 5 % of the soak, at most 30 s
+            load(gw, "simple", ["--concurrency-range", "64"], max(500, warmup_ms), out)
             rss0 = rss_kib(gw.process.pid)
             soak = load(gw, "simple", ["--concurrency-range", "64"], args.soak_seconds * 1000, out)
             rss1 = rss_kib(gw.process.pid)

@@ -8,6 +8,7 @@ batching on the model node; a model-only chain with aliases and a pinned version
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import re
@@ -307,19 +308,58 @@ def test_kserve_sdk_clients(pipeline_server, mode):
     assert "all kserve SDK checks passed" in result.stdout
 
 
-def test_perf_analyzer_drives_a_pipeline(pipeline_server, perf_analyzer):  # noqa: F811
+@pytest.mark.parametrize(
+    "pipeline, transport, count",
+    [("sr_fixed", "grpc", 4), ("sr_dynamic", "http", 2)],
+)
+def test_perf_analyzer_drives_a_pipeline(pipeline_server, perf_analyzer, pipeline, transport, count):  # noqa: F811
+    url = pipeline_server.grpc_url if transport == "grpc" else pipeline_server.http_url
     output = run_pa(
         perf_analyzer,
         "-m",
-        "sr_fixed",
+        pipeline,
         "-u",
-        pipeline_server.grpc_url,
+        url,
         "-i",
-        "grpc",
+        transport,
         "--shape",
-        f"images:4,1,3,{HIGH},{HIGH}",
+        f"images:{count},1,3,{HIGH},{HIGH}",
     )
     assert_report(output)
+
+
+def test_rest_raw_body_is_the_one_input_of_a_pipeline(pipeline_server):
+    """`Inference-Header-Content-Length: 0`: the whole body is the pipeline's one input (OVMS's raw form)."""
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    request = urllib.request.Request(
+        f"http://{pipeline_server.http_url}/v2/models/chain/infer",
+        data=x.tobytes(),
+        method="POST",
+        headers={"Inference-Header-Content-Length": "0", "Content-Type": "application/octet-stream"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        header_length = int(response.headers["Inference-Header-Content-Length"])
+        body = response.read()
+    header = json.loads(body[:header_length])
+    assert [o["name"] for o in header["outputs"]] == ["result", "intermediate"]
+    size = header["outputs"][0]["parameters"]["binary_data_size"]
+    result = np.frombuffer(body[header_length : header_length + size], np.float32).reshape(1, 4)
+    np.testing.assert_array_equal(result, x * 6)
+
+
+async def test_tritonclient_aio_grpc(pipeline_server):
+    import tritonclient.grpc.aio as aioclient
+
+    client = aioclient.InferenceServerClient(pipeline_server.grpc_url)
+    try:
+        x = np.ones((3, 4), np.float32)
+        tensor = aioclient.InferInput("x", [3, 4], "FP32")
+        tensor.set_data_from_numpy(x)
+        results = await asyncio.gather(*(client.infer("gather", [tensor]) for _ in range(4)))
+        for result in results:
+            np.testing.assert_array_equal(result.as_numpy("total"), (x * 6).sum(axis=0, keepdims=True))
+    finally:
+        await client.close()
 
 
 def test_the_demo_repository_serves_a_pipeline(gateway_server):

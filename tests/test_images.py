@@ -439,3 +439,9 @@ def test_perf_analyzer_sends_base64_images_from_input_data(perf_analyzer, image_
     assert "Throughput:" in output
     stats = grpcclient.InferenceServerClient(image_server.grpc_url).get_inference_statistics("bgr_shown")
     assert stats.model_stats[0].inference_stats.fail.count == 0
+
+
+def test_one_decoder_thread_per_four_cores():
+    from gateway.images import decoder_threads
+
+    assert [decoder_threads(n) for n in (1, 2, 4, 7, 16)] == [1, 1, 1, 1, 4]

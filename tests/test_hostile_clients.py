@@ -374,9 +374,18 @@ def test_grpc_refuses_connections_past_its_bound(model_repo, tmp_path):
             except grpc.RpcError as e:
                 answers.append(e.code())
         assert answers == [True, True, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE]
-        channels.pop(0).close()  # a connection closes: room for a new one
-        live = live_on_a_new_connection(gw, channels)
-        assert live(pb.ServerLiveRequest(), timeout=5, wait_for_ready=True).live
+        channels.pop(0).close()  # a connection closes: room for a new one, once the server has seen it go
+        deadline = time.monotonic() + 20
+        while True:
+            live = live_on_a_new_connection(gw, channels)
+            try:
+                assert live(pb.ServerLiveRequest(), timeout=2, wait_for_ready=True).live
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                channels.pop().close()  # refused: the closed one was not counted out yet
+                time.sleep(0.2)
     finally:
         for channel in channels:
             channel.close()

@@ -22,7 +22,8 @@ def _write_config(path, models):
     path.write_text(json.dumps({"model_config_list": entries}))
 
 
-def _wait_for(condition, what, timeout=30.0):
+def _wait_for(condition, what, timeout=30.0, log=None):
+    """`log`: a callable whose text (the gateway's log) the failure shows."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -31,7 +32,7 @@ def _wait_for(condition, what, timeout=30.0):
         except Exception:
             pass
         time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")
+    raise AssertionError(f"not within {timeout} s: {what}" + (f"\n{log()[-4000:]}" if log else ""))
 
 
 def test_reload_under_load_never_fails_the_models_that_stay(tmp_path):
@@ -144,7 +145,11 @@ def test_a_version_copied_in_slowly_is_served_once_the_copy_ends(tmp_path, folde
         target = tmp_path / "versioned" / folder
         target.mkdir()
         (target / "model.xml").write_bytes((tmp_path / "staging" / "model.xml").read_bytes())
-        _wait_for(lambda: "version 2" in gw.log() and "failed" in gw.log(), "the half-copied version failed")
+        _wait_for(
+            lambda: "version 2" in gw.log() and "failed" in gw.log(),
+            "the half-copied version failed",
+            log=gw.log,
+        )
         assert http.infer("versioned", [x]).get_response()["model_version"] == "1"
         (target / "model.bin").write_bytes((tmp_path / "staging" / "model.bin").read_bytes())
         _wait_for(

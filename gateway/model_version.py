@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,6 +111,54 @@ def check_shape(name: str, bounds: Bounds, shape: tuple[int, ...]) -> None:
         raise InvalidArgument(
             f"Invalid input shape - Expected: {expected}; Actual: {_fmt(shape)}; input name: {name}"
         )
+
+
+def spec_bounds(shape: Iterable[int]) -> Bounds:
+    """The bounds a metadata shape allows: a static dimension its size, -1 any size."""
+    return tuple((0, -1) if d < 0 else (d, d) for d in shape)
+
+
+def check_input_count(expected: int, given: int) -> None:
+    """Before decoding: a request with more inputs than the servable has is refused before any of its
+    tensors is decoded (fewer are reported with the names missing, once inputs are matched)."""
+    if given > expected:
+        raise InvalidArgument(f"Invalid number of inputs - Expected: {expected}; Actual: {given}")
+
+
+def select_outputs(
+    owner: str, kind: str, index: Mapping[str, int], requested: Sequence[RequestedOutput] | None
+) -> list[int]:
+    """The requested outputs' positions (every output, in order, when none is named). `owner` names the
+    model version or pipeline in errors, `kind` is "model" or "pipeline"; `index`: output name -> position."""
+    if not requested:
+        return list(range(len(index)))
+    picked: list[int] = []
+    for out in requested:
+        position = index.get(out.name)
+        if position is None:
+            raise InvalidArgument(
+                f"unexpected output '{out.name}' for {owner}; {kind} outputs: {', '.join(index)}"
+            )
+        if position in picked:
+            raise InvalidArgument(f"output '{out.name}' is requested more than once")
+        picked.append(position)
+    return picked
+
+
+def picked_outputs(
+    specs: Sequence[TensorSpec],
+    picked: Sequence[int],
+    arrays: Sequence[np.ndarray],
+    requested: Sequence[RequestedOutput] | None,
+) -> list[InferOutput]:
+    """The response's outputs: the picked specs with their arrays (in picked order) and each requested
+    output's parameters."""
+    outputs = []
+    for position, (index, array) in enumerate(zip(picked, arrays, strict=True)):
+        spec = specs[index]
+        params = dict(requested[position].parameters) if requested else {}
+        outputs.append(InferOutput(spec.name, spec.datatype, tuple(array.shape), array, params))
+    return outputs
 
 
 @dataclass(eq=False, slots=True)
@@ -226,10 +274,7 @@ class ModelVersion:
         return out
 
     def check_input_count(self, given: int) -> None:
-        """Before decoding: a request with more inputs than the model has is refused before any of its
-        tensors is decoded (fewer are reported by order_inputs, with the names missing)."""
-        if given > len(self.inputs):
-            raise InvalidArgument(f"Invalid number of inputs - Expected: {len(self.inputs)}; Actual: {given}")
+        check_input_count(len(self.inputs), given)
 
     def order_inputs(self, inputs: Sequence[InferInput]) -> tuple[list[np.ndarray], int]:
         """Check the request's inputs against the model; return their arrays in model input order and
@@ -295,20 +340,8 @@ class ModelVersion:
         return rows
 
     def select_outputs(self, requested: Sequence[RequestedOutput] | None) -> list[int]:
-        if requested is None or len(requested) == 0:
-            return list(range(len(self.outputs)))
-        picked: list[int] = []
-        for out in requested:
-            index = self._output_index.get(out.name)
-            if index is None:
-                raise InvalidArgument(
-                    f"unexpected output '{out.name}' for model '{self.name}' version {self.version}; "
-                    f"model outputs: {', '.join(self._output_index)}"
-                )
-            if index in picked:
-                raise InvalidArgument(f"output '{out.name}' is requested more than once")
-            picked.append(index)
-        return picked
+        owner = f"model '{self.name}' version {self.version}"
+        return select_outputs(owner, "model", self._output_index, requested)
 
     async def infer(
         self,
@@ -328,9 +361,4 @@ class ModelVersion:
         arrays, rows = self.order_inputs(inputs)
         picked = self.select_outputs(requested)
         results, _, _ = await scheduler.submit(arrays, rows, priority, deadline, when_full)
-        outputs = []
-        for position, index in enumerate(picked):
-            spec, array = self.outputs[index], results[index]
-            params = dict(requested[position].parameters) if requested else {}
-            outputs.append(InferOutput(spec.name, spec.datatype, tuple(array.shape), array, params))
-        return outputs
+        return picked_outputs(self.outputs, picked, [results[i] for i in picked], requested)

@@ -38,7 +38,15 @@ from .errors import (
     Unavailable,
 )
 from .images import decode_images
-from .model_version import ModelVersion, State, check_shape
+from .model_version import (
+    ModelVersion,
+    State,
+    check_input_count,
+    check_shape,
+    picked_outputs,
+    select_outputs,
+    spec_bounds,
+)
 from .pipeline_graph import GraphNode, PipelineGraph
 from .pipeline_settings import REQUEST_NODE, NodeKind, PipelineSettings, Source
 from .scheduler import WhenFull
@@ -105,8 +113,7 @@ class Pipeline:
     # --- what transports ask of a servable (see ModelVersion) -------------------------------------
 
     def check_input_count(self, given: int) -> None:
-        if given > len(self.inputs):
-            raise InvalidArgument(f"Invalid number of inputs - Expected: {len(self.inputs)}; Actual: {given}")
+        check_input_count(len(self.inputs), given)
 
     def takes_images(self, name: str) -> bool:
         return self.graph is not None and name in self.graph.images
@@ -146,7 +153,7 @@ class Pipeline:
         if graph.images and any(tensor.datatype == "BYTES" for tensor in inputs):
             inputs = await self._decode_images(graph, inputs)
         given = self._order_inputs(graph, inputs)
-        picked = self._select_outputs(graph, requested)
+        picked = select_outputs(f"pipeline '{self.name}'", "pipeline", self._output_index, requested)
         # Admitted (see refuse_if_full): every node waits for room in its model's queue, whatever the
         # transport asked (WhenFull.REFUSE is for the admission).
         run = _Run(self.name, graph, given, self.resolve, priority, deadline, WhenFull.WAIT)
@@ -155,12 +162,7 @@ class Pipeline:
         # Triton's statistics for a pipeline as for an ensemble: one inference per request, its compute
         # the whole graph (each model node's own statistics show its queue and compute).
         self.stats.record_execution(ExecutionTimes(0, time.perf_counter_ns() - started, 0), 1, [0])
-        outputs = []
-        for position, (index, array) in enumerate(zip(picked, results, strict=True)):
-            spec = graph.outputs[index]
-            params = dict(requested[position].parameters) if requested else {}
-            outputs.append(InferOutput(spec.name, spec.datatype, tuple(array.shape), array, params))
-        return outputs
+        return picked_outputs(graph.outputs, picked, results, requested)
 
     async def _decode_images(self, graph: PipelineGraph, inputs: Sequence[InferInput]) -> list[InferInput]:
         """BYTES sent to an input that takes images: decoded as the model it feeds would decode them;
@@ -200,8 +202,7 @@ class Pipeline:
                     f"Invalid input precision - Expected: {spec.datatype}; Actual: {tensor.datatype}; "
                     f"input name: {tensor.name}"
                 )
-            bounds = tuple((0, -1) if d < 0 else (d, d) for d in spec.shape)
-            check_shape(spec.name, bounds, tensor.shape)
+            check_shape(spec.name, spec_bounds(spec.shape), tensor.shape)
             given[tensor.name] = tensor.data
         missing = [s.name for s in graph.inputs if s.name not in given]
         if missing:
@@ -223,22 +224,6 @@ class Pipeline:
                     "pipeline demultiplexes its inputs)"
                 )
         return given
-
-    def _select_outputs(self, graph: PipelineGraph, requested: Sequence[RequestedOutput] | None) -> list[int]:
-        if not requested:
-            return list(range(len(graph.outputs)))
-        picked: list[int] = []
-        for out in requested:
-            index = self._output_index.get(out.name)
-            if index is None:
-                raise InvalidArgument(
-                    f"unexpected output '{out.name}' for pipeline '{self.name}'; pipeline outputs: "
-                    f"{', '.join(self._output_index)}"
-                )
-            if index in picked:
-                raise InvalidArgument(f"output '{out.name}' is requested more than once")
-            picked.append(index)
-        return picked
 
 
 async def _all(awaitables: Sequence[Awaitable[T]]) -> list[T]:
@@ -393,7 +378,7 @@ class _Run:
         assert node.instance is not None  # CUSTOM nodes get one when the graph is built
         for name, array in inputs.items():
             spec = node.input_specs[name]
-            check_shape(name, tuple((0, -1) if d < 0 else (d, d) for d in spec.shape), tuple(array.shape))
+            check_shape(name, spec_bounds(spec.shape), tuple(array.shape))
         typical = node.instance.times.typical_ns()
         if typical is not None and typical < INLINE_BELOW_NS:
             return node.instance.execute(inputs)

@@ -15,7 +15,7 @@ response gathers whatever is left, outermost first, each adding a leading dimens
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .custom_node import LoadedLibrary, NodeInstance
@@ -267,6 +267,16 @@ def _image_inputs(
     return out
 
 
+def _repeated(names: Iterable[str]) -> str | None:
+    """The first name that comes again, or None."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def _check_names(where: str, settings: PipelineSettings) -> None:
     seen: set[str] = set()
     for node in settings.nodes:
@@ -277,23 +287,18 @@ def _check_names(where: str, settings: PipelineSettings) -> None:
         if node.name in seen:
             raise ConfigError(f"{where}: node name '{node.name}' is used by more than one node")
         seen.add(node.name)
-        inputs = [name for name, _ in node.inputs]
-        for name in inputs:
-            if inputs.count(name) > 1:
-                raise ConfigError(f"{where}: node '{node.name}': input '{name}' is connected more than once")
-        aliases = [alias for _, alias in node.outputs]
-        for alias in aliases:
-            if aliases.count(alias) > 1:
-                raise ConfigError(f"{where}: node '{node.name}': outputs: alias '{alias}' is used twice")
+        twice = _repeated(name for name, _ in node.inputs)
+        if twice is not None:
+            raise ConfigError(f"{where}: node '{node.name}': input '{twice}' is connected more than once")
+        twice = _repeated(alias for _, alias in node.outputs)
+        if twice is not None:
+            raise ConfigError(f"{where}: node '{node.name}': outputs: alias '{twice}' is used twice")
         if not node.inputs:
             raise ConfigError(f"{where}: node '{node.name}' has no inputs")
-    for name in settings.inputs:
-        if settings.inputs.count(name) > 1:
-            raise ConfigError(f"{where}: field 'inputs': '{name}' is listed twice")
-    names = [name for name, _ in settings.outputs]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(f"{where}: field 'outputs': '{name}' is listed twice")
+    for field_name, names in (("inputs", settings.inputs), ("outputs", [n for n, _ in settings.outputs])):
+        twice = _repeated(names)
+        if twice is not None:
+            raise ConfigError(f"{where}: field '{field_name}': '{twice}' is listed twice")
     if not settings.outputs:
         raise ConfigError(f"{where}: field 'outputs' is empty; the response needs at least one")
     if not settings.inputs:

@@ -12,11 +12,8 @@ import asyncio
 import json
 import queue
 import re
-import subprocess
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,10 +24,10 @@ from tritonclient.utils import InferenceServerException
 
 from loadgen.gateway_process import start_gateway
 from tests.pipeline_builders import HIGH, build_pipeline_repository, expected_super_resolution
+from tests.test_kserve_sdk import run_kserve_sdk_client
 from tests.test_perf_analyzer import assert_report, perf_analyzer, run_pa  # noqa: F401 (fixture)
 
 IMAGE = (1, 3, HIGH, HIGH)
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -297,15 +294,7 @@ def test_model_config_statistics_and_metrics(grpc_client, http_client, pipeline_
 def test_kserve_sdk_clients(pipeline_server, mode):
     # a process of its own: the kserve SDK and tritonclient cannot share one (see test_kserve_sdk.py)
     address = pipeline_server.http_url if mode.startswith("rest") else pipeline_server.grpc_url
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.kserve_sdk_client", mode, address],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
-    assert "all kserve SDK checks passed" in result.stdout
+    run_kserve_sdk_client(mode, address)
 
 
 @pytest.mark.parametrize(

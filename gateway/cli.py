@@ -416,8 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ovgw: configuration error: {e}", file=sys.stderr)
         return 2
 
+    from .malloc_tuning import tune_malloc
     from .server import serve
 
+    tune_malloc()
     single = bool(args.model_name)
     try:
         import uvloop

@@ -37,6 +37,23 @@ def test_bench_harness_writes_its_tables(tmp_path):
     assert "| simple |" in table and "ratio" in table and "gateway / KServe" in table
 
 
+def test_cpu_split_names_where_the_cpu_goes(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "loadgen.cpu_split", "--models", "simple", "--protocols", "grpc",
+         "--window-ms", "2000", "--benchmark-seconds", "1", "--output", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    row = json.loads((run / "results.json").read_text())["simple-grpc"]
+    assert row["threads_us"]["event loop (main thread)"] > 0
+    assert row["threads_us"]["OpenVINO stream threads"] > 0
+    assert row["total_us"] >= sum(row["threads_us"].values()) * 0.999
+    # py-spy saw the event loop at work, inside the gateway's own modules as well as in grpc.
+    assert row["loop_us"] and "transport (grpc / aiohttp / uvloop, syscalls)" in row["loop_us"]
+    assert "| simple | grpc |" in (run / "results.md").read_text()
+
+
 def test_scheduling_bench_writes_its_tables(tmp_path):
     result = subprocess.run(
         # The loader counts requests sent and answered inside a window: 16 batched ResNet clients on 2 busy

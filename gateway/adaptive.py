@@ -11,24 +11,37 @@ chose the hint itself) and picks per dispatch, from the load it sees and from wh
   of the throughput one's and finish at least 2 ms sooner: a tiny model (Triton's `simple`) gains a tenth
   of a millisecond on a request that costs about one through the transport, and would pay with the CPU its
   extra threads spend waking up (measured on `simple`, gRPC, concurrency 1: 1,785 against 862 us of
-  server CPU per request). Every EXPLORE_EVERY-th lone request runs on the other execution (a probe), so
-  that both stay measured as the traffic (and its input shapes) changes. Each execution's figure is the
+  server CPU per request). Every EXPLORE_EVERY-th lone request runs on one of the others (a probe), so
+  that all stay measured as the traffic (and its input shapes) changes. Each execution's figure is the
   median of its last SAMPLES lone runs: one hiccup does not turn the choice, a changed workload does within
   a few probes. The first run of each execution is not counted: OpenVINO allocates and prepares on a
   compiled model's first inference.
+- a tiny model alone: inline. Handing a request to OpenVINO's threads and taking the callback back (a
+  thread woken each way, the GIL taken by the callback, the loop woken) costs more than a tiny model's
+  inference. When the latency execution's lone runs take at most INLINE_CANDIDATE_S (hand-over included),
+  the gateway compiles a third execution in the background, LATENCY hint on one thread, and from then on
+  runs a lone request's inference on the event loop itself with OpenVINO's synchronous infer(), while its
+  lone runs there stay within INLINE_BELOW_S (the loop is blocked that long; probed like the others when
+  they do not). One thread because the LATENCY execution's worker threads spin after each inference: on
+  `simple` at concurrency 1 inline on it cost 1,238 us of server CPU per request (669 of them one spinning
+  worker) against 799 through the hand-over; on one thread a synchronous inference costs 111 us of CPU
+  (with the LATENCY hint's threads 791) in the same loop.
 
 A latency run counts against the model's nireq like any other: no more than nireq executions are in
-flight together. The cost is a second compiled model in memory (about one more copy of the weights) and
-its compile time, which the blob cache removes on restarts.
+flight together (an inline one is over before the loop takes the next request). The cost is a second
+compiled model in memory (about one more copy of the weights) and its compile time, which the blob cache
+removes on restarts; a model that runs inline has a third, and only tiny models do.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import statistics
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,6 +54,12 @@ MIN_SOLO_SPEEDUP = 1.25
 MIN_SOLO_SAVING_S = 0.002
 EXPLORE_EVERY = 32  # one lone request in this many runs on the execution not in favour
 SAMPLES = 3  # lone runs remembered per execution; their median is its figure
+# Lone runs on the latency execution this quick (its hand-over to OpenVINO's threads included) make a
+# model a candidate for inline execution; inline, its lone runs must stay this quick (the loop waits).
+INLINE_CANDIDATE_S = 0.0005
+INLINE_BELOW_S = 0.0002
+
+log = logging.getLogger("ovgw")
 
 
 def latency_execution_pays(throughput_s: float, latency_s: float) -> bool:
@@ -52,6 +71,7 @@ def latency_execution_pays(throughput_s: float, latency_s: float) -> bool:
 class Execution(enum.Enum):
     LATENCY = "latency"
     THROUGHPUT = "throughput"
+    INLINE = "inline"  # on the event loop, LATENCY hint on one thread: tiny models alone
 
 
 class Role(enum.Enum):
@@ -64,13 +84,45 @@ class Role(enum.Enum):
 Slot = tuple[Execution, Role, Any]
 
 
-class LoadAdaptiveExecutor:
-    """The scheduler's executor over two executions (see the module's docstring). Its capacity is the
-    throughput execution's nireq, shared by both: the latency one only takes a request that finds nothing
-    running, and while it runs it holds one of the nireq places."""
+class InlineExecutor(Executor, Protocol):
+    """An executor that also runs one request's inference on the calling thread
+    (openvino_runtime.InferExecutor.run_inline)."""
 
-    def __init__(self, *, latency: Executor, throughput: Executor):
-        self._executions = {Execution.LATENCY: latency, Execution.THROUGHPUT: throughput}
+    def run_inline(
+        self, slot: Any, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None
+    ) -> tuple[list[np.ndarray], ExecutionTimes]: ...
+
+
+class InlineState(enum.Enum):
+    NOT_WANTED = "not wanted"  # no compile_inline given, or the model is not quick enough (yet)
+    COMPILING = "compiling"
+    READY = "ready"
+    FAILED = "failed"  # its compilation failed: never tried again for this version
+
+
+class LoadAdaptiveExecutor:
+    """The scheduler's executor over two executions, three for a tiny model (see the module's docstring).
+    Its capacity is the throughput execution's nireq, shared by all: the latency and inline ones only take
+    a request that finds nothing running, and while it runs it holds one of the nireq places.
+
+    `compile_inline`: makes the inline execution (called once, the first time the latency execution's
+    lone runs are quick enough); None: never inline."""
+
+    def __init__(
+        self,
+        *,
+        latency: Executor,
+        throughput: Executor,
+        compile_inline: Callable[[], Awaitable[InlineExecutor]] | None = None,
+    ):
+        self._executions: dict[Execution, Executor] = {
+            Execution.LATENCY: latency,
+            Execution.THROUGHPUT: throughput,
+        }
+        self._inline: InlineExecutor | None = None
+        self._compile_inline = compile_inline
+        self.inline_state = InlineState.NOT_WANTED
+        self._compiling: asyncio.Task | None = None  # held so that the task is not collected
         self.runs = dict.fromkeys(Execution, 0)  # executions started on each, for the metrics
         self._samples = {kind: deque[float](maxlen=SAMPLES) for kind in Execution}
         self._warm: set[Execution] = set()  # executions past their first (slower) run
@@ -85,18 +137,26 @@ class LoadAdaptiveExecutor:
     def nireq(self) -> int:
         return self._executions[Execution.THROUGHPUT].nireq
 
+    def _lone_ones(self) -> list[Executor]:
+        """The executions that take only a request that finds nothing running."""
+        latency = self._executions[Execution.LATENCY]
+        return [latency] if self._inline is None else [latency, self._inline]
+
     @property
     def idle(self) -> int:
-        latency, throughput = self._executions.values()
-        return max(0, throughput.idle - latency.busy)
+        return max(0, self._executions[Execution.THROUGHPUT].idle - sum(e.busy for e in self._lone_ones()))
 
     @property
     def busy(self) -> int:
-        return sum(e.busy for e in self._executions.values())
+        # An inline slot counts from take() until give_back(): the scheduler may take another in between.
+        return self._executions[Execution.THROUGHPUT].busy + sum(e.busy for e in self._lone_ones())
 
     def favoured(self) -> Execution:
         """The execution for a lone request, from what lone requests took on each (latency until known)."""
         solo = self.solo_s
+        inline_s = solo[Execution.INLINE]
+        if self._inline is not None and inline_s is not None and inline_s <= INLINE_BELOW_S:
+            return Execution.INLINE
         latency_s, throughput_s = solo[Execution.LATENCY], solo[Execution.THROUGHPUT]
         if latency_s is None or throughput_s is None:
             return Execution.LATENCY
@@ -106,29 +166,71 @@ class LoadAdaptiveExecutor:
         if self.busy or not self._executions[Execution.LATENCY].idle:
             return Execution.THROUGHPUT, Role.OVERLAPPED, self._executions[Execution.THROUGHPUT].take()
         self._lone += 1
-        kind = self.favoured()
-        # Probe the other execution until it is measured, then once every EXPLORE_EVERY lone requests.
-        if self._samples[kind] and (not all(self._samples.values()) or self._lone % EXPLORE_EVERY == 0):
-            kind = _other(kind)
-        return kind, Role.LONE, self._executions[kind].take()
+        kind = self._lone_execution()
+        executor = self._inline if kind is Execution.INLINE else self._executions[kind]
+        assert executor is not None  # INLINE is a candidate only once it exists
+        return kind, Role.LONE, executor.take()
+
+    def _candidates(self) -> list[Execution]:
+        kinds = [Execution.LATENCY, Execution.THROUGHPUT]
+        return kinds + [Execution.INLINE] if self._inline is not None else kinds
+
+    def _lone_execution(self) -> Execution:
+        """Each execution is measured first (warmed, then sampled), in order; then the favoured one runs,
+        and every EXPLORE_EVERY-th lone request one of the others in turn (a probe), so that all stay
+        measured as the traffic (and its input shapes) changes."""
+        candidates = self._candidates()
+        for kind in candidates:
+            if not self._samples[kind]:
+                return kind
+        favoured = self.favoured()
+        if self._lone % EXPLORE_EVERY:
+            return favoured
+        others = [k for k in candidates if k is not favoured]
+        return others[(self._lone // EXPLORE_EVERY) % len(others)]
 
     def give_back(self, slot: Slot) -> None:
         kind, _, inner = slot
-        self._executions[kind].give_back(inner)
+        executor = self._inline if kind is Execution.INLINE else self._executions[kind]
+        assert executor is not None
+        executor.give_back(inner)
 
     async def execute(
         self, slot: Slot, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None
     ) -> tuple[list[np.ndarray], ExecutionTimes]:
         kind, role, inner = slot
         self.runs[kind] += 1
-        outputs, times = await self._executions[kind].execute(inner, parts, pad_to)
+        if kind is Execution.INLINE:
+            assert self._inline is not None
+            outputs, times = self._inline.run_inline(inner, parts, pad_to)
+        else:
+            outputs, times = await self._executions[kind].execute(inner, parts, pad_to)
         if kind not in self._warm:
             self._warm.add(kind)
             return outputs, times
         if role is Role.LONE:
             self._samples[kind].append(times.infer_ns / 1e9)
+            self._consider_inline()
         return outputs, times
 
+    def _consider_inline(self) -> None:
+        if self._compile_inline is None or self.inline_state is not InlineState.NOT_WANTED:
+            return
+        # Only once both threaded executions are measured: the compilation's CPU would skew the samples.
+        latency_s, throughput_s = self.solo_s[Execution.LATENCY], self.solo_s[Execution.THROUGHPUT]
+        if latency_s is not None and throughput_s is not None and latency_s <= INLINE_CANDIDATE_S:
+            self.inline_state = InlineState.COMPILING
+            self._compiling = asyncio.ensure_future(self._make_inline(self._compile_inline))
 
-def _other(kind: Execution) -> Execution:
-    return Execution.THROUGHPUT if kind is Execution.LATENCY else Execution.LATENCY
+    async def _make_inline(self, compile_inline: Callable[[], Awaitable[InlineExecutor]]) -> None:
+        try:
+            self._inline = await compile_inline()
+        except Exception as e:  # e.g. the version's files went away meanwhile: not worth a traceback
+            self.inline_state = InlineState.FAILED
+            log.warning(
+                "the inline (one-thread) execution could not be compiled, lone requests keep the "
+                "threaded ones: %s",
+                str(e).strip().splitlines()[-1] if str(e).strip() else e,
+            )
+            return
+        self.inline_state = InlineState.READY

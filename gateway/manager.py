@@ -162,7 +162,22 @@ class ModelManager:
                 latency = InferExecutor(
                     latency_compiled, 1, input_types, output_types, f"{label}-latency", batch_rows
                 )
-                executor = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
+
+                async def compile_inline() -> InferExecutor:
+                    compiled = await asyncio.to_thread(self._compile, version, "LATENCY", one_thread=True)
+                    log.info(
+                        "model %s version %d: lone requests run inline (a one-thread LATENCY-hint "
+                        "execution, called from the event loop)",
+                        version.name,
+                        version.version,
+                    )
+                    return InferExecutor(
+                        compiled, 1, input_types, output_types, f"{label}-inline", batch_rows
+                    )
+
+                executor = LoadAdaptiveExecutor(
+                    latency=latency, throughput=throughput, compile_inline=compile_inline
+                )
                 execution_note = " + a LATENCY-hint execution for lone requests, where it pays"
         except Exception as e:  # OpenVINO raises plain RuntimeErrors with useful text
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -234,11 +249,15 @@ class ModelManager:
         device = settings.target_device.split(":")[0].split(".")[0].upper()
         return self._settings.adaptive_execution and chosen and device == "CPU"
 
-    def _compile(self, version: ModelVersion, hint: str | None = None) -> ov.CompiledModel:
+    def _compile(
+        self, version: ModelVersion, hint: str | None = None, one_thread: bool = False
+    ) -> ov.CompiledModel:
         settings = version.settings
         config = self._compile_config(settings)
         if hint is not None:
             config["PERFORMANCE_HINT"] = hint
+        if one_thread:  # the inline execution (adaptive.py): no worker threads to spin after each run
+            config["INFERENCE_NUM_THREADS"] = 1
         if (
             settings.shape is None
             and settings.layout is None

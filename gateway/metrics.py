@@ -87,13 +87,13 @@ GATEWAY_FAMILIES = {
     "ovgw_requests_cancelled": ("counter", "Requests dropped because their client went away while queued."),
     "ovgw_executions": (
         "counter",
-        "OpenVINO executions of a model version by execution (latency, throughput), where the gateway runs "
-        "both (--adaptive_execution).",
+        "OpenVINO executions of a model version by execution (latency, throughput, and inline: on the event "
+        "loop, for a tiny model alone), where the gateway runs several (--adaptive_execution).",
     ),
     "ovgw_lone_inference_seconds": (
         "gauge",
         "Smoothed inference time of requests that found their model idle, by execution (latency, "
-        "throughput): what the gateway picks a lone request's execution from.",
+        "throughput, inline): what the gateway picks a lone request's execution from.",
     ),
     "ovgw_images_decoded": ("counter", "Encoded images (JPEG, PNG ...) decoded for a model version."),
     "ovgw_image_decode_cpu_us": (

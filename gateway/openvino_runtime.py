@@ -377,6 +377,36 @@ class InferExecutor:
             bound[index] = array
         return bound
 
+    def run_inline(
+        self, request: ov.InferRequest, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None = None
+    ) -> tuple[list[np.ndarray], ExecutionTimes]:
+        """Infer one request's inputs on the calling thread (the event loop), which waits while OpenVINO
+        runs: for a tiny model, whose inference costs less than the hand-over to OpenVINO's threads and
+        back (adaptive.py says when). Same tensors and outputs as execute()."""
+        started = perf_counter_ns()
+        try:
+            feeds = self._feeds(parts, pad_to)
+            bound = self._bind_outputs(request, parts, pad_to)
+            prepared = perf_counter_ns()
+            infer_with_tensors(request, feeds)
+            inferred = perf_counter_ns()
+            outputs = self._outputs(request, bound)
+        except Exception as e:
+            raise _inference_failed(e) from e
+        times = ExecutionTimes(
+            input_ns=prepared - started, infer_ns=inferred - prepared, output_ns=perf_counter_ns() - inferred
+        )
+        return outputs, times
+
+    def _outputs(self, request: ov.InferRequest, bound: dict[int, np.ndarray]) -> list[np.ndarray]:
+        """The outputs of the run that just ended on `request`, as arrays of ours (the request is reused)."""
+        return [
+            _bound_output(request.get_output_tensor(i), bound[i])
+            if i in bound
+            else _read_output(request.get_output_tensor(i), datatype)
+            for i, datatype in enumerate(self._output_types)
+        ]
+
     def _completed(self, key: int) -> None:
         """On an OpenVINO thread, with the GIL: copy the outputs out (the request is reused next) and
         hand them to the event loop."""
@@ -384,14 +414,8 @@ class InferExecutor:
         if run is None:
             return
         inferred = perf_counter_ns()
-        request = run.request
         try:
-            outputs = [
-                _bound_output(request.get_output_tensor(i), run.bound[i])
-                if i in run.bound
-                else _read_output(request.get_output_tensor(i), datatype)
-                for i, datatype in enumerate(self._output_types)
-            ]
+            outputs = self._outputs(run.request, run.bound)
             result: tuple | InternalError = (
                 outputs,
                 ExecutionTimes(
@@ -482,20 +506,27 @@ def _first_line(error: Exception) -> str:
     return (meaningful or lines or [type(error).__name__])[-1]
 
 
-def _private_start_async() -> Callable[[Any, dict, Any], None] | None:
-    """The binding's C++ start_async, below its Python wrapper; None where this OpenVINO lacks it."""
+def _private_method(name: str) -> Callable[..., Any] | None:
+    """The binding's C++ InferRequest method `name`, below its Python wrapper; None where this OpenVINO
+    lacks it."""
     try:
         from openvino._pyopenvino import InferRequest as base  # private: tested on 2025.4 to 2026.4
     except ImportError:
         return None
-    return getattr(base, "start_async", None)
+    return getattr(base, name, None)
 
 
-# The binding's public start_async() runs every input through a Python dispatcher (singledispatch, a
-# request-tensor lookup, a copy of each read-only array in numpy) before calling the C++ one: ~12 µs of
-# the event loop's time per request on `simple`. The executor hands the C++ one ready tensors instead,
-# and falls back to the public call (same tensors, same result) on a release without that symbol.
+def _private_start_async() -> Callable[[Any, dict, Any], None] | None:
+    return _private_method("start_async")
+
+
+# The binding's public start_async() and infer() run every input through a Python dispatcher
+# (singledispatch, a request-tensor lookup, a copy of each read-only array in numpy) before calling the
+# C++ ones: ~12 us of the event loop's time per request on `simple`. The executor hands the C++ ones ready
+# tensors instead, and falls back to the public calls (same tensors, same result) on a release without
+# those symbols.
 _START_ASYNC = _private_start_async()
+_INFER = _private_method("infer")
 
 
 def start_with_tensors(request: ov.InferRequest, feeds: dict[int, ov.Tensor]) -> None:
@@ -504,6 +535,14 @@ def start_with_tensors(request: ov.InferRequest, feeds: dict[int, ov.Tensor]) ->
         _START_ASYNC(request, feeds, None)
     else:
         request.start_async(feeds)
+
+
+def infer_with_tensors(request: ov.InferRequest, feeds: dict[int, ov.Tensor]) -> None:
+    """Infer on ready tensors on this thread (the GIL is released meanwhile); outputs stay in the request."""
+    if _INFER is not None:
+        _INFER(request, feeds, True, False)  # share_outputs: the dict it returns copies nothing
+    else:
+        request.infer(feeds, share_outputs=True)
 
 
 def _numpy_dtype(port) -> np.dtype | None:

@@ -118,3 +118,17 @@ async def settle(rounds: int = 10) -> None:
     """Let every ready task and callback on the loop run (no time passes on any clock)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+class FakeInlineExecutor(FakeExecutor):
+    """An executor that runs inline (adaptive.InlineExecutor): run_inline answers at once with 10 x the first
+    input and an inference time of `infer_ns`, which the test may change between requests."""
+
+    def __init__(self, infer_ns: int = 50_000):
+        super().__init__(1)
+        self.infer_ns = infer_ns
+        self.inline_runs = 0
+
+    def run_inline(self, slot, parts, pad_to):
+        self.inline_runs += 1
+        return [np.asarray(parts[0][0]) * 10], ExecutionTimes(input_ns=1, infer_ns=self.infer_ns, output_ns=3)

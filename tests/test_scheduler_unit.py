@@ -11,10 +11,18 @@ import logging
 import numpy as np
 import pytest
 
-from gateway.adaptive import EXPLORE_EVERY, Execution, LoadAdaptiveExecutor, latency_execution_pays
+from gateway.adaptive import (
+    EXPLORE_EVERY,
+    INLINE_BELOW_S,
+    INLINE_CANDIDATE_S,
+    Execution,
+    InlineState,
+    LoadAdaptiveExecutor,
+    latency_execution_pays,
+)
 from gateway.errors import DeadlineExceeded, InternalError, ResourceExhausted
 from gateway.scheduler import BatchingPolicy, DeviceGate, ModelScheduler, WhenFull
-from tests.fakes import FakeExecutor, ManualClock, settle
+from tests.fakes import FakeExecutor, FakeInlineExecutor, ManualClock, settle
 
 
 def rows(n: int, value: float = 1.0, width: int = 2) -> list[np.ndarray]:
@@ -495,7 +503,7 @@ async def test_lone_requests_go_where_lone_inferences_were_measured_faster():
     assert ran[:4] == [Execution.LATENCY, Execution.LATENCY, Execution.THROUGHPUT, Execution.THROUGHPUT]
     assert adaptive.favoured() is Execution.LATENCY
     assert ran.count(Execution.THROUGHPUT) == 2 + 2
-    assert adaptive.solo_s == {Execution.LATENCY: 0.02, Execution.THROUGHPUT: 0.04}
+    assert adaptive.solo_s == {Execution.LATENCY: 0.02, Execution.THROUGHPUT: 0.04, Execution.INLINE: None}
 
 
 async def test_a_tiny_model_s_lone_requests_stay_on_the_streams():
@@ -543,7 +551,7 @@ async def test_overlapping_requests_go_to_the_throughput_streams_within_nireq():
         run.finish()
     await settle()
     assert [t.result()[0][0][0, 0] for t in tasks] == [10, 20, 30, 40]
-    assert adaptive.runs == {Execution.LATENCY: 1, Execution.THROUGHPUT: 3}
+    assert adaptive.runs == {Execution.LATENCY: 1, Execution.THROUGHPUT: 3, Execution.INLINE: 0}
     assert adaptive.busy == 0 and latency.idle == 1 and throughput.idle == 2
 
 
@@ -558,3 +566,123 @@ async def test_overlapping_requests_go_to_the_throughput_streams_within_nireq():
 )
 def test_a_latency_execution_is_kept_only_where_it_pays(throughput_s, latency_s, pays):
     assert latency_execution_pays(throughput_s, latency_s) is pays
+
+
+class _InlineCompiler:
+    """compile_inline for the adaptive executor: counts calls; finishes when the test says (or fails)."""
+
+    def __init__(self, executor: FakeInlineExecutor | None = None, error: Exception | None = None):
+        self.executor, self.error, self.calls = executor, error, 0
+        self.ready = asyncio.Event()
+
+    async def __call__(self) -> FakeInlineExecutor:
+        self.calls += 1
+        await self.ready.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.executor is not None
+        return self.executor
+
+
+async def _lone_with_inline(scheduler, latency, throughput, inline, n: int, latency_ns: int) -> list:
+    """n lone requests; returns where each ran (inline ones answer without a run to finish)."""
+    ran = []
+    for value in range(n):
+        before = inline.inline_runs if inline else 0
+        task = submit(scheduler, 1, value)
+        await settle()
+        if inline is not None and inline.inline_runs > before:
+            ran.append(Execution.INLINE)
+        elif latency.running:
+            ran.append(Execution.LATENCY)
+            latency.running[0].finish(latency_ns)
+        else:
+            ran.append(Execution.THROUGHPUT)
+            throughput.running[0].finish(latency_ns * 2)
+        await settle()
+        assert task.result()[0][0][0, 0] == 10 * value
+    return ran
+
+
+async def test_a_tiny_model_s_lone_requests_run_inline_once_its_one_thread_execution_is_built():
+    clock = ManualClock()
+    latency, throughput, inline = FakeExecutor(1), FakeExecutor(2), FakeInlineExecutor(infer_ns=30_000)
+    compiler = _InlineCompiler(inline)
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
+    scheduler, _, _ = make(clock, adaptive)
+    # 150 us alone on the latency execution, its hand-over included: under INLINE_CANDIDATE_S.
+    ran = await _lone_with_inline(scheduler, latency, throughput, None, 4, 150_000)
+    assert ran == [Execution.LATENCY, Execution.LATENCY, Execution.THROUGHPUT, Execution.THROUGHPUT]
+    assert compiler.calls == 1 and adaptive.inline_state is InlineState.COMPILING
+    compiler.ready.set()
+    await settle()
+    assert adaptive.inline_state is InlineState.READY
+    ran = await _lone_with_inline(scheduler, latency, throughput, inline, 2 * EXPLORE_EVERY, 150_000)
+    # Warmed and measured (30 us: under INLINE_BELOW_S), then favoured; the probes measure the others in turn.
+    assert ran.count(Execution.INLINE) == 2 * EXPLORE_EVERY - 2
+    assert Execution.LATENCY in ran and Execution.THROUGHPUT in ran
+    assert adaptive.favoured() is Execution.INLINE and adaptive.solo_s[Execution.INLINE] == 0.00003
+    assert adaptive.runs[Execution.INLINE] == inline.inline_runs and compiler.calls == 1
+    assert adaptive.busy == 0 and inline.idle == 1
+
+
+async def test_a_model_too_slow_for_the_event_loop_is_never_compiled_inline():
+    clock = ManualClock()
+    latency, throughput = FakeExecutor(1), FakeExecutor(2)
+    compiler = _InlineCompiler(FakeInlineExecutor())
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
+    scheduler, _, _ = make(clock, adaptive)
+    await _lone_with_inline(
+        scheduler, latency, throughput, None, EXPLORE_EVERY, int(INLINE_CANDIDATE_S * 2e9)
+    )
+    assert compiler.calls == 0 and adaptive.inline_state is InlineState.NOT_WANTED
+
+
+async def test_inline_runs_that_grow_slow_hand_lone_requests_back_to_the_threads():
+    clock = ManualClock()
+    latency, throughput, inline = FakeExecutor(1), FakeExecutor(2), FakeInlineExecutor(infer_ns=30_000)
+    compiler = _InlineCompiler(inline)
+    compiler.ready.set()
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
+    scheduler, _, _ = make(clock, adaptive)
+    await _lone_with_inline(scheduler, latency, throughput, inline, 8, 150_000)
+    assert adaptive.favoured() is Execution.INLINE
+    # The inputs grow (a dynamic-shape model): inline runs now block the loop too long.
+    inline.infer_ns = int(INLINE_BELOW_S * 3e9)
+    ran = await _lone_with_inline(scheduler, latency, throughput, inline, 4 * EXPLORE_EVERY, 150_000)
+    assert adaptive.favoured() is not Execution.INLINE
+    assert ran[-2 * EXPLORE_EVERY :].count(Execution.INLINE) <= 1  # only probes go there now
+
+
+async def test_a_failed_inline_compile_is_not_tried_again_and_requests_keep_the_threads():
+    clock = ManualClock()
+    latency, throughput = FakeExecutor(1), FakeExecutor(2)
+    compiler = _InlineCompiler(error=RuntimeError("no memory"))
+    compiler.ready.set()
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
+    scheduler, _, _ = make(clock, adaptive)
+    ran = await _lone_with_inline(scheduler, latency, throughput, None, EXPLORE_EVERY, 150_000)
+    assert adaptive.inline_state is InlineState.FAILED and compiler.calls == 1
+    assert Execution.INLINE not in ran
+
+
+async def test_a_request_that_arrives_beside_an_inline_one_takes_the_streams():
+    clock = ManualClock()
+    latency, throughput, inline = FakeExecutor(1), FakeExecutor(2), FakeInlineExecutor(infer_ns=30_000)
+    compiler = _InlineCompiler(inline)
+    compiler.ready.set()
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
+    scheduler, _, _ = make(clock, adaptive)
+    await _lone_with_inline(scheduler, latency, throughput, inline, 8, 150_000)
+    assert adaptive.favoured() is Execution.INLINE
+    runs_before = len(throughput.runs)
+    tasks = [submit(scheduler, 1, v) for v in (1, 2, 3)]
+    await settle()
+    # The first took the inline slot; the others found it taken (busy until given back), so they overlap
+    # it on the streams instead of asking the inline execution for a second slot.
+    assert len(throughput.runs) == runs_before + 2
+    for run in throughput.running:
+        run.finish()
+    await settle()
+    assert [t.result()[0][0][0, 0] for t in tasks] == [10, 20, 30]
+    assert adaptive.busy == 0 and inline.idle == 1

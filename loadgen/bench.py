@@ -31,7 +31,7 @@ from gateway.demo_models import save, simple_model
 
 from .bench_models import fetch_ppocr_det, resnet50_shaped, segmentation_shaped
 from .gateway_process import GatewayProcess, start_gateway
-from .peer_process import PeerProcess, start_kserve_peer
+from .peer_process import FloorProcess, PeerProcess, start_grpc_floor, start_kserve_peer
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
@@ -158,7 +158,13 @@ def gateway_run(
     """One loadgen window against `server` (the gateway, or the KServe peer), with the server process's CPU
     time per answered request over the whole run. `extra_args` go to loadgen (e.g. --input-data)."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    tag = "kserve" if isinstance(server, PeerProcess) else "gateway"
+    tag = (
+        "floor"
+        if isinstance(server, FloorProcess)
+        else "kserve"
+        if isinstance(server, PeerProcess)
+        else "gateway"
+    )
     report = out_dir / f"{model.name}-{tag}-{protocol}-c{concurrency}-{time.time_ns()}.csv"
     shape_args = _peer_shapes(model) if isinstance(server, PeerProcess) else model.loadgen_shape
     shapes = [a for s in shape_args for a in ("--shape", s)]
@@ -308,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.peer == "kserve":
         for model in models:
             peer_benchmark(model, results["models"][model.name], args, out_dir)
+    if "simple" in results["models"]:
+        floor_benchmark(
+            next(m for m in models if m.name == "simple"), results["models"]["simple"], args, out_dir
+        )
     for model in models:
         if model.name != "simple":  # a tiny model says nothing about compile time
             cache = results["models"][model.name]["cache"] = cache_benchmark(model, out_dir, args.repetitions)
@@ -371,6 +381,34 @@ def peer_benchmark(model: BenchModel, entry: dict, args, out_dir: Path) -> None:
             )
     finally:
         peer.stop()
+
+
+def floor_benchmark(model: BenchModel, entry: dict, args, out_dir: Path) -> None:
+    """`simple`'s gRPC rows against grpc.aio's own floor (loadgen/grpc_floor.py: canned answers, nothing
+    else); each gateway gRPC row gets its server CPU per request above the floor's."""
+    floor = start_grpc_floor(out_dir / "grpc-floor.log")
+    entry["grpc_floor"] = []
+    try:
+        for row in entry["gateway"]:
+            if row["protocol"] != "grpc":
+                continue
+            runs = [
+                gateway_run(floor, model, "grpc", row["concurrency"], args.window_ms, out_dir / "raw")
+                for _ in range(args.repetitions)
+            ]
+            floor_row = {"concurrency": row["concurrency"], "runs": runs, **_medians(runs)}
+            entry["grpc_floor"].append(floor_row)
+            row["cpu_above_floor_us"] = (
+                row["median_server_cpu_us_per_request"] - floor_row["median_server_cpu_us_per_request"]
+            )
+            print(
+                f"{model.name} grpc floor c={row['concurrency']}: {floor_row['median_throughput']:.1f}/s, "
+                f"server {floor_row['median_server_cpu_us_per_request']:.0f} us CPU/req; gateway above it "
+                f"{row['cpu_above_floor_us']:.0f} us",
+                flush=True,
+            )
+    finally:
+        floor.stop()
 
 
 def markdown(results: dict, repetitions: int) -> str:
@@ -438,6 +476,30 @@ def markdown(results: dict, repetitions: int) -> str:
                     f"{row['throughput_vs_kserve']:.2f}", f"{row['cpu_vs_kserve']:.2f}",
                 ]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
+    floor_rows = results["models"].get("simple", {}).get("grpc_floor")
+    if floor_rows:
+        gateway_rows = {
+            r["concurrency"]: r for r in results["models"]["simple"]["gateway"] if r["protocol"] == "grpc"
+        }
+        lines += [
+            "",
+            "grpc.aio's own floor (`loadgen/grpc_floor.py`: canned answers, no work), same loader and rows, "
+            "against the gateway serving `simple` over gRPC.",
+            "",
+            "| concurrency | floor infer/s | floor server CPU us/req | gateway server CPU us/req "
+            "| gateway above the floor us/req |",
+            "|" + " --- |" * 5,
+        ]
+        for f in floor_rows:
+            g = gateway_rows[f["concurrency"]]
+            cells = [
+                str(f["concurrency"]),
+                f"{f['median_throughput']:.1f}",
+                f"{f['median_server_cpu_us_per_request']:.0f}",
+                f"{g['median_server_cpu_us_per_request']:.0f}",
+                f"{g['cpu_above_floor_us']:.0f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "| model | process to ready, cold cache (s) | warm (s) | model load, cold (s) | warm (s) "

@@ -1,8 +1,10 @@
 """grpc.aio's own floor: a server that answers ModelInfer with a canned response and does nothing else.
 
-`make bench` loads it like the gateway (same loader, same rows) and reports the gateway's server CPU per
-request above this floor: what the gateway itself costs beyond the transport Python's grpcio gives any
-server. The answers are `simple`'s (Triton's example model: INT32 [1,16] in and out), precomputed once.
+`make bench` loads it like the gateway (same loader, same gRPC rows of `simple`) and reports the gateway's
+server CPU per request above this floor: what the gateway itself costs beyond the transport Python's
+grpcio gives any server. The answers are `simple`'s (Triton's example model: INT32 [1,16] in and out),
+precomputed once; ModelStatistics answers the count of ModelInfer calls answered (how the benchmark
+divides the process's CPU time), and is not advertised (the loader asks for no statistics).
 
     python -m loadgen.grpc_floor --port P
 """
@@ -41,6 +43,10 @@ def _canned() -> dict[str, bytes]:
     }
 
 
+class _Answered:
+    count = 0
+
+
 def _handler(response: bytes):
     async def answer(request: bytes, context) -> bytes:
         return response
@@ -48,9 +54,26 @@ def _handler(response: bytes):
     return grpc.unary_unary_rpc_method_handler(answer)  # bytes in, bytes out: no (de)serialisation
 
 
+def _infer_handler(response: bytes):
+    async def answer(request: bytes, context) -> bytes:
+        _Answered.count += 1
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(answer)
+
+
+async def _statistics(request: bytes, context) -> bytes:
+    stats = pb.ModelStatisticsResponse()
+    entry = stats.model_stats.add(name="simple", version="1")
+    entry.inference_stats.success.count = _Answered.count
+    return stats.SerializeToString()
+
+
 async def serve(port: int) -> None:
     server = aio.server()
     handlers = {name: _handler(body) for name, body in _canned().items()}
+    handlers["ModelInfer"] = _infer_handler(_canned()["ModelInfer"])
+    handlers["ModelStatistics"] = grpc.unary_unary_rpc_method_handler(_statistics)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

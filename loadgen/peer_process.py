@@ -32,6 +32,45 @@ class PeerProcess(GatewayProcess):
         return int(float(found.group(1))) if found else 0
 
 
+@dataclass
+class FloorProcess(PeerProcess):
+    """loadgen/grpc_floor.py: grpc.aio answering canned responses (gRPC only; rest_port unused)."""
+
+    def answered(self, model: str) -> int:
+        import grpc
+
+        from gateway.proto import ovgw_grpc_service_pb2 as pb
+
+        with grpc.insecure_channel(self.grpc_url) as channel:
+            call = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelStatistics",
+                request_serializer=pb.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=pb.ModelStatisticsResponse.FromString,
+            )
+            stats = call(pb.ModelStatisticsRequest(name=model), timeout=10)
+        return sum(s.inference_stats.success.count for s in stats.model_stats)
+
+
+def start_grpc_floor(log_path: Path, timeout: float = 60) -> FloorProcess:
+    port = free_port()
+    log = open(log_path, "wb")  # noqa: SIM115 - the process owns it
+    cmd = [sys.executable, "-m", "loadgen.grpc_floor", "--port", str(port)]
+    floor = FloorProcess(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), port, 0, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if floor.process.poll() is not None:
+            raise RuntimeError(
+                f"the gRPC floor exited with {floor.process.returncode}:\n{log_path.read_text()}"
+            )
+        try:
+            floor.answered("simple")
+            return floor
+        except Exception:  # not listening yet
+            time.sleep(0.2)
+    floor.stop()
+    raise RuntimeError(f"the gRPC floor did not answer after {timeout} s:\n{log_path.read_text()}")
+
+
 def start_kserve_peer(model_name: str, model_path: Path, log_path: Path, timeout: float = 120) -> PeerProcess:
     grpc_port, rest_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "loadgen.kserve_peer", "--model_name", model_name, "--model_path",

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,8 +35,16 @@ def test_bench_harness_writes_its_tables(tmp_path):
     for row, peer in zip(entry["gateway"], entry["kserve"], strict=True):
         assert peer["median_throughput"] > 0 and peer["median_server_cpu_us_per_request"] > 0
         assert row["throughput_vs_kserve"] > 0 and row["cpu_vs_kserve"] > 0
+    # grpc.aio's floor ran simple's gRPC rows; each gateway gRPC row says what it costs above it.
+    (floor,) = entry["grpc_floor"]
+    assert floor["median_throughput"] > 0 and floor["median_server_cpu_us_per_request"] > 0
+    (grpc_row,) = [r for r in entry["gateway"] if r["protocol"] == "grpc"]
+    assert grpc_row["cpu_above_floor_us"] == pytest.approx(
+        grpc_row["median_server_cpu_us_per_request"] - floor["median_server_cpu_us_per_request"]
+    )
     table = (run / "results.md").read_text()
     assert "| simple |" in table and "ratio" in table and "gateway / KServe" in table
+    assert "gateway above the floor" in table
 
 
 def test_cpu_split_names_where_the_cpu_goes(tmp_path):

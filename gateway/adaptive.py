@@ -13,9 +13,13 @@ chose the hint itself) and picks per dispatch, from the load it sees and from wh
   extra threads spend waking up (measured on `simple`, gRPC, concurrency 1: 1,785 against 862 us of
   server CPU per request). Every EXPLORE_EVERY-th lone request runs on one of the others (a probe), so
   that all stay measured as the traffic (and its input shapes) changes. Each execution's figure is the
-  median of its last SAMPLES lone runs: one hiccup does not turn the choice, a changed workload does within
-  a few probes. The first run of each execution is not counted: OpenVINO allocates and prepares on a
-  compiled model's first inference.
+  quickest of its last SAMPLES lone runs: noise on a shared machine only ever slows a run down (a thread
+  preempted), so slow runs do not turn the choice unless all of the last SAMPLES were slow, which a changed
+  workload makes them within SAMPLES probes. With the median of 3 instead, two slow runs of three turned
+  it: on the ResNet-50-shaped model at concurrency 1, 4-28 % (REST) and 0-16 % (gRPC) of lone requests
+  went to the throughput execution outside the probes, against 0-0.3 % and 0-3 % with the quickest
+  (3 alternating runs each; 38.2 -> 42.9 and 37.9 -> 41.9 requests/s). The first run of each execution
+  is not counted: OpenVINO allocates and prepares on a compiled model's first inference.
 - a tiny model alone: inline. Handing a request to OpenVINO's threads and taking the callback back (a
   thread woken each way, the GIL taken by the callback, the loop woken) costs more than a tiny model's
   inference. When the latency execution's lone runs take at most INLINE_CANDIDATE_S (hand-over included),
@@ -38,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import statistics
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -53,7 +56,7 @@ from .statistics import ExecutionTimes
 MIN_SOLO_SPEEDUP = 1.25
 MIN_SOLO_SAVING_S = 0.002
 EXPLORE_EVERY = 32  # one lone request in this many runs on the execution not in favour
-SAMPLES = 3  # lone runs remembered per execution; their median is its figure
+SAMPLES = 3  # lone runs remembered per execution; the quickest is its figure
 # Lone runs on the latency execution this quick (its hand-over to OpenVINO's threads included) make a
 # model a candidate for inline execution; inline, its lone runs must stay this quick (the loop waits).
 INLINE_CANDIDATE_S = 0.0005
@@ -130,8 +133,8 @@ class LoadAdaptiveExecutor:
 
     @property
     def solo_s(self) -> dict[Execution, float | None]:
-        """Each execution's lone-request inference seconds (median of its last runs); None before any."""
-        return {k: statistics.median(s) if s else None for k, s in self._samples.items()}
+        """Each execution's lone-request inference seconds (the quickest of its last runs), or None."""
+        return {k: min(s) if s else None for k, s in self._samples.items()}
 
     @property
     def nireq(self) -> int:

@@ -686,3 +686,18 @@ async def test_a_request_that_arrives_beside_an_inline_one_takes_the_streams():
     await settle()
     assert [t.result()[0][0][0, 0] for t in tasks] == [10, 20, 30]
     assert adaptive.busy == 0 and inline.idle == 1
+
+
+async def test_slow_lone_runs_turn_the_choice_only_when_all_recent_ones_are_slow():
+    clock = ManualClock()
+    latency, throughput = FakeExecutor(1), FakeExecutor(2)
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
+    scheduler, _, _ = make(clock, adaptive)
+    await _lone_requests(scheduler, latency, throughput, 4, 20_000_000, 40_000_000)
+    assert adaptive.favoured() is Execution.LATENCY
+    # Two preempted runs of the last three (37 ms instead of 20): noise, the latency execution stays.
+    await _lone_requests(scheduler, latency, throughput, 2, 37_000_000, 40_000_000)
+    assert adaptive.favoured() is Execution.LATENCY and adaptive.solo_s[Execution.LATENCY] == 0.02
+    # A third: the workload changed (no longer 1.25 x faster), and the choice follows it.
+    await _lone_requests(scheduler, latency, throughput, 1, 37_000_000, 40_000_000)
+    assert adaptive.favoured() is Execution.THROUGHPUT

@@ -55,7 +55,7 @@ from .statistics import ExecutionTimes
 # gateway to favour it.
 MIN_SOLO_SPEEDUP = 1.25
 MIN_SOLO_SAVING_S = 0.002
-EXPLORE_EVERY = 32  # one lone request in this many runs on the execution not in favour
+EXPLORE_EVERY = 32  # one lone request in this many runs on an execution not in favour (a probe)
 SAMPLES = 3  # lone runs remembered per execution; the quickest is its figure
 # Lone runs on the latency execution this quick (its hand-over to OpenVINO's threads included) make a
 # model a candidate for inline execution; inline, its lone runs must stay this quick (the loop waits).

@@ -47,19 +47,13 @@ class _Answered:
     count = 0
 
 
-def _handler(response: bytes):
+def _handler(response: bytes, counted: bool = False):
     async def answer(request: bytes, context) -> bytes:
+        if counted:
+            _Answered.count += 1
         return response
 
     return grpc.unary_unary_rpc_method_handler(answer)  # bytes in, bytes out: no (de)serialisation
-
-
-def _infer_handler(response: bytes):
-    async def answer(request: bytes, context) -> bytes:
-        _Answered.count += 1
-        return response
-
-    return grpc.unary_unary_rpc_method_handler(answer)
 
 
 async def _statistics(request: bytes, context) -> bytes:
@@ -72,7 +66,7 @@ async def _statistics(request: bytes, context) -> bytes:
 async def serve(port: int) -> None:
     server = aio.server()
     handlers = {name: _handler(body) for name, body in _canned().items()}
-    handlers["ModelInfer"] = _infer_handler(_canned()["ModelInfer"])
+    handlers["ModelInfer"] = _handler(_canned()["ModelInfer"], counted=True)
     handlers["ModelStatistics"] = grpc.unary_unary_rpc_method_handler(_statistics)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(f"127.0.0.1:{port}")

@@ -10,10 +10,11 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .gateway_process import GatewayProcess, free_port
 
@@ -51,24 +52,15 @@ class FloorProcess(PeerProcess):
         return sum(s.inference_stats.success.count for s in stats.model_stats)
 
 
+PeerT = TypeVar("PeerT", bound=PeerProcess)
+
+
 def start_grpc_floor(log_path: Path, timeout: float = 60) -> FloorProcess:
     port = free_port()
     log = open(log_path, "wb")  # noqa: SIM115 - the process owns it
     cmd = [sys.executable, "-m", "loadgen.grpc_floor", "--port", str(port)]
     floor = FloorProcess(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), port, 0, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if floor.process.poll() is not None:
-            raise RuntimeError(
-                f"the gRPC floor exited with {floor.process.returncode}:\n{log_path.read_text()}"
-            )
-        try:
-            floor.answered("simple")
-            return floor
-        except Exception:  # not listening yet
-            time.sleep(0.2)
-    floor.stop()
-    raise RuntimeError(f"the gRPC floor did not answer after {timeout} s:\n{log_path.read_text()}")
+    return _wait_until_answering(floor, lambda: floor.answered("simple") >= 0, "the gRPC floor", timeout)
 
 
 def start_kserve_peer(model_name: str, model_path: Path, log_path: Path, timeout: float = 120) -> PeerProcess:
@@ -79,19 +71,25 @@ def start_kserve_peer(model_name: str, model_path: Path, log_path: Path, timeout
     peer = PeerProcess(
         subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), grpc_port, rest_port, log_path
     )
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"http://{peer.http_url}/v2/models/{model_name}/ready", timeout=2) as r:
+            return r.status == 200
+
+    return _wait_until_answering(peer, ready, "the KServe peer", timeout)
+
+
+def _wait_until_answering(server: PeerT, answers: Callable[[], bool], what: str, timeout: float) -> PeerT:
+    """Poll `answers` until it says yes (errors: not listening yet); stop the process on a timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if peer.process.poll() is not None:
-            raise RuntimeError(
-                f"the KServe peer exited with {peer.process.returncode}:\n{log_path.read_text()}"
-            )
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {server.process.returncode}:\n{server.log()}")
         try:
-            url = f"http://{peer.http_url}/v2/models/{model_name}/ready"
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return peer
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if answers():
+                return server
+        except Exception:  # not listening yet (connection refused, unavailable, 503)
             pass
         time.sleep(0.2)
-    peer.stop()
-    raise RuntimeError(f"the KServe peer was not ready after {timeout} s:\n{log_path.read_text()}")
+    server.stop()
+    raise RuntimeError(f"{what} was not ready after {timeout} s:\n{server.log()}")

@@ -584,6 +584,14 @@ class _InlineCompiler:
         return self.executor
 
 
+def _adaptive_with_inline(compiler: _InlineCompiler):
+    """A scheduler over a latency (1 place) and a throughput (2 places) fake, inline made by `compiler`."""
+    latency, throughput = FakeExecutor(1), FakeExecutor(2)
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
+    scheduler, _, _ = make(ManualClock(), adaptive)
+    return scheduler, adaptive, latency, throughput
+
+
 async def _lone_with_inline(scheduler, latency, throughput, inline, n: int, latency_ns: int) -> list:
     """n lone requests; returns where each ran (inline ones answer without a run to finish)."""
     ran = []
@@ -605,11 +613,9 @@ async def _lone_with_inline(scheduler, latency, throughput, inline, n: int, late
 
 
 async def test_a_tiny_model_s_lone_requests_run_inline_once_its_one_thread_execution_is_built():
-    clock = ManualClock()
-    latency, throughput, inline = FakeExecutor(1), FakeExecutor(2), FakeInlineExecutor(infer_ns=30_000)
+    inline = FakeInlineExecutor(infer_ns=30_000)
     compiler = _InlineCompiler(inline)
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
     # 150 us alone on the latency execution, its hand-over included: under INLINE_CANDIDATE_S.
     ran = await _lone_with_inline(scheduler, latency, throughput, None, 4, 150_000)
     assert ran == [Execution.LATENCY, Execution.LATENCY, Execution.THROUGHPUT, Execution.THROUGHPUT]
@@ -627,11 +633,8 @@ async def test_a_tiny_model_s_lone_requests_run_inline_once_its_one_thread_execu
 
 
 async def test_a_model_too_slow_for_the_event_loop_is_never_compiled_inline():
-    clock = ManualClock()
-    latency, throughput = FakeExecutor(1), FakeExecutor(2)
     compiler = _InlineCompiler(FakeInlineExecutor())
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
     await _lone_with_inline(
         scheduler, latency, throughput, None, EXPLORE_EVERY, int(INLINE_CANDIDATE_S * 2e9)
     )
@@ -639,12 +642,10 @@ async def test_a_model_too_slow_for_the_event_loop_is_never_compiled_inline():
 
 
 async def test_inline_runs_that_grow_slow_hand_lone_requests_back_to_the_threads():
-    clock = ManualClock()
-    latency, throughput, inline = FakeExecutor(1), FakeExecutor(2), FakeInlineExecutor(infer_ns=30_000)
+    inline = FakeInlineExecutor(infer_ns=30_000)
     compiler = _InlineCompiler(inline)
     compiler.ready.set()
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
     await _lone_with_inline(scheduler, latency, throughput, inline, 8, 150_000)
     assert adaptive.favoured() is Execution.INLINE
     # The inputs grow (a dynamic-shape model): inline runs now block the loop too long.
@@ -655,24 +656,19 @@ async def test_inline_runs_that_grow_slow_hand_lone_requests_back_to_the_threads
 
 
 async def test_a_failed_inline_compile_is_not_tried_again_and_requests_keep_the_threads():
-    clock = ManualClock()
-    latency, throughput = FakeExecutor(1), FakeExecutor(2)
     compiler = _InlineCompiler(error=RuntimeError("no memory"))
     compiler.ready.set()
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
     ran = await _lone_with_inline(scheduler, latency, throughput, None, EXPLORE_EVERY, 150_000)
     assert adaptive.inline_state is InlineState.FAILED and compiler.calls == 1
     assert Execution.INLINE not in ran
 
 
 async def test_a_request_that_arrives_beside_an_inline_one_takes_the_streams():
-    clock = ManualClock()
-    latency, throughput, inline = FakeExecutor(1), FakeExecutor(2), FakeInlineExecutor(infer_ns=30_000)
+    inline = FakeInlineExecutor(infer_ns=30_000)
     compiler = _InlineCompiler(inline)
     compiler.ready.set()
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
     await _lone_with_inline(scheduler, latency, throughput, inline, 8, 150_000)
     assert adaptive.favoured() is Execution.INLINE
     runs_before = len(throughput.runs)

@@ -14,12 +14,16 @@ chose the hint itself) and picks per dispatch, from the load it sees and from wh
   server CPU per request). Every EXPLORE_EVERY-th lone request runs on one of the others (a probe), so
   that all stay measured as the traffic (and its input shapes) changes. Each execution's figure is the
   quickest of its last SAMPLES lone runs: noise on a shared machine only ever slows a run down (a thread
-  preempted), so slow runs do not turn the choice unless all of the last SAMPLES were slow, which a changed
-  workload makes them within SAMPLES probes. With the median of 3 instead, two slow runs of three turned
-  it: on the ResNet-50-shaped model at concurrency 1, 4-28 % (REST) and 0-16 % (gRPC) of lone requests
-  went to the throughput execution outside the probes, against 0-0.3 % and 0-3 % with the quickest
-  (3 alternating runs each; 38.2 -> 42.9 and 37.9 -> 41.9 requests/s). The first run of each execution
-  is not counted: OpenVINO allocates and prepares on a compiled model's first inference.
+  preempted), so slow runs do not turn the choice unless all of the last SAMPLES were slow. A changed
+  workload makes them so within SAMPLES runs of the favoured execution (consecutive requests), and a
+  quicker one shows at the first probe. With the median of 3 instead, two slow runs of three turned it: on
+  the ResNet-50-shaped model at concurrency 1, 4-28 % (REST) and 0-16 % (gRPC) of lone requests went to
+  the throughput execution outside the probes, against 0-0.3 % and 0-3 % with the quickest of 3 (3
+  alternating runs each; 38.2 -> 42.9 and 37.9 -> 41.9 requests/s). Slowness lasts longer than three
+  20 ms runs at times, though: over REST, 4 windows of 3 s, the quickest of 3 still turned twice (50
+  lone requests on the streams outside the probes, each 40 ms instead of 20), the quickest of 8 never.
+  A run that another request started beside is no sample (it measures sharing the cores), nor is the
+  first run of each execution (OpenVINO allocates and prepares on a compiled model's first inference).
 - a tiny model alone: inline. Handing a request to OpenVINO's threads and taking the callback back (a
   thread woken each way, the GIL taken by the callback, the loop woken) costs more than a tiny model's
   inference. When the latency execution's lone runs take at most INLINE_CANDIDATE_S (hand-over included),
@@ -56,7 +60,7 @@ from .statistics import ExecutionTimes
 MIN_SOLO_SPEEDUP = 1.25
 MIN_SOLO_SAVING_S = 0.002
 EXPLORE_EVERY = 32  # one lone request in this many runs on an execution not in favour (a probe)
-SAMPLES = 3  # lone runs remembered per execution; the quickest is its figure
+SAMPLES = 8  # lone runs remembered per execution; the quickest is its figure
 # Lone runs on the latency execution this quick (its hand-over to OpenVINO's threads included) make a
 # model a candidate for inline execution; inline, its lone runs must stay this quick (the loop waits).
 INLINE_CANDIDATE_S = 0.0005
@@ -81,7 +85,7 @@ class Role(enum.Enum):
     """Whether a run's time says what a lone request costs on its execution."""
 
     OVERLAPPED = "overlapped"  # others were running: the throughput streams; its time is not a sample
-    LONE = "lone"  # nothing else was running: a sample of its execution's figure
+    LONE = "lone"  # nothing else was running when it started: a sample, unless another starts beside it
 
 
 Slot = tuple[Execution, Role, Any]
@@ -130,6 +134,12 @@ class LoadAdaptiveExecutor:
         self._samples = {kind: deque[float](maxlen=SAMPLES) for kind in Execution}
         self._warm: set[Execution] = set()  # executions past their first (slower) run
         self._lone = 0
+        # Whether a request started beside the lone run in flight (there is at most one: a lone run
+        # starts only when nothing runs). Its time then says what sharing the cores costs, not what a
+        # lone request does: the first request of each closed-loop c=8 window (the other 7 arriving
+        # during it) took 41 ms on the latency execution against 21 ms alone, and three such windows
+        # turned the choice for the c=1 load after them (ResNet-50-shaped, REST).
+        self._lone_shared = False
 
     @property
     def solo_s(self) -> dict[Execution, float | None]:
@@ -167,8 +177,10 @@ class LoadAdaptiveExecutor:
 
     def take(self) -> Slot:
         if self.busy or not self._executions[Execution.LATENCY].idle:
+            self._lone_shared = True
             return Execution.THROUGHPUT, Role.OVERLAPPED, self._executions[Execution.THROUGHPUT].take()
         self._lone += 1
+        self._lone_shared = False
         kind = self._lone_execution()
         executor = self._inline if kind is Execution.INLINE else self._executions[kind]
         assert executor is not None  # INLINE is a candidate only once it exists
@@ -211,7 +223,7 @@ class LoadAdaptiveExecutor:
         if kind not in self._warm:
             self._warm.add(kind)
             return outputs, times
-        if role is Role.LONE:
+        if role is Role.LONE and not self._lone_shared:
             self._samples[kind].append(times.infer_ns / 1e9)
             self._consider_inline()
         return outputs, times

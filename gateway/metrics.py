@@ -92,8 +92,8 @@ GATEWAY_FAMILIES = {
     ),
     "ovgw_lone_inference_seconds": (
         "gauge",
-        "Inference time of requests that found their model idle (the quickest of the last 3), by execution "
-        "(latency, throughput, inline): what the gateway picks a lone request's execution from.",
+        "Inference time of requests that found their model idle and ran alone (the quickest of the last 8), "
+        "by execution (latency, throughput, inline): what the gateway picks a lone request's execution from.",
     ),
     "ovgw_images_decoded": ("counter", "Encoded images (JPEG, PNG ...) decoded for a model version."),
     "ovgw_image_decode_cpu_us": (

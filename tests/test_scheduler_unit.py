@@ -15,6 +15,7 @@ from gateway.adaptive import (
     EXPLORE_EVERY,
     INLINE_BELOW_S,
     INLINE_CANDIDATE_S,
+    SAMPLES,
     Execution,
     InlineState,
     LoadAdaptiveExecutor,
@@ -691,9 +692,33 @@ async def test_slow_lone_runs_turn_the_choice_only_when_all_recent_ones_are_slow
     scheduler, _, _ = make(clock, adaptive)
     await _lone_requests(scheduler, latency, throughput, 4, 20_000_000, 40_000_000)
     assert adaptive.favoured() is Execution.LATENCY
-    # Two preempted runs of the last three (37 ms instead of 20): noise, the latency execution stays.
-    await _lone_requests(scheduler, latency, throughput, 2, 37_000_000, 40_000_000)
+    # All but one of the last SAMPLES runs preempted (37 ms instead of 20): noise, the latency one stays.
+    await _lone_requests(scheduler, latency, throughput, SAMPLES - 1, 37_000_000, 40_000_000)
     assert adaptive.favoured() is Execution.LATENCY and adaptive.solo_s[Execution.LATENCY] == 0.02
-    # A third: the workload changed (no longer 1.25 x faster), and the choice follows it.
+    # One more: the workload changed (no longer 1.25 x faster), and the choice follows it.
     await _lone_requests(scheduler, latency, throughput, 1, 37_000_000, 40_000_000)
     assert adaptive.favoured() is Execution.THROUGHPUT
+
+
+async def test_a_lone_run_that_another_request_started_beside_is_no_sample():
+    clock = ManualClock()
+    latency, throughput = FakeExecutor(1), FakeExecutor(2)
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
+    scheduler, _, _ = make(clock, adaptive)
+    await _lone_requests(scheduler, latency, throughput, 4, 20_000_000, 40_000_000)
+    assert adaptive.solo_s[Execution.LATENCY] == 0.02
+    # A closed-loop window at c=2 begins: its first request finds the model idle, the second overlaps it
+    # on the streams, and sharing the cores makes both slow. Repeated, it must not turn the choice.
+    for _ in range(SAMPLES + 1):
+        tasks = [submit(scheduler, 1, v) for v in (1, 2)]
+        await settle()
+        assert len(latency.running) == 1 and len(throughput.running) == 1
+        latency.running[0].finish(45_000_000)
+        throughput.running[0].finish(60_000_000)
+        await settle()
+        assert [t.result()[0][0][0, 0] for t in tasks] == [10, 20]
+    assert adaptive.solo_s == {Execution.LATENCY: 0.02, Execution.THROUGHPUT: 0.04, Execution.INLINE: None}
+    assert adaptive.favoured() is Execution.LATENCY
+    # A lone run that nothing joins is a sample again.
+    await _lone_requests(scheduler, latency, throughput, 1, 18_000_000, 40_000_000)
+    assert adaptive.solo_s[Execution.LATENCY] == 0.018

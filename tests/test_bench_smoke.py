@@ -66,8 +66,8 @@ def test_cpu_split_names_where_the_cpu_goes(tmp_path):
 
 def test_scheduling_bench_writes_its_tables(tmp_path):
     result = subprocess.run(
-        # The loader counts requests sent and answered inside a window: 16 batched ResNet clients on 2 busy
-        # cores wait about 0.5 s each, so a 500 ms window could hold none.
+        # The loader counts requests answered inside a window: 16 batched ResNet clients on 2 busy cores
+        # wait about 0.5 s each, so a 500 ms window could hold few or none.
         [sys.executable, "-m", "loadgen.bench_scheduling", "--repetitions", "1", "--window-ms", "2000",
          "--benchmark-seconds", "1", "--output", str(tmp_path)],
         capture_output=True, text=True, timeout=600,

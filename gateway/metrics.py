@@ -88,7 +88,7 @@ GATEWAY_FAMILIES = {
     "ovgw_executions": (
         "counter",
         "OpenVINO executions of a model version by execution (latency, throughput, and inline: on the event "
-        "loop, for a tiny model alone), where the gateway runs several (--adaptive_execution).",
+        "loop, for a tiny model), where the gateway runs several (--adaptive_execution).",
     ),
     "ovgw_lone_inference_seconds": (
         "gauge",

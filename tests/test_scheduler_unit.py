@@ -476,6 +476,15 @@ async def test_a_closed_scheduler_leaves_the_gate():
 # --- the load-adaptive executor -------------------------------------------------------------------
 
 
+def _adaptive(compiler: _InlineCompiler | None = None):
+    """A scheduler over a latency (1 place) and a throughput (2 places) fake, inline made by `compiler`
+    (None: never inline)."""
+    latency, throughput = FakeExecutor(1), FakeExecutor(2)
+    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
+    scheduler, _, _ = make(ManualClock(), adaptive)
+    return scheduler, adaptive, latency, throughput
+
+
 async def _lone_requests(scheduler, latency, throughput, n: int, latency_ns: int, throughput_ns: int) -> list:
     """n requests one after another (each finds the model idle); returns the execution each ran on."""
     ran = []
@@ -494,10 +503,7 @@ async def _lone_requests(scheduler, latency, throughput, n: int, latency_ns: int
 
 
 async def test_lone_requests_go_where_lone_inferences_were_measured_faster():
-    clock = ManualClock()
-    latency, throughput = FakeExecutor(1), FakeExecutor(2)
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive()
     # A compute-bound model: 20 ms alone on every core, 40 ms on one stream.
     ran = await _lone_requests(scheduler, latency, throughput, 2 * EXPLORE_EVERY, 20_000_000, 40_000_000)
     # Each warmed (its first run not counted), then measured; then one lone request in EXPLORE_EVERY probes.
@@ -508,10 +514,7 @@ async def test_lone_requests_go_where_lone_inferences_were_measured_faster():
 
 
 async def test_a_tiny_model_s_lone_requests_stay_on_the_streams():
-    clock = ManualClock()
-    latency, throughput = FakeExecutor(1), FakeExecutor(2)
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive()
     # 80 us against 220 us alone: 2.75 x faster, but 0.14 ms sooner is not worth the CPU.
     ran = await _lone_requests(scheduler, latency, throughput, 2 * EXPLORE_EVERY, 80_000, 220_000)
     assert adaptive.favoured() is Execution.THROUGHPUT
@@ -519,10 +522,7 @@ async def test_a_tiny_model_s_lone_requests_stay_on_the_streams():
 
 
 async def test_the_favoured_execution_follows_the_traffic():
-    clock = ManualClock()
-    latency, throughput = FakeExecutor(1), FakeExecutor(2)
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive()
     await _lone_requests(scheduler, latency, throughput, 4, 20_000_000, 40_000_000)
     assert adaptive.favoured() is Execution.LATENCY
     # The inputs grow small (a dynamic-shape model): the latency execution stops paying.
@@ -531,10 +531,7 @@ async def test_the_favoured_execution_follows_the_traffic():
 
 
 async def test_overlapping_requests_go_to_the_throughput_streams_within_nireq():
-    clock = ManualClock()
-    latency, throughput = FakeExecutor(1), FakeExecutor(2)
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive()
     assert adaptive.nireq == 2 and adaptive.idle == 2
     tasks = [submit(scheduler, 1, v) for v in (1, 2, 3, 4)]
     await settle()
@@ -585,14 +582,6 @@ class _InlineCompiler:
         return self.executor
 
 
-def _adaptive_with_inline(compiler: _InlineCompiler):
-    """A scheduler over a latency (1 place) and a throughput (2 places) fake, inline made by `compiler`."""
-    latency, throughput = FakeExecutor(1), FakeExecutor(2)
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput, compile_inline=compiler)
-    scheduler, _, _ = make(ManualClock(), adaptive)
-    return scheduler, adaptive, latency, throughput
-
-
 async def _lone_with_inline(scheduler, latency, throughput, inline, n: int, latency_ns: int) -> list:
     """n lone requests; returns where each ran (inline ones answer without a run to finish)."""
     ran = []
@@ -616,7 +605,7 @@ async def _lone_with_inline(scheduler, latency, throughput, inline, n: int, late
 async def test_a_tiny_model_s_lone_requests_run_inline_once_its_one_thread_execution_is_built():
     inline = FakeInlineExecutor(infer_ns=30_000)
     compiler = _InlineCompiler(inline)
-    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
+    scheduler, adaptive, latency, throughput = _adaptive(compiler)
     # 150 us alone on the latency execution, its hand-over included: under INLINE_CANDIDATE_S.
     ran = await _lone_with_inline(scheduler, latency, throughput, None, 4, 150_000)
     assert ran == [Execution.LATENCY, Execution.LATENCY, Execution.THROUGHPUT, Execution.THROUGHPUT]
@@ -635,7 +624,7 @@ async def test_a_tiny_model_s_lone_requests_run_inline_once_its_one_thread_execu
 
 async def test_a_model_too_slow_for_the_event_loop_is_never_compiled_inline():
     compiler = _InlineCompiler(FakeInlineExecutor())
-    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
+    scheduler, adaptive, latency, throughput = _adaptive(compiler)
     await _lone_with_inline(
         scheduler, latency, throughput, None, EXPLORE_EVERY, int(INLINE_CANDIDATE_S * 2e9)
     )
@@ -646,7 +635,7 @@ async def test_inline_runs_that_grow_slow_hand_lone_requests_back_to_the_threads
     inline = FakeInlineExecutor(infer_ns=30_000)
     compiler = _InlineCompiler(inline)
     compiler.ready.set()
-    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
+    scheduler, adaptive, latency, throughput = _adaptive(compiler)
     await _lone_with_inline(scheduler, latency, throughput, inline, 8, 150_000)
     assert adaptive.favoured() is Execution.INLINE
     # The inputs grow (a dynamic-shape model): inline runs now block the loop too long.
@@ -659,7 +648,7 @@ async def test_inline_runs_that_grow_slow_hand_lone_requests_back_to_the_threads
 async def test_a_failed_inline_compile_is_not_tried_again_and_requests_keep_the_threads():
     compiler = _InlineCompiler(error=RuntimeError("no memory"))
     compiler.ready.set()
-    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
+    scheduler, adaptive, latency, throughput = _adaptive(compiler)
     ran = await _lone_with_inline(scheduler, latency, throughput, None, EXPLORE_EVERY, 150_000)
     assert adaptive.inline_state is InlineState.FAILED and compiler.calls == 1
     assert Execution.INLINE not in ran
@@ -669,7 +658,7 @@ async def test_overlapping_requests_run_inline_while_it_is_free_and_on_the_strea
     inline = FakeInlineExecutor(infer_ns=30_000)
     compiler = _InlineCompiler(inline)
     compiler.ready.set()
-    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
+    scheduler, adaptive, latency, throughput = _adaptive(compiler)
     await _lone_with_inline(scheduler, latency, throughput, inline, 8, 150_000)
     assert adaptive.favoured() is Execution.INLINE
     runs_before, inline_before = len(throughput.runs), inline.inline_runs
@@ -691,7 +680,7 @@ async def test_an_overlapped_inline_run_is_a_sample_and_slow_ones_hand_requests_
     inline = FakeInlineExecutor(infer_ns=30_000)
     compiler = _InlineCompiler(inline)
     compiler.ready.set()
-    scheduler, adaptive, latency, throughput = _adaptive_with_inline(compiler)
+    scheduler, adaptive, latency, throughput = _adaptive(compiler)
     await _lone_with_inline(scheduler, latency, throughput, inline, 8, 150_000)
     # Under load the inline runs grow slow (the streams beside them share the cores): each is what the
     # event loop waits, so each counts, and after SAMPLES of them overlapping requests leave the loop.
@@ -720,10 +709,7 @@ async def test_an_overlapped_inline_run_is_a_sample_and_slow_ones_hand_requests_
 
 
 async def test_slow_lone_runs_turn_the_choice_only_when_all_recent_ones_are_slow():
-    clock = ManualClock()
-    latency, throughput = FakeExecutor(1), FakeExecutor(2)
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive()
     await _lone_requests(scheduler, latency, throughput, 4, 20_000_000, 40_000_000)
     assert adaptive.favoured() is Execution.LATENCY
     # All but one of the last SAMPLES runs preempted (37 ms instead of 20): noise, the latency one stays.
@@ -735,10 +721,7 @@ async def test_slow_lone_runs_turn_the_choice_only_when_all_recent_ones_are_slow
 
 
 async def test_a_lone_run_that_another_request_started_beside_is_no_sample():
-    clock = ManualClock()
-    latency, throughput = FakeExecutor(1), FakeExecutor(2)
-    adaptive = LoadAdaptiveExecutor(latency=latency, throughput=throughput)
-    scheduler, _, _ = make(clock, adaptive)
+    scheduler, adaptive, latency, throughput = _adaptive()
     await _lone_requests(scheduler, latency, throughput, 4, 20_000_000, 40_000_000)
     assert adaptive.solo_s[Execution.LATENCY] == 0.02
     # A closed-loop window at c=2 begins: its first request finds the model idle, the second overlaps it

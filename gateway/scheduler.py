@@ -12,10 +12,14 @@ waited max_queue_delay_microseconds).
 Models that share a device also share a DeviceGate. When their priorities
 differ, the gate lets at most `capacity` executions (the device's streams) run
 at once and hands each free slot to the highest-priority model that is waiting.
-A higher-priority model also keeps the slots it used within the last
-`hold_s` reserved, so that its closed-loop clients, who are between two
-requests for a moment, find them free. A request that has waited `aging_s`
-is dispatched next whatever its model's priority: no model starves.
+While a higher-priority model is running, waiting, or ran within the last
+`hold_s` (its closed-loop clients are between two requests for a moment), it
+holds the whole device: lower levels wait, since any execution beside it, in
+a stream it leaves free, still takes the cores (or the GPU's engines) its own
+run needs. Aging bounds the starving: a model whose oldest request has waited
+`aging_s` gets one execution next, whatever its priority, and its wait for the
+next turn starts again then; so a held-off model runs at least once per
+`aging_s` (a whole batch, where it batches).
 
 The queue is bounded (max_queue_size): a full queue refuses at once with
 RESOURCE_EXHAUSTED, or, for a caller that asks to (WhenFull.WAIT: a gRPC stream, whose
@@ -366,8 +370,8 @@ class DeviceGate:
         self._members: list[ModelScheduler] = []
         self._waiting: list[ModelScheduler] = []
         self._in_use: dict[int, int] = {}  # priority level -> running executions
-        self._peak: dict[int, int] = {}  # level -> most executions it ran at once lately
         self._last_used: dict[int, float] = {}  # level -> clock time it last released a slot
+        self._last_turn: dict[ModelScheduler, float] = {}  # model -> when it last went ahead by aging
         self._wake_timer: Timer | None = None
         self._wake_due = 0.0
         self.capacity = 1
@@ -382,6 +386,7 @@ class DeviceGate:
             self._members.remove(scheduler)
         if scheduler in self._waiting:
             self._waiting.remove(scheduler)
+        self._last_turn.pop(scheduler, None)
         self._refresh()
         self._wake()
 
@@ -391,9 +396,17 @@ class DeviceGate:
         self.active = len({m.priority for m in self._members}) > 1
         self.capacity = max((m.streams for m in self._members), default=1)
 
-    def _aged(self, scheduler: ModelScheduler, now: float) -> bool:
+    def _ages_at(self, scheduler: ModelScheduler) -> float | None:
+        """When the model's turn by aging comes: its oldest request has waited aging_s, counted from its
+        last turn at the earliest (None: nothing queued)."""
         oldest = scheduler.oldest_arrival()
-        return oldest is not None and now >= oldest + self.aging_s  # the wake timer's own time
+        if oldest is None:
+            return None
+        return max(oldest, self._last_turn.get(scheduler, -math.inf)) + self.aging_s
+
+    def _aged(self, scheduler: ModelScheduler, now: float) -> bool:
+        due = self._ages_at(scheduler)
+        return due is not None and now >= due  # the wake timer's own time
 
     def _rank(self, scheduler: ModelScheduler, now: float) -> tuple:
         aged = self._aged(scheduler, now)
@@ -413,37 +426,35 @@ class DeviceGate:
                 if other is not scheduler and other.wants_slot() and self._rank(other, now) < mine:
                     allowed = False
                     break
-        if allowed and mine[0]:  # not aged: respect the slots higher priorities keep
-            reserved = 0
+        if allowed and mine[0]:  # not aged: a higher level running or within its hold has the whole device
             lapses: list[float] = []  # when idle higher levels' holds end (a busy level wakes us on release)
-            for level, peak in self._peak.items():
-                if level < scheduler.priority:
-                    in_use = self._in_use.get(level, 0)
-                    held_until = self._last_used.get(level, -math.inf) + self.hold_s
-                    if in_use or now < held_until:
-                        reserved += max(0, peak - in_use)
-                        if not in_use:
-                            lapses.append(held_until)
-                    else:
-                        self._peak[level] = 0
-            if running + reserved >= self.capacity:
-                allowed = False
-                if lapses:
-                    self._schedule_wake(min(lapses))
+            for level, last_used in self._last_used.items():
+                if level >= scheduler.priority:
+                    continue
+                held_until = last_used + self.hold_s
+                if self._in_use.get(level, 0):
+                    allowed = False
+                elif now < held_until:
+                    allowed = False
+                    lapses.append(held_until)
+            if not allowed and lapses:
+                self._schedule_wake(min(lapses))
         if not allowed:
             if scheduler not in self._waiting:
                 self._waiting.append(scheduler)
-            # Wake when its oldest request ages; once aged, only a release can free a slot for it (a timer
+            # Wake when its turn by aging comes; once aged, only a release can free a slot for it (a timer
             # then would fire at once, every loop iteration, until one does).
-            oldest = scheduler.oldest_arrival()
-            if oldest is not None and now < oldest + self.aging_s:
-                self._schedule_wake(oldest + self.aging_s)
+            due = self._ages_at(scheduler)
+            if due is not None and now < due:
+                self._schedule_wake(due)
             return Ticket.REFUSED
         if scheduler in self._waiting:
             self._waiting.remove(scheduler)
+        if not mine[0]:
+            self._last_turn[scheduler] = now
         level = scheduler.priority
         self._in_use[level] = self._in_use.get(level, 0) + 1
-        self._peak[level] = max(self._peak.get(level, 0), self._in_use[level])
+        self._last_used[level] = max(self._last_used.get(level, -math.inf), now)
         return Ticket.COUNTED
 
     def release(self, scheduler: ModelScheduler) -> None:

@@ -4,23 +4,35 @@
    gateway's batcher on (max_batch_size 8) and off, against benchmark_app at batch 1 and batch 8; and the
    latency the batcher's delay adds when there is nothing to batch with (one client).
 2. Two-model contention: a HIGH-priority copy of the model under a steady load, alone and while a
-   LOW-priority copy saturates the CPU; the same again with both at the same priority, for contrast.
+   LOW-priority copy saturates the CPU, at the default aging bound and at 5 s; the same again with both at the
+   same priority, for contrast. LOW's answers per second beside HIGH and alone show what HIGH's tail costs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .bench import ROOT, BenchModel, benchmark_app, gateway_run, median_of, prepare_models, write_results
+from .bench import (
+    ROOT,
+    BenchModel,
+    benchmark_app,
+    gateway_run,
+    median_of,
+    prepare_models,
+    success_count,
+    write_results,
+)
 from .gateway_process import start_gateway
 
 BATCH = 8
@@ -79,11 +91,38 @@ def _background_load(gw, model: str, concurrency: int, seconds: float, out_dir: 
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _beside(gw, busy: str, other: str, run: Callable[[], dict]) -> tuple[dict, float]:
+    """run() (a loadgen run on model `busy`), and `other`'s answers per second while `busy` was answering:
+    counted from `busy`'s first answer (not from the loader's start-up, while `busy` idles) to run()'s end."""
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(run=run()))
+    before = success_count(gw.http_url, busy)
+    thread.start()
+    while thread.is_alive() and success_count(gw.http_url, busy) == before:
+        time.sleep(0.01)
+    other_start, started = success_count(gw.http_url, other), time.monotonic()
+    thread.join()
+    if "run" not in outcome:
+        raise RuntimeError(f"the loadgen run on {busy!r} failed (its error is printed above)")
+    return outcome["run"], (success_count(gw.http_url, other) - other_start) / (time.monotonic() - started)
+
+
+# (tag, LOW model's priority, --priority_aging_ms or None for the default)
+CONTENTION_SETS = (
+    ("priorities", "LOW", None),
+    ("priorities_aging_5s", "LOW", 5000),
+    ("same_priority", "HIGH", None),
+)
+LOW_CLIENTS = 8
+
+
 def contention_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repetitions: int, high_load: int):
+    """HIGH at `high_load` clients alone and while LOW_CLIENTS closed-loop clients saturate LOW; LOW's
+    answers per second counted from its statistics over each HIGH window, and LOW alone for its cost."""
     raw = out_dir / "raw"
     path = str(model.path.parent.parent)
-    result: dict[str, Any] = {"high_concurrency": high_load}
-    for tag, low_priority in (("priorities", "LOW"), ("same_priority", "HIGH")):
+    result: dict[str, Any] = {"high_concurrency": high_load, "low_concurrency": LOW_CLIENTS}
+    for tag, low_priority, aging_ms in CONTENTION_SETS:
         gw = _serve(
             out_dir,
             f"contention-{tag}",
@@ -91,32 +130,42 @@ def contention_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repet
                 {"name": "high", "base_path": path, "priority": "HIGH"},
                 {"name": "low", "base_path": path, "priority": low_priority},
             ],
+            [] if aging_ms is None else ["--priority_aging_ms", str(aging_ms)],
         )
-        high = replace(model, name="high")
+        high, low = replace(model, name="high"), replace(model, name="low")
         try:
             alone = _runs(gw, high, high_load, window_ms, repetitions, raw)
-            runs = []
+            low_alone = _runs(gw, low, LOW_CLIENTS, window_ms, 1, raw)
+            runs, low_rates = [], []
             for _ in range(repetitions):
                 # The LOW model saturates the CPU for longer than the HIGH window (its warm-up included).
-                background = _background_load(gw, "low", 8, window_ms / 1000 + 4, out_dir)
+                background = _background_load(gw, "low", LOW_CLIENTS, window_ms / 1000 + 4, out_dir)
                 try:
                     time.sleep(1.0)
-                    runs.append(gateway_run(gw, high, "grpc", high_load, window_ms, raw))
+                    high_run = functools.partial(gateway_run, gw, high, "grpc", high_load, window_ms, raw)
+                    run, low_rate = _beside(gw, "high", "low", high_run)
+                    runs.append(run)
+                    low_rates.append(low_rate)
                 finally:
                     background.wait(timeout=window_ms / 1000 + 120)
             contended = {
                 "runs": runs,
-                **{f"median_{k}": median_of(runs, k) for k in ("throughput", "p99_us")},
+                **{f"median_{k}": median_of(runs, k) for k in ("throughput", "p50_us", "p99_us")},
+                "low_throughput": sorted(low_rates)[len(low_rates) // 2],
             }
         finally:
             gw.stop()
         result[tag] = {
+            "aging_ms": aging_ms,
             "alone": alone,
+            "low_alone_throughput": low_alone["median_throughput"],
             "contended": contended,
             "p99_ratio": contended["median_p99_us"] / alone["median_p99_us"],
+            "low_share": contended["low_throughput"] / low_alone["median_throughput"],
         }
         print(f"contention ({tag}): HIGH p99 alone {alone['median_p99_us']:.0f} us, with LOW saturating "
-              f"{contended['median_p99_us']:.0f} us ({result[tag]['p99_ratio']:.2f} x)",
+              f"{contended['median_p99_us']:.0f} us ({result[tag]['p99_ratio']:.2f} x); LOW beside it "
+              f"{contended['low_throughput']:.1f}/s, alone {low_alone['median_throughput']:.1f}/s",
               flush=True)  # fmt: skip
     return result
 
@@ -158,15 +207,26 @@ def markdown(results: dict) -> str:
         f"off {b['off_c1']['median_p99_us']:.0f} us, on {b['on_c1']['median_p99_us']:.0f} us "
         f"(the delay adds {b['delay_added_p99_us']:.0f} us).",
         "",
-        f"## Two models on the CPU (HIGH at concurrency {c['high_concurrency']}, LOW at 8)",
+        f"## Two models on the CPU (HIGH at concurrency {c['high_concurrency']}, "
+        f"LOW at {c['low_concurrency']})",
         "",
-        "| | HIGH p99 alone us | HIGH p99 with LOW saturating us | ratio |",
-        "| --- | --- | --- | --- |",
+        "| | aging ms | HIGH p50 / p99 alone us | HIGH p50 / p99 with LOW saturating us | p99 ratio "
+        "| LOW answers/s beside HIGH / alone |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for tag, label in (("priorities", "HIGH vs LOW"), ("same_priority", "both HIGH (no ordering)")):
+    labels = {"priorities": "HIGH vs LOW", "priorities_aging_5s": "HIGH vs LOW", "same_priority": "both HIGH"}
+    for tag, _, _ in CONTENTION_SETS:
         r = c[tag]
-        alone, contended = r["alone"]["median_p99_us"], r["contended"]["median_p99_us"]
-        lines.append(f"| {label} | {alone:.0f} | {contended:.0f} | {r['p99_ratio']:.2f} |")
+        alone, contended = r["alone"], r["contended"]
+        cells = [
+            labels[tag],
+            "500 (default)" if r["aging_ms"] is None else str(r["aging_ms"]),
+            f"{alone['median_p50_us']:.0f} / {alone['median_p99_us']:.0f}",
+            f"{contended['median_p50_us']:.0f} / {contended['median_p99_us']:.0f}",
+            f"{r['p99_ratio']:.2f}",
+            f"{contended['low_throughput']:.1f} / {r['low_alone_throughput']:.1f} ({r['low_share']:.2f})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -464,6 +464,62 @@ async def test_a_low_priority_request_is_not_starved_past_aging_s():
     assert all(t.done() for t in done)
 
 
+async def test_a_higher_priority_running_in_one_stream_holds_the_whole_device():
+    clock = ManualClock()
+    gate, (high, high_exec), (low, low_exec) = gate_pair(clock, streams=2, hold_s=0.02)
+    assert gate.capacity == 2
+    one_high = submit(high)
+    await settle()
+    low_task = submit(low)
+    await settle()
+    assert len(high_exec.runs) == 1 and low_exec.runs == []  # a stream is free, but its cores are high's
+    clock.advance(0.01)
+    high_exec.runs[0].finish()
+    await settle()
+    clock.advance(0.019)
+    await settle()
+    assert low_exec.runs == []  # high's closed-loop client may be between two requests
+    next_high = submit(high)
+    await settle()
+    assert len(high_exec.runs) == 2 and low_exec.runs == []
+    high_exec.runs[1].finish()
+    await settle()
+    clock.advance(0.02)  # high idle for hold_s: low may run
+    await settle()
+    assert len(low_exec.runs) == 1
+    low_exec.runs[0].finish()
+    await settle()
+    assert all(t.done() for t in (one_high, next_high, low_task))
+
+
+async def test_aging_gives_a_held_off_model_one_execution_per_aging_s():
+    clock = ManualClock(start=0.0)
+    gate, (high, high_exec), (low, low_exec) = gate_pair(clock, streams=2, aging_s=0.5)
+    done = [submit(high)]
+    await settle()
+    lows = [submit(low, 1, v) for v in (1, 2, 3)]
+    await settle()
+    started: list[float] = []  # clock times low's executions began
+    for _ in range(40):  # 1.25 s of high always busy in one stream: a closed-loop client with no gap
+        clock.advance(1 / 32)  # exact in binary: the aging times below compare exactly
+        await settle()
+        started += [clock.now()] * (len(low_exec.runs) - len(started))
+        for run in low_exec.running:
+            run.finish()
+        high_exec.running[0].finish()
+        done.append(submit(high))
+        await settle()
+        assert len(high_exec.running) == 1
+    assert started == [0.5, 1.0]  # all three requests had waited 0.5 s, but one turn per aging_s
+    clock.advance(0.5)
+    await settle()
+    assert len(low_exec.runs) == 3
+    for run in low_exec.running + high_exec.running:
+        run.finish()
+    await settle()
+    assert all(t.done() for t in (*done, *lows))
+
+
 async def test_a_closed_scheduler_leaves_the_gate():
     clock = ManualClock()
     gate, (high, _), (low, _) = gate_pair(clock)

@@ -280,7 +280,9 @@ class InferExecutor:
     Copies of a tensor byte here: an input shared with OpenVINO when its array is writable (REST bodies),
     else copied once into OpenVINO's tensor (gRPC's read-only message bytes); a batch of several requests
     is copied once into the batch. A large output is written by OpenVINO into our array (no copy); a small
-    one, or one whose shape is not known before the run, is copied once out of the infer request.
+    one, or one whose shape is not known before the run, is copied once out of the infer request (its memory
+    is the next run's; binding a fresh tensor for OpenVINO to size measured slower than the copy: README,
+    "Copies of a tensor byte"), so on gRPC, which joins the outputs into the message, those take two.
 
     `batch_rows`: dimension 0 of every output is the run's row count (dynamic batching is on), so such
     outputs can be allocated before the run."""

@@ -17,9 +17,13 @@ While a higher-priority model is running, waiting, or ran within the last
 holds the whole device: lower levels wait, since any execution beside it, in
 a stream it leaves free, still takes the cores (or the GPU's engines) its own
 run needs. Aging bounds the starving: a model whose oldest request has waited
-`aging_s` gets one execution next, whatever its priority, and its wait for the
-next turn starts again then; so a held-off model runs at least once per
-`aging_s` (a whole batch, where it batches).
+`aging_s` gets one execution next, whatever its priority, alone on the device
+(what runs ends first, nothing starts beside it), and its wait for the next
+turn starts again then; so a held-off model runs at least once per `aging_s`
+(a whole batch, where it batches). Alone, the turn takes the least time it can
+(a lone request of a load-adaptive model runs on its latency execution), and
+the higher model's next request waits for it instead of sharing the cores
+with it for longer.
 
 The queue is bounded (max_queue_size): a full queue refuses at once with
 RESOURCE_EXHAUSTED, or, for a caller that asks to (WhenFull.WAIT: a gRPC stream, whose
@@ -337,8 +341,8 @@ class ModelScheduler:
                     waiting.future.set_result((mine, times, queued))
         finally:
             self.executor.give_back(slot)
-            if ticket is Ticket.COUNTED and self._gate is not None:
-                self._gate.release(self)
+            if ticket is not Ticket.UNCOUNTED and self._gate is not None:
+                self._gate.release(self, ticket)
             self.pump()
 
 
@@ -348,6 +352,7 @@ class Ticket(enum.Enum):
     REFUSED = "refused"  # wait: the gate calls pump() again when this model may go
     UNCOUNTED = "uncounted"  # go; the gate is not counting (one priority on the device)
     COUNTED = "counted"  # go, and release() the slot when the execution ends
+    ALONE = "alone"  # go by aging, alone on the device: nothing starts until release()
 
 
 def _expire_waiter(waiter: asyncio.Future, label: str) -> None:
@@ -372,6 +377,7 @@ class DeviceGate:
         self._in_use: dict[int, int] = {}  # priority level -> running executions
         self._last_used: dict[int, float] = {}  # level -> clock time it last released a slot
         self._last_turn: dict[ModelScheduler, float] = {}  # model -> when it last went ahead by aging
+        self._alone = False  # an execution that went by aging is running: nothing else starts
         self._wake_timer: Timer | None = None
         self._wake_due = 0.0
         self.capacity = 1
@@ -419,14 +425,16 @@ class DeviceGate:
         now = self._clock.now()
         running = sum(self._in_use.values())
         mine = self._rank(scheduler, now)
-        allowed = running < self.capacity
+        aged = not mine[0]
+        # An aged turn waits for the device to empty (those behind it in rank wait with it: see below).
+        allowed = not self._alone and (running == 0 if aged else running < self.capacity)
         if allowed:
             # Someone ahead in line (aged, or of a higher priority) takes the slot first.
             for other in self._waiting:
                 if other is not scheduler and other.wants_slot() and self._rank(other, now) < mine:
                     allowed = False
                     break
-        if allowed and mine[0]:  # not aged: a higher level running or within its hold has the whole device
+        if allowed and not aged:  # a higher level running or within its hold has the whole device
             lapses: list[float] = []  # when idle higher levels' holds end (a busy level wakes us on release)
             for level, last_used in self._last_used.items():
                 if level >= scheduler.priority:
@@ -450,14 +458,18 @@ class DeviceGate:
             return Ticket.REFUSED
         if scheduler in self._waiting:
             self._waiting.remove(scheduler)
-        if not mine[0]:
-            self._last_turn[scheduler] = now
         level = scheduler.priority
         self._in_use[level] = self._in_use.get(level, 0) + 1
         self._last_used[level] = max(self._last_used.get(level, -math.inf), now)
+        if aged:
+            self._last_turn[scheduler] = now
+            self._alone = True
+            return Ticket.ALONE
         return Ticket.COUNTED
 
-    def release(self, scheduler: ModelScheduler) -> None:
+    def release(self, scheduler: ModelScheduler, ticket: Ticket = Ticket.COUNTED) -> None:
+        if ticket is Ticket.ALONE:
+            self._alone = False
         level = scheduler.priority
         if self._in_use.get(level, 0) > 0:
             self._in_use[level] -= 1

@@ -492,32 +492,45 @@ async def test_a_higher_priority_running_in_one_stream_holds_the_whole_device():
     assert all(t.done() for t in (one_high, next_high, low_task))
 
 
-async def test_aging_gives_a_held_off_model_one_execution_per_aging_s():
+async def test_aging_gives_a_held_off_model_one_execution_per_aging_s_alone_on_the_device():
     clock = ManualClock(start=0.0)
     gate, (high, high_exec), (low, low_exec) = gate_pair(clock, streams=2, aging_s=0.5)
     done = [submit(high)]
     await settle()
     lows = [submit(low, 1, v) for v in (1, 2, 3)]
     await settle()
-    started: list[float] = []  # clock times low's executions began
-    for _ in range(40):  # 1.25 s of high always busy in one stream: a closed-loop client with no gap
-        clock.advance(1 / 32)  # exact in binary: the aging times below compare exactly
-        await settle()
-        started += [clock.now()] * (len(low_exec.runs) - len(started))
-        for run in low_exec.running:
-            run.finish()
-        high_exec.running[0].finish()
-        done.append(submit(high))
-        await settle()
-        assert len(high_exec.running) == 1
-    assert started == [0.5, 1.0]  # all three requests had waited 0.5 s, but one turn per aging_s
     clock.advance(0.5)
     await settle()
-    assert len(low_exec.runs) == 3
-    for run in low_exec.running + high_exec.running:
-        run.finish()
+    assert low_exec.runs == []  # aged, but not beside high's run: it waits for the device to empty
+    done.append(submit(high))
     await settle()
-    assert all(t.done() for t in (*done, *lows))
+    assert len(high_exec.runs) == 1  # and high's next request waits behind it
+    high_exec.running[0].finish()
+    await settle()
+    assert len(low_exec.runs) == 1 and high_exec.running == []  # low's turn, alone
+    low_exec.runs[0].finish()
+    await settle()
+    assert len(high_exec.running) == 1
+    started: list[float] = []  # clock times low's later executions began
+    for _ in range(24):  # high as a closed-loop client with no gap, in one stream, to 1.25 s
+        clock.advance(1 / 32)  # exact in binary: the aging times below compare exactly
+        await settle()
+        for run in low_exec.running:
+            run.finish()
+        await settle()
+        if high_exec.running:
+            high_exec.running[0].finish()
+            done.append(submit(high))
+        await settle()
+        started += [clock.now()] * (len(low_exec.runs) - 1 - len(started))
+    assert started == [1.0]  # all three had waited 0.5 s, but the next turn comes 0.5 s after the last
+    clock.advance(0.5)
+    for _ in range(3):
+        await settle()
+        for run in low_exec.running + high_exec.running:
+            run.finish()
+    await settle()
+    assert len(low_exec.runs) == 3 and all(t.done() for t in (*done, *lows))
 
 
 async def test_a_closed_scheduler_leaves_the_gate():

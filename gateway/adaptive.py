@@ -30,8 +30,9 @@ chose the hint itself) and picks per dispatch, from the load it sees and from wh
   the gateway compiles a third execution in the background, LATENCY hint on one thread, and from then on
   runs a request's inference on the event loop itself with OpenVINO's synchronous infer(), while its runs
   there stay within INLINE_BELOW_S (the loop is blocked that long; probed like the others when they do
-  not). A lone request runs there, and so does one that overlaps others while the inline execution is
-  free (the others run on the streams): every inline run is a sample, since its time is what the loop
+  not; while they do, the threaded executions are not probed: that figure alone decides). A lone request
+  runs there, and so does one that overlaps others while the inline execution is free (the others run on
+  the streams): every inline run is a sample, since its time is what the loop
   waits, whatever runs beside it. One thread because the LATENCY execution's worker threads spin after
   each inference: on `simple` at concurrency 1 inline on it cost 1,238 us of server CPU per request (669
   of them one spinning worker) against 799 through the hand-over; on one thread a synchronous inference
@@ -208,7 +209,13 @@ class LoadAdaptiveExecutor:
             if not self._samples[kind]:
                 return kind
         favoured = self.favoured()
-        if self._lone % EXPLORE_EVERY:
+        # Inline is favoured on its own figure (INLINE_BELOW_S), which every inline run refreshes, not by
+        # comparison: probing the threaded executions then informs no choice, and costs each probe's
+        # hand-over plus the spinning of the stream thread it wakes. `simple` over gRPC, 3 alternating
+        # pairs each: OpenVINO's threads' CPU per request 87-94 -> 70-73 us at c=1, 72-84 -> 65-77 at c=4;
+        # the server's total moved within this machine's noise (+-30 us). Once inline loses favour, the
+        # probes resume and refresh the others' figures.
+        if favoured is Execution.INLINE or self._lone % EXPLORE_EVERY:
             return favoured
         others = [k for k in candidates if k is not favoured]
         return others[(self._lone // EXPLORE_EVERY) % len(others)]

@@ -11,6 +11,7 @@ import gzip
 import json
 import socket
 import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +25,7 @@ import tritonclient.grpc as grpcclient
 from gateway.jsondoc import MAX_JSON_DEPTH
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from loadgen.gateway_process import start_gateway
-from tests.test_error_table import RawGrpc
+from tests.test_error_table import RawGrpc, dummy_request
 
 BODY_LIMIT = 1_000_000
 MAX_CONNECTIONS = 24
@@ -357,6 +358,55 @@ def live_on_a_new_connection(gw, channels: list):
         request_serializer=pb.ServerLiveRequest.SerializeToString,
         response_deserializer=pb.ServerLiveResponse.FromString,
     )
+
+
+def test_grpc_refuses_rpcs_past_max_concurrent_rpcs_and_serves_again_once_they_end(model_repo, tmp_path):
+    model = ["--model_name", "dummy", "--model_path", str(model_repo / "dummy")]
+    gw = start_gateway([*model, "--grpc_max_concurrent_rpcs", "2"], tmp_path / "gw.log")
+    channel = grpc.insecure_channel(gw.grpc_url)
+    live = channel.unary_unary(
+        SERVICE + "ServerLive",
+        request_serializer=pb.ServerLiveRequest.SerializeToString,
+        response_deserializer=pb.ServerLiveResponse.FromString,
+    )
+    stream = channel.stream_stream(
+        SERVICE + "ModelStreamInfer",
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelStreamInferResponse.FromString,
+    )
+    ends = [threading.Event() for _ in range(2)]
+    try:
+        # Two open streams are two RPCs in flight: each answers one request, then waits for its end.
+        calls = []
+        for end in ends:
+            call = stream(_requests_until(end, dummy_request()), timeout=30)
+            assert not next(call).error_message
+            calls.append(call)
+        with pytest.raises(grpc.RpcError) as refused:
+            live(pb.ServerLiveRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for end, call in zip(ends, calls, strict=True):
+            end.set()
+            assert list(call) == []
+        deadline = time.monotonic() + 10
+        while True:  # the server counts an RPC out once its end has reached it
+            try:
+                assert live(pb.ServerLiveRequest(), timeout=5).live
+                break
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        for end in ends:
+            end.set()
+        channel.close()
+        assert gw.stop() == 0
+
+
+def _requests_until(end: threading.Event, request):
+    yield request
+    end.wait(30)
 
 
 def test_grpc_refuses_connections_past_its_bound(model_repo, tmp_path):

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--priority_aging_ms",
         type=float,
         default=500.0,
-        help="the longest a lower-priority model's request waits behind higher-priority models on a device",
+        help="a lower-priority model held off by higher-priority ones on its device still gets one execution "
+        "(alone on the device) per this period",
     )
     g.add_argument(
         "--adaptive_execution",

@@ -375,7 +375,7 @@ class DeviceGate:
         self._members: list[ModelScheduler] = []
         self._waiting: list[ModelScheduler] = []
         self._in_use: dict[int, int] = {}  # priority level -> running executions
-        self._last_used: dict[int, float] = {}  # level -> clock time it last released a slot
+        self._last_used: dict[int, float] = {}  # level -> clock time it last took or released a slot
         self._last_turn: dict[ModelScheduler, float] = {}  # model -> when it last went ahead by aging
         self._alone = False  # an execution that went by aging is running: nothing else starts
         self._wake_timer: Timer | None = None

@@ -107,11 +107,11 @@ def _beside(gw, busy: str, other: str, run: Callable[[], dict]) -> tuple[dict, f
     return outcome["run"], (success_count(gw.http_url, other) - other_start) / (time.monotonic() - started)
 
 
-# (tag, LOW model's priority, --priority_aging_ms or None for the default)
+# (tag, label in the table, LOW model's priority, --priority_aging_ms or None for the default)
 CONTENTION_SETS = (
-    ("priorities", "LOW", None),
-    ("priorities_aging_5s", "LOW", 5000),
-    ("same_priority", "HIGH", None),
+    ("priorities", "HIGH vs LOW", "LOW", None),
+    ("priorities_aging_5s", "HIGH vs LOW", "LOW", 5000),
+    ("same_priority", "both HIGH", "HIGH", None),
 )
 LOW_CLIENTS = 8
 
@@ -122,7 +122,7 @@ def contention_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repet
     raw = out_dir / "raw"
     path = str(model.path.parent.parent)
     result: dict[str, Any] = {"high_concurrency": high_load, "low_concurrency": LOW_CLIENTS}
-    for tag, low_priority, aging_ms in CONTENTION_SETS:
+    for tag, _, low_priority, aging_ms in CONTENTION_SETS:
         gw = _serve(
             out_dir,
             f"contention-{tag}",
@@ -136,7 +136,7 @@ def contention_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repet
         try:
             alone = _runs(gw, high, high_load, window_ms, repetitions, raw)
             low_alone = _runs(gw, low, LOW_CLIENTS, window_ms, 1, raw)
-            runs, low_rates = [], []
+            runs = []
             for _ in range(repetitions):
                 # The LOW model saturates the CPU for longer than the HIGH window (its warm-up included).
                 background = _background_load(gw, "low", LOW_CLIENTS, window_ms / 1000 + 4, out_dir)
@@ -144,14 +144,13 @@ def contention_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repet
                     time.sleep(1.0)
                     high_run = functools.partial(gateway_run, gw, high, "grpc", high_load, window_ms, raw)
                     run, low_rate = _beside(gw, "high", "low", high_run)
-                    runs.append(run)
-                    low_rates.append(low_rate)
+                    runs.append({**run, "low_throughput": low_rate})
                 finally:
                     background.wait(timeout=window_ms / 1000 + 120)
             contended = {
                 "runs": runs,
                 **{f"median_{k}": median_of(runs, k) for k in ("throughput", "p50_us", "p99_us")},
-                "low_throughput": sorted(low_rates)[len(low_rates) // 2],
+                "low_throughput": median_of(runs, "low_throughput"),
             }
         finally:
             gw.stop()
@@ -214,12 +213,11 @@ def markdown(results: dict) -> str:
         "| LOW answers/s beside HIGH / alone |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    labels = {"priorities": "HIGH vs LOW", "priorities_aging_5s": "HIGH vs LOW", "same_priority": "both HIGH"}
-    for tag, _, _ in CONTENTION_SETS:
+    for tag, label, _, _ in CONTENTION_SETS:
         r = c[tag]
         alone, contended = r["alone"], r["contended"]
         cells = [
-            labels[tag],
+            label,
             "500 (default)" if r["aging_ms"] is None else str(r["aging_ms"]),
             f"{alone['median_p50_us']:.0f} / {alone['median_p99_us']:.0f}",
             f"{contended['median_p50_us']:.0f} / {contended['median_p99_us']:.0f}",

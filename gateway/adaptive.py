@@ -8,10 +8,16 @@ chose the hint itself) and picks per dispatch, from the load it sees and from wh
 - something of this model is running: the throughput execution (its streams and infer requests);
 - nothing is running (the request is alone): the execution that serves a lone request best, as measured
   on the traffic itself. The latency one is favoured only when its lone inferences take at most 1 / 1.25
-  of the throughput one's and finish at least 2 ms sooner: a tiny model (Triton's `simple`) gains a tenth
-  of a millisecond on a request that costs about one through the transport, and would pay with the CPU its
-  extra threads spend waking up (measured on `simple`, gRPC, concurrency 1: 1,785 against 862 us of
-  server CPU per request). Every EXPLORE_EVERY-th lone request runs on one of the others (a probe), so
+  of the throughput one's and finish at least 0.5 ms sooner: a tiny model (Triton's `simple`) gains a
+  tenth of a millisecond on a request that costs about one through the transport, and would pay with the
+  CPU its extra threads spend waking up (measured on `simple`, gRPC, concurrency 1: 1,785 against 862 us
+  of server CPU per request; such a model runs inline anyway, below). The bound was 2 ms before inline
+  execution existed, and it kept a model of a few milliseconds on one stream: `make bench`'s
+  super-resolution model (1.3-1.9 ms alone on the latency execution, 2.4-2.9 on a stream) answered one
+  closed-loop client (c=1, 3 alternating pairs, medians) over gRPC in a p50 of 5.48 ms with it and 3.43 ms
+  with 0.5 ms, at about the same server CPU per request (4.66 and 4.79 ms), and over REST in 4.27 and
+  2.87 ms (CPU 3.73 and 4.48 ms: the second core's thread is paid for). Every EXPLORE_EVERY-th lone
+  request runs on one of the others (a probe), so
   that all stay measured as the traffic (and its input shapes) changes. Each execution's figure is the
   quickest of its last SAMPLES lone runs: noise on a shared machine only ever slows a run down (a thread
   preempted), so slow runs do not turn the choice unless all of the last SAMPLES were slow. A changed
@@ -64,7 +70,7 @@ from .statistics import ExecutionTimes
 # How much faster, and how much sooner, a lone inference must finish on the latency execution for the
 # gateway to favour it.
 MIN_SOLO_SPEEDUP = 1.25
-MIN_SOLO_SAVING_S = 0.002
+MIN_SOLO_SAVING_S = 0.0005
 EXPLORE_EVERY = 32  # one lone request in this many runs on an execution not in favour (a probe)
 SAMPLES = 8  # lone runs remembered per execution; the quickest is its figure
 # Lone runs on the latency execution this quick (its hand-over to OpenVINO's threads included) make a

@@ -86,10 +86,9 @@ def test_a_tiny_model_s_lone_requests_follow_its_measured_times_too(adaptive_ser
     gw = adaptive_server
     _infer_dummy(gw.grpc_url, 4)
     assert _runs(gw, "dummy", "latency") == 2 and _runs(gw, "dummy", "throughput") == 2
-    latency_s, throughput_s = (_lone_seconds(gw, "dummy", e) for e in ("latency", "throughput"))
-    # Microseconds either way: the latency execution cannot save the 2 ms it must save to be favoured.
-    assert throughput_s - latency_s < 0.002, (latency_s, throughput_s)
-    assert not latency_execution_pays(throughput_s, latency_s)
+    # Microseconds either way (which of the two is quicker, from one sample each, is the machine's
+    # business: test_scheduler_unit checks the rule on given times).
+    latency_s = _lone_seconds(gw, "dummy", "latency")
     # Quick enough (its hand-over included) to run on the event loop: the one-thread execution is built
     # in the background, and lone requests then run inline, with the right answers.
     if latency_s <= INLINE_CANDIDATE_S:

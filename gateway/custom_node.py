@@ -19,9 +19,11 @@ downstream nodes read, without a copy, and go back through `release` when the la
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib
 import importlib.util
 import logging
+import math
 import statistics
 import sys
 import threading
@@ -61,7 +63,9 @@ DATATYPE_PRECISIONS = {datatype: PRECISIONS.index(p) for p, datatype in PRECISIO
 class CustomNodeTensor(ctypes.Structure):
     _fields_ = [
         ("name", ctypes.c_char_p),
-        ("data", ctypes.POINTER(ctypes.c_uint8)),
+        # uint8_t* in the header; a void pointer has its layout, and reads and takes a plain address
+        # (a cast to POINTER(c_uint8) per tensor cost microseconds on every execute).
+        ("data", ctypes.c_void_p),
         ("dataBytes", ctypes.c_uint64),
         ("dims", ctypes.POINTER(ctypes.c_uint64)),
         ("dimsCount", ctypes.c_uint64),
@@ -305,21 +309,22 @@ class CNodeInstance:
         return PRECISION_DATATYPES[name]
 
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keep = []  # what the C structs point into, alive until execute returns
-        tensors = (CustomNodeTensor * max(len(inputs), 1))()
-        for i, (name, array) in enumerate(inputs.items()):
-            array = np.ascontiguousarray(
-                array
-            )  # a no-op for what pipelines pass (whole arrays, slices on dim 0)
-            dims = (ctypes.c_uint64 * max(array.ndim, 1))(*array.shape)
-            encoded = name.encode()
-            keep += [array, dims, encoded]
-            tensors[i].name = encoded
-            tensors[i].data = ctypes.cast(array.ctypes.data, ctypes.POINTER(ctypes.c_uint8))
-            tensors[i].dataBytes = array.nbytes
-            tensors[i].dims = ctypes.cast(dims, ctypes.POINTER(ctypes.c_uint64))
-            tensors[i].dimsCount = array.ndim
-            tensors[i].precision = DATATYPE_PRECISIONS[from_numpy(array.dtype).name]
+        keep: list[object] = []  # what the C structs point into, alive until execute returns
+        tensors = _tensor_array(len(inputs))()
+        # strict=False: an empty input set still gets a one-tensor array (a C array may not be empty)
+        for tensor, (name, array) in zip(tensors, inputs.items(), strict=False):
+            array = np.ascontiguousarray(array)  # a no-op for what pipelines pass: arrays, dim-0 slices
+            dims = _dims_array(array.ndim)(*array.shape)
+            keep += (array, dims)
+            tensor.name = _encoded(name)
+            tensor.data = array.ctypes.data
+            tensor.dataBytes = array.nbytes
+            tensor.dims = dims
+            tensor.dimsCount = array.ndim
+            precision = _DTYPE_PRECISIONS.get(array.dtype)
+            if precision is None:  # the graph matched each input's datatype to the library's info
+                raise CustomNodeError(f"input '{name}' is {array.dtype}: the node ABI has no such precision")
+            tensor.precision = precision
         outputs = ctypes.POINTER(CustomNodeTensor)()
         count = ctypes.c_int()
         started = time.perf_counter_ns()
@@ -362,10 +367,11 @@ class CNodeInstance:
         """One output as an array over the library's buffer (its dims array released now), or why it
         breaks the contract (its buffers released now)."""
         name = (tensor.name or b"").decode(errors="replace")
-        dims = tuple(int(tensor.dims[d]) for d in range(tensor.dimsCount)) if tensor.dims else ()
-        if tensor.dims:
-            self.release(ctypes.addressof(tensor.dims.contents))
-        address = ctypes.addressof(tensor.data.contents) if tensor.data else 0
+        dims_pointer, dims_count = tensor.dims, tensor.dimsCount
+        dims = tuple(dims_pointer[:dims_count]) if dims_pointer else ()
+        if dims_pointer:
+            self.release(ctypes.addressof(dims_pointer.contents))
+        address = tensor.data or 0
         try:
             datatype = self._datatype(tensor.precision, f"execute: output '{name}'")
         except CustomNodeError as e:
@@ -373,7 +379,7 @@ class CNodeInstance:
                 self.release(address)
             return None, str(e)
         dtype = BY_NAME[datatype].numpy
-        expected = int(np.prod(dims, dtype=np.uint64)) * dtype.itemsize if dims else dtype.itemsize
+        expected = math.prod(dims) * dtype.itemsize
         if tensor.dataBytes != expected or (expected and not address):
             if address:
                 self.release(address)
@@ -387,6 +393,27 @@ class CNodeInstance:
             return np.empty(dims, dtype), None
         owner = _ReleasedOnCollect(self, address, dims, dtype)
         return np.asarray(owner), None
+
+
+@functools.cache
+def _tensor_array(count: int) -> type[ctypes.Array]:
+    """The ctypes array type of `count` tensors (at least one: a C array may not be empty); cached, as
+    making a ctypes type per call cost more than many a small node's own work."""
+    return CustomNodeTensor * max(count, 1)
+
+
+@functools.cache
+def _dims_array(rank: int) -> type[ctypes.Array]:
+    return ctypes.c_uint64 * max(rank, 1)
+
+
+@functools.cache
+def _encoded(name: str) -> bytes:
+    return name.encode()
+
+
+# numpy dtype -> the header's precision, for the datatypes the ABI has.
+_DTYPE_PRECISIONS = {BY_NAME[datatype].numpy: value for datatype, value in DATATYPE_PRECISIONS.items()}
 
 
 def _deinitialize(lib, manager: ctypes.c_void_p, name: str) -> None:

@@ -58,12 +58,20 @@ def from_openvino(element_type: ov.Type) -> Datatype:
         ) from None
 
 
+# numpy dtype -> datatype, the first in the table for each (BF16 has no numpy type of its own: uint16 is
+# UINT16). A dict lookup: this runs for every output of every custom node and Python node.
+_BY_NUMPY: dict[np.dtype, Datatype] = {}
+for _d in _TABLE:
+    if _d.name not in ("BF16", "BYTES"):
+        _BY_NUMPY.setdefault(_d.numpy, _d)
+
+
 def from_numpy(dtype: np.dtype) -> Datatype:
     """The protocol datatype of a numpy array (used by the in-process API)."""
     dtype = np.dtype(dtype)
+    found = _BY_NUMPY.get(dtype)
+    if found is not None:
+        return found
     if dtype.kind in ("O", "S", "U"):
         return BY_NAME["BYTES"]
-    for d in _TABLE:
-        if d.numpy == dtype and d.name != "BF16":
-            return d
     raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")

@@ -116,7 +116,8 @@ class PreciseTimers:
         if fd < 0:
             raise OSError(ctypes.get_errno(), "timerfd_create failed")
         self._fd = fd
-        self._loop = loop
+        # Weakly: the loop's reader holds this object, and _by_loop's value must not keep its key alive.
+        self._loop = weakref.ref(loop)
         self._heap: list[tuple[float, int, _Entry]] = []
         self._sequence = itertools.count()  # equal times fire in the order they were set
         self._armed_for: float | None = None
@@ -149,10 +150,13 @@ class PreciseTimers:
             os.read(self._fd, 8)  # the expiration count; reading it clears the readiness
         except BlockingIOError:  # re-armed since it fired
             pass
+        loop = self._loop()
+        if loop is None:
+            return
         now = time.monotonic()
         heap = self._heap
         while heap and (heap[0][0] <= now or heap[0][2].cancelled):
             _, _, entry = heapq.heappop(heap)
             if not entry.cancelled:
-                self._loop.call_soon(entry.callback)
+                loop.call_soon(entry.callback)
         self._arm(heap[0][0] if heap else None)

@@ -73,3 +73,26 @@ async def test_long_timers_stay_on_the_loop() -> None:
     handle = clock.call_at(time.monotonic() + PRECISE_BELOW_S * 10, lambda: None)
     assert isinstance(handle, asyncio.TimerHandle)
     handle.cancel()
+
+
+def test_a_loop_s_timerfd_goes_with_the_loop() -> None:
+    import gc
+    import os
+
+    def is_timerfd(fd: int) -> bool:  # the number may be reused by another file once closed
+        try:
+            return "timerfd" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return False
+
+    loop = asyncio.new_event_loop()
+    try:
+        timers = PreciseTimers.of(loop)
+        assert timers is not None
+        fd = timers._fd
+        assert is_timerfd(fd)
+    finally:
+        loop.close()
+    del loop, timers
+    gc.collect()
+    assert not is_timerfd(fd)

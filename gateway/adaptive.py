@@ -92,6 +92,11 @@ class Execution(enum.Enum):
     THROUGHPUT = "throughput"
     INLINE = "inline"  # on the event loop, LATENCY hint on one thread: tiny models alone
 
+    # Members are singletons compared by identity, so identity hashing is consistent; Enum's own
+    # __hash__ is Python code (hash of the name), and a request looks up dicts keyed by this a dozen
+    # times: 9 % of the scheduler's time in a loop of inline requests (cProfile).
+    __hash__ = object.__hash__
+
 
 class Role(enum.Enum):
     """Whether a run's time says what a lone request costs on its execution."""
@@ -145,6 +150,12 @@ class LoadAdaptiveExecutor:
         self._compiling: asyncio.Task | None = None  # held so that the task is not collected
         self.runs = dict.fromkeys(Execution, 0)  # executions started on each, for the metrics
         self._samples = {kind: deque[float](maxlen=SAMPLES) for kind in Execution}
+        # Derived from the samples and the executions, kept up to date where those change (_sampled,
+        # _make_inline), since every dispatch reads them: the quickest of each one's samples, the
+        # execution favoured for a lone request, and those that take only lone requests.
+        self._solo: dict[Execution, float | None] = dict.fromkeys(Execution)
+        self._favoured = Execution.LATENCY
+        self._lone_executors: tuple[Executor, ...] = (latency,)
         self._warm: set[Execution] = set()  # executions past their first (slower) run
         self._lone = 0
         # Whether a request started beside the lone run in flight (there is at most one: a lone run
@@ -157,36 +168,44 @@ class LoadAdaptiveExecutor:
     @property
     def solo_s(self) -> dict[Execution, float | None]:
         """Each execution's lone-request inference seconds (the quickest of its last runs), or None."""
-        return {k: min(s) if s else None for k, s in self._samples.items()}
+        return dict(self._solo)
 
     @property
     def nireq(self) -> int:
         return self._executions[Execution.THROUGHPUT].nireq
 
-    def _lone_ones(self) -> list[Executor]:
-        """The executions that take only a request that finds nothing running."""
-        latency = self._executions[Execution.LATENCY]
-        return [latency] if self._inline is None else [latency, self._inline]
+    def _lone_busy(self) -> int:
+        """Places held by the executions that take only lone requests (a loop: one or two of them)."""
+        busy = 0
+        for executor in self._lone_executors:
+            busy += executor.busy
+        return busy
 
     @property
     def idle(self) -> int:
-        return max(0, self._executions[Execution.THROUGHPUT].idle - sum(e.busy for e in self._lone_ones()))
+        return max(0, self._executions[Execution.THROUGHPUT].idle - self._lone_busy())
 
     @property
     def busy(self) -> int:
         # An inline slot counts from take() until give_back(): the scheduler may take another in between.
-        return self._executions[Execution.THROUGHPUT].busy + sum(e.busy for e in self._lone_ones())
+        return self._executions[Execution.THROUGHPUT].busy + self._lone_busy()
 
     def favoured(self) -> Execution:
         """The execution for a lone request, from what lone requests took on each (latency until known)."""
-        solo = self.solo_s
+        return self._favoured
+
+    def _refresh_favour(self) -> None:
+        solo = self._solo
         inline_s = solo[Execution.INLINE]
-        if self._inline is not None and inline_s is not None and inline_s <= INLINE_BELOW_S:
-            return Execution.INLINE
         latency_s, throughput_s = solo[Execution.LATENCY], solo[Execution.THROUGHPUT]
-        if latency_s is None or throughput_s is None:
-            return Execution.LATENCY
-        return Execution.LATENCY if latency_execution_pays(throughput_s, latency_s) else Execution.THROUGHPUT
+        if self._inline is not None and inline_s is not None and inline_s <= INLINE_BELOW_S:
+            self._favoured = Execution.INLINE
+        elif latency_s is None or throughput_s is None:
+            self._favoured = Execution.LATENCY
+        elif latency_execution_pays(throughput_s, latency_s):
+            self._favoured = Execution.LATENCY
+        else:
+            self._favoured = Execution.THROUGHPUT
 
     def take(self) -> Slot:
         if self.busy or not self._executions[Execution.LATENCY].idle:
@@ -246,22 +265,28 @@ class LoadAdaptiveExecutor:
             self._warm.add(kind)
             return outputs, times
         if kind is Execution.INLINE or (role is Role.LONE and not self._lone_shared):
-            self._samples[kind].append(times.infer_ns / 1e9)
+            self._sampled(kind, times.infer_ns / 1e9)
             self._consider_inline()
         return outputs, times
+
+    def _sampled(self, kind: Execution, seconds: float) -> None:
+        samples = self._samples[kind]
+        samples.append(seconds)
+        self._solo[kind] = min(samples)
+        self._refresh_favour()
 
     def _consider_inline(self) -> None:
         if self._compile_inline is None or self.inline_state is not InlineState.NOT_WANTED:
             return
         # Only once both threaded executions are measured: the compilation's CPU would skew the samples.
-        latency_s, throughput_s = self.solo_s[Execution.LATENCY], self.solo_s[Execution.THROUGHPUT]
+        latency_s, throughput_s = self._solo[Execution.LATENCY], self._solo[Execution.THROUGHPUT]
         if latency_s is not None and throughput_s is not None and latency_s <= INLINE_CANDIDATE_S:
             self.inline_state = InlineState.COMPILING
             self._compiling = asyncio.ensure_future(self._make_inline(self._compile_inline))
 
     async def _make_inline(self, compile_inline: Callable[[], Awaitable[InlineExecutor]]) -> None:
         try:
-            self._inline = await compile_inline()
+            inline = await compile_inline()
         except Exception as e:  # e.g. the version's files went away meanwhile: not worth a traceback
             self.inline_state = InlineState.FAILED
             log.warning(
@@ -270,4 +295,7 @@ class LoadAdaptiveExecutor:
                 str(e).strip().splitlines()[-1] if str(e).strip() else e,
             )
             return
+        self._inline = inline
+        self._lone_executors = (self._executions[Execution.LATENCY], inline)
+        self._refresh_favour()
         self.inline_state = InlineState.READY

@@ -58,12 +58,9 @@ def from_openvino(element_type: ov.Type) -> Datatype:
         ) from None
 
 
-# numpy dtype -> datatype, the first in the table for each (BF16 has no numpy type of its own: uint16 is
-# UINT16). A dict lookup: this runs for every output of every custom node and Python node.
-_BY_NUMPY: dict[np.dtype, Datatype] = {}
-for _d in _TABLE:
-    if _d.name not in ("BF16", "BYTES"):
-        _BY_NUMPY.setdefault(_d.numpy, _d)
+# numpy dtype -> datatype (BF16 has no numpy type of its own: uint16 is UINT16; BYTES is by kind, below).
+# A dict lookup: this runs for every output of every custom node and Python node.
+_BY_NUMPY: dict[np.dtype, Datatype] = {d.numpy: d for d in _TABLE if d.name not in ("BF16", "BYTES")}
 
 
 def from_numpy(dtype: np.dtype) -> Datatype:

@@ -2,6 +2,11 @@
 
 __version__ = "0.1.0"
 
+# Before anything imports grpc: its settings are read once, at import (see grpc_tuning).
+from .grpc_tuning import prefer_iomgr_listener  # noqa: E402
+
+prefer_iomgr_listener()
+
 from .gateway import Gateway  # noqa: E402
 from .settings import ModelSettings, ServerSettings  # noqa: E402
 

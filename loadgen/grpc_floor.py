@@ -14,11 +14,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import grpc
-import numpy as np
-from grpc import aio
+# The floor runs grpc as the gateway does (grpc_tuning's listener), which must be chosen before grpc is
+# imported.
+from gateway.grpc_tuning import prefer_iomgr_listener
 
-from gateway.proto import ovgw_grpc_service_pb2 as pb
+prefer_iomgr_listener()
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from grpc import aio  # noqa: E402
+
+from gateway.proto import ovgw_grpc_service_pb2 as pb  # noqa: E402
 
 SERVICE = "inference.GRPCInferenceService"
 

@@ -1,10 +1,12 @@
 """make bench, overload and soak (issue 16): how the gateway behaves past its capacity, and over time.
 
 For `simple` and the ResNet-50-shaped model: capacity first (closed loop at a concurrency that saturates the
-model), then 512 closed-loop clients, then open loop at 10 x the measured capacity; for each, the admitted
-requests' throughput and p99 against capacity, and how long a refused request took to be answered (client
-side: an upper bound of the server's time). Then a soak at capacity (`--soak-seconds`, default 600; 0 skips):
-RSS at its start and end, and errors. Loader processes share the machine's cores (2 here): indicative only.
+model, with the server's CPU per request), what a refusal costs the server (loadgen/refusal_cost.py) and the
+ceilings those two costs put on any admission policy, then 512 closed-loop clients, then open loop at 10 x
+the measured capacity; for each, the admitted requests' throughput and p99 against capacity, and how long a
+refused request took to be answered (client side: an upper bound of the server's time). Then a soak at
+capacity (`--soak-seconds`, default 600; 0 skips): RSS at its start and end, and errors. Loader
+processes share the machine's cores (2 here): indicative only.
 
 Targets (issue 16): admitted p99 <= 2 x its value at capacity, refusals answered within 1 ms p99, admitted
 throughput >= 0.95 x capacity; soak RSS growth < 5 %, no error.
@@ -19,16 +21,23 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from gateway.demo_models import save, simple_model
 
-from .bench import CACHE, ROOT
+from . import refusal_cost
+from .bench import CACHE, ROOT, process_cpu_s, success_count
 from .bench_models import resnet50_shaped
 from .gateway_process import GatewayProcess, start_gateway
+from .peer_process import start_grpc_floor
 
 # model -> the closed-loop concurrency taken as its capacity on 2 cores
 CAPACITY_CONCURRENCY = {"simple": 64, "resnet50": 8}
+# model -> the bytes one request carries (simple: two [1,16] INT32 inputs; resnet50: [1,3,224,224] FP32), sent
+# with each refusal whose cost is measured
+REQUEST_PAYLOAD_BYTES = {"simple": 2 * 16 * 4, "resnet50": 3 * 224 * 224 * 4}
+CLOSED_LOOP_CLIENTS = 512
 SOAK_WARMUP_MS = 30_000
 
 
@@ -50,6 +59,22 @@ def load(gw: GatewayProcess, model: str, mode_args: list[str], window_ms: int, o
     return row
 
 
+def ceilings(capacity: float, capacity_p99_us: float, served_cpu_us: float, refusal_cpu_us: float) -> dict:
+    """What the measured costs allow any admission policy on this machine (see loadgen/refusal_cost.py): the
+    admitted throughput at 10 x open loop, and for 512 closed-loop clients the refusals per second that keep
+    admitted >= 0.95 x capacity, with the round trip each refused client's call must then last (the clients
+    not holding an admitted request, at most 0.95 x capacity x 2 x the p99 at capacity of them, cycle
+    through refusals at that rate)."""
+    allowed = refusal_cost.refusals_per_second_allowed(capacity, served_cpu_us, refusal_cpu_us)
+    holding_admitted = 0.95 * capacity * 2 * capacity_p99_us / 1e6
+    refusing_clients = max(0.0, CLOSED_LOOP_CLIENTS - holding_admitted)
+    return {
+        "open_10x_admitted_ratio_at_most": refusal_cost.admitted_ceiling(served_cpu_us, refusal_cpu_us, 10),
+        "closed_512_refusals_per_second_allowed": allowed,
+        "closed_512_refused_round_trip_s_at_least": refusing_clients / allowed,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadgen.bench_overload")
     p.add_argument("--window-ms", type=int, default=5000)
@@ -68,21 +93,51 @@ def main(argv: list[str] | None = None) -> int:
     (out / "config.json").write_text(json.dumps({"model_config_list": entries}))
     results: dict = {"models": {}}
     gw = start_gateway(["--config_path", str(out / "config.json")], out / "gateway.log", timeout=300)
+    floor = start_grpc_floor(out / "grpc-floor.log")
     try:
         for model in filter(None, args.models.split(",")):  # --models "" runs the soak alone
             c = CAPACITY_CONCURRENCY[model]
+            cpu0, answered0 = process_cpu_s(gw.process.pid), success_count(gw.http_url, model)
             capacity = load(gw, model, ["--concurrency-range", str(c)], args.window_ms, out)
-            closed = load(gw, model, ["--concurrency-range", "512"], args.window_ms, out)
+            cpu1, answered1 = process_cpu_s(gw.process.pid), success_count(gw.http_url, model)
+            served_cpu_us = (cpu1 - cpu0) / max(1, answered1 - answered0) * 1e6
+            refusal = refusal_cost.measure(gw.grpc_url, gw.process.pid, REQUEST_PAYLOAD_BYTES[model])
+            # grpc.aio's own floor for a call carrying that payload: no server on grpcio refuses for less
+            floor_call = refusal_cost.measure(floor.grpc_url, floor.process.pid, REQUEST_PAYLOAD_BYTES[model])
+            closed = load(gw, model, ["--concurrency-range", str(CLOSED_LOOP_CLIENTS)], args.window_ms, out)
             rate = 10 * capacity["Inferences/Second"]
             opened = load(gw, model, ["--request-rate-range", f"{rate:.0f}"], args.window_ms, out)
-            entry = {"capacity": capacity, "closed_512": closed, "open_10x": opened}
+            entry: dict[str, dict] = {
+                "capacity": capacity,
+                "refusal": asdict(refusal),
+                "grpc_floor_call": asdict(floor_call),
+                "ceilings": ceilings(
+                    capacity["Inferences/Second"],
+                    capacity["p99 latency"],
+                    served_cpu_us,
+                    refusal.cpu_us_per_call,
+                ),
+                "closed_512": closed,
+                "open_10x": opened,
+            }
+            capacity["server_cpu_us_per_request"] = served_cpu_us
             for key in ("closed_512", "open_10x"):
                 row = entry[key]
                 row["throughput_ratio"] = row["Inferences/Second"] / capacity["Inferences/Second"]
                 row["p99_ratio"] = row["p99 latency"] / max(1.0, capacity["p99 latency"])
             results["models"][model] = entry
             cap, cap_p99 = capacity["Inferences/Second"], capacity["p99 latency"]
-            parts = [f"{model}: capacity {cap:.0f}/s p99 {cap_p99:.0f} us"]
+            bound = entry["ceilings"]
+            parts = [
+                f"{model}: capacity {cap:.0f}/s p99 {cap_p99:.0f} us, "
+                f"server CPU {served_cpu_us:.0f} us/request, "
+                f"a refusal {refusal.cpu_us_per_call:.0f} us ({refusal.status_counts}; grpc.aio's floor "
+                f"{floor_call.cpu_us_per_call:.0f} us); at most: admitted "
+                f"{bound['open_10x_admitted_ratio_at_most']:.2f} x at 10 x open loop, "
+                f"{bound['closed_512_refusals_per_second_allowed']:.0f} refusals/s with 512 clients "
+                "(each refused call's round trip >= "
+                f"{bound['closed_512_refused_round_trip_s_at_least']:.2f} s)"
+            ]
             for key in ("closed_512", "open_10x"):
                 row = entry[key]
                 parts.append(
@@ -105,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"soak: {results['soak']}", flush=True)
     finally:
         gw.stop()
+        floor.stop()
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"written to {out}")
     return 0

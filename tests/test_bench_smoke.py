@@ -109,7 +109,12 @@ def test_overload_bench_writes_its_results(tmp_path):
     (run,) = tmp_path.iterdir()
     results = json.loads((run / "results.json").read_text())
     entry = results["models"]["simple"]
-    assert entry["capacity"]["Inferences/Second"] > 0
+    assert entry["capacity"]["Inferences/Second"] > 0 and entry["capacity"]["server_cpu_us_per_request"] > 0
+    # the refusal cost was measured with calls the gateway refused, beside grpc.aio's floor answering them
+    assert set(entry["refusal"]["status_counts"]) == {"NOT_FOUND"}
+    assert entry["refusal"]["cpu_us_per_call"] > 0 and entry["grpc_floor_call"]["cpu_us_per_call"] > 0
+    assert 0 <= entry["ceilings"]["open_10x_admitted_ratio_at_most"] <= 1
+    assert entry["ceilings"]["closed_512_refusals_per_second_allowed"] > 0
     for key in ("closed_512", "open_10x"):  # 0 when nothing was answered inside the window: a result too
         assert entry[key]["throughput_ratio"] >= 0 and entry[key]["p99_ratio"] >= 0
         assert entry[key]["errors"] >= 0 and entry[key]["error p99 latency"] >= 0

@@ -1,11 +1,14 @@
-"""The load process's window (loadgen/worker.py) with a fake client in place of tritonclient."""
+"""The load process's window (loadgen/worker.py) with a fake client in place of tritonclient; the overload
+ceilings (loadgen/refusal_cost.py) from given costs."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from loadgen import worker
+import pytest
+
+from loadgen import refusal_cost, worker
 
 LATENCY_S = 0.3
 
@@ -34,3 +37,22 @@ def test_a_window_counts_every_request_that_ends_inside_it_as_perf_analyzer_does
     assert len(result.latencies_ns) == 4 * concurrency
     assert all(abs(ns / 1e9 - LATENCY_S) < 0.1 for ns in result.latencies_ns)
     assert result.errors == 0
+
+
+def test_the_admitted_ceiling_charges_every_refusal_its_measured_cost():
+    # served calls cost 400 us and refusals 100: at 2 x capacity offered, the CPU of one capacity's worth of
+    # served calls is shared as X * 400 + (2 - X) * 100 = 400, X = 2/3
+    assert refusal_cost.admitted_ceiling(400, 100, 2) == pytest.approx(2 / 3)
+    assert refusal_cost.admitted_ceiling(400, 100, 1) == 1.0  # nothing to refuse
+    assert refusal_cost.admitted_ceiling(400, 100, 10) == 0.0  # refusing 10 x costs more than serving 1 x
+    # 5 % of 1,000 calls/s x 400 us = 20 ms of CPU a second: 200 refusals at 100 us
+    assert refusal_cost.refusals_per_second_allowed(1000, 400, 100) == pytest.approx(200)
+
+
+def test_a_refusal_request_names_a_model_no_server_serves_and_carries_the_payload():
+    from gateway.proto import ovgw_grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest.FromString(refusal_cost.request_bytes(1000))
+    assert request.model_name == refusal_cost.UNSERVED_MODEL
+    assert [len(raw) for raw in request.raw_input_contents] == [1000]
+    assert list(request.inputs[0].shape) == [1, 1000] and request.inputs[0].datatype == "UINT8"

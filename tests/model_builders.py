@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +68,30 @@ def busy_model(matmuls: int, shape: tuple[int, ...] = (-1, 4), width: int = 256)
     work = ops.unsqueeze(work, ops.constant(np.array([1], np.int64)))  # [b, 1]
     work.output(0).get_tensor().set_names({"WORK"})
     return ov.Model([y.output(0), work.output(0)], [x], "busy")
+
+
+def busy_model_taking(seconds_per_row: float, min_matmuls: int, width: int = 512) -> ov.Model:
+    """busy_model with enough matmuls that a row takes about `seconds_per_row` on this machine (LATENCY
+    hint, in process; a throughput stream takes longer), and never fewer than `min_matmuls`. Tests whose
+    requests must still be running when the next one arrives need a duration, not a matmul count: this VM's
+    speed moves by 3 x from one day to the next."""
+    per_matmul = _seconds_per_matmul(width)
+    return busy_model(max(min_matmuls, math.ceil(seconds_per_row / per_matmul)), width=width)
+
+
+@functools.cache
+def _seconds_per_matmul(width: int, matmuls: int = 20) -> float:
+    model = busy_model(matmuls, width=width)
+    compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    x = np.ones((1, 4), np.float32)
+    request.infer({"X": x})  # the first inference pays for allocations
+    runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        request.infer({"X": x})
+        runs.append(time.perf_counter() - started)
+    return min(runs) / matmuls  # the quickest: what the machine can do, not what a neighbour took from it
 
 
 def static_simple_model() -> ov.Model:

@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.demo_models import save
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from loadgen.gateway_process import start_gateway
-from tests.model_builders import busy_model
+from tests.model_builders import busy_model, busy_model_taking
 
 BATCH_DELAY_US = 150_000  # long enough for every concurrent client of a test to join one batch
 
@@ -35,7 +35,7 @@ def batching_server(tmp_path_factory):
     save(busy_model(2), root / "dyn" / "1")
     save(busy_model(2, shape=(1, 4)), root / "static" / "1")
     save(busy_model(2, shape=(-1, -1)), root / "mixed" / "1")
-    save(busy_model(60, width=512), root / "slow" / "1")  # ~50 ms per row on the dev machine
+    save(busy_model_taking(0.05, min_matmuls=60), root / "slow" / "1")  # ~50 ms per row
     batched = {"max_batch_size": 8, "max_queue_delay_microseconds": BATCH_DELAY_US, "nireq": 1}
     entries = [
         _entry("dyn", **batched),

@@ -45,3 +45,43 @@ def test_large_and_small_outputs_in_one_rest_response(gateway_server):
     big.set_data_from_numpy(a)
     np.testing.assert_array_equal(client.infer("identity_int32", [big]).as_numpy("OUTPUT0"), a)
     client.close()
+
+
+@pytest.fixture(scope="module")
+def rows_server(tmp_path_factory):
+    """A model with a dynamic dimension 0 and 256 KB rows, served without dynamic batching: OpenVINO writes
+    its output straight into the response's array (openvino_runtime.outputs_following_rows)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from gateway.demo_models import save
+    from loadgen.gateway_process import start_gateway
+
+    x = ops.parameter([-1, 64, 1024], ov.Type.f32, name="x")
+    x.output(0).get_tensor().set_names({"x"})
+    y = ops.add(ops.multiply(x, ops.constant(np.float32(2.0))), ops.constant(np.float32(1.0)))
+    y.output(0).get_tensor().set_names({"y"})
+    root = tmp_path_factory.mktemp("rows")
+    save(ov.Model([y.output(0)], [x], "rows"), root / "rows" / "1")
+    args = ["--model_name", "rows", "--model_path", str(root / "rows")]
+    gw = start_gateway(args, tmp_path_factory.mktemp("logs") / "rows.log")
+    yield gw
+    gw.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_outputs_bound_by_the_request_rows_answer_each_request_exactly(rows_server, protocol):
+    module = grpcclient if protocol == "grpc" else httpclient
+    url = rows_server.grpc_url if protocol == "grpc" else rows_server.http_url
+    client = module.InferenceServerClient(url)
+    rng = np.random.default_rng(5)
+    answers = []
+    for rows in (1, 3, 2, 3):  # one infer request, rows changing: every answer sized and filled for its own
+        x = rng.standard_normal((rows, 64, 1024)).astype(np.float32)
+        t = module.InferInput("x", list(x.shape), "FP32")
+        t.set_data_from_numpy(x)
+        answers.append((x, client.infer("rows", [t]).as_numpy("y")))
+    for x, y in answers:
+        assert y.shape == x.shape
+        np.testing.assert_array_equal(y, x * 2 + 1)
+    client.close()

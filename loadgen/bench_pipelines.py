@@ -11,7 +11,9 @@ each repetition the median latency of its requests. Measured in the same run:
 - the nodes' own compute: the model's compute per execution from the gateway's statistics (input +
   infer + output, while the pipeline ran) and the C node's execute time in this process, through ctypes;
 - a client doing the pipeline's work itself: the resize in numpy (beforehand, untimed), then N calls of
-  `sr_b1`. Every request's inputs are built once, as loadgen and perf_analyzer build theirs.
+  `sr_b1`, alternating request by request with the batched pipeline: their ratio (the target's) is each
+  repetition's, and the row gives the median of those. Every request's inputs are built once, as loadgen
+  and perf_analyzer build theirs.
 
 Targets (issue 14): at N = 1 the pipeline within 1.1 x the sum of its nodes' own compute time; with batching
 on, N = 16 images in <= 0.5 x the time of 16 batch-1 calls.
@@ -142,6 +144,27 @@ def timed(call, requests: int) -> float:
     return statistics.median(times)
 
 
+def timed_pair(call_a, call_b, requests: int) -> tuple[float, float]:
+    """Median wall times of `requests` calls of each, in ms, the two alternating (one warm-up call each)."""
+    call_a()
+    call_b()
+    times_a, times_b = [], []
+    for _ in range(requests):
+        for call, times in ((call_a, times_a), (call_b, times_b)):
+            started = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def record_phase(run: dict, kind: str, before, after, server_before, server_after, requests: int) -> None:
+    """The gateway's figures over one phase of `requests` calls (+ the warm-up) of `kind`'s pipeline."""
+    answered = max(1, server_after[0] - server_before[0])
+    run[f"{kind}_server_ms"] = (server_after[1] - server_before[1]) / answered
+    run[f"{kind}_model_compute_ms_per_request"] = (after[1] - before[1]) / (requests + 1)
+    run[f"{kind}_executions_per_request"] = (after[0] - before[0]) / (requests + 1)
+
+
 def _stats(gw: GatewayProcess, name: str) -> dict:
     with urllib.request.urlopen(f"http://{gw.http_url}/v2/models/{name}/stats", timeout=10) as response:
         return json.loads(response.read())["model_stats"][0]
@@ -218,25 +241,34 @@ def main(argv: list[str] | None = None) -> int:
             row: dict = {"images": n, "runs": []}
             for _ in range(args.repetitions):
                 run: dict = {}
-                for kind, name, model in (
-                    ("pipeline", "sr_pipeline", "sr_b1"),
-                    ("pipeline_batched", "sr_pipeline_batched", "sr_batched"),
-                ):
-                    before, server_before = model_compute_ms(gw, model), server_ms(gw, name)
-                    run[kind] = timed(lambda: call_pipeline(client, name, pipeline_inputs), args.requests)  # noqa: B023
-                    after, server_after = model_compute_ms(gw, model), server_ms(gw, name)
-                    run[f"{kind}_server_ms"] = (server_after[1] - server_before[1]) / max(
-                        1, server_after[0] - server_before[0]
-                    )
-                    executions = after[0] - before[0]
-                    run[f"{kind}_model_compute_ms_per_request"] = (after[1] - before[1]) / (args.requests + 1)
-                    run[f"{kind}_executions_per_request"] = executions / (args.requests + 1)
-                compute_before, server_before = model_compute_ms(gw, "sr_b1"), server_ms(gw, "sr_b1")
-                run["client_one_by_one"] = timed(lambda: call_one_by_one(client, per_image), args.requests)  # noqa: B023
-                compute_after, server_after = model_compute_ms(gw, "sr_b1"), server_ms(gw, "sr_b1")
-                calls = max(1, server_after[0] - server_before[0])
+                name, model = "sr_pipeline", "sr_b1"
+                before, server_before = model_compute_ms(gw, model), server_ms(gw, name)
+                run["pipeline"] = timed(
+                    lambda: call_pipeline(client, "sr_pipeline", pipeline_inputs),  # noqa: B023
+                    args.requests,
+                )
+                after, server_after = model_compute_ms(gw, model), server_ms(gw, name)
+                record_phase(run, "pipeline", before, after, server_before, server_after, args.requests)
+                # The batched pipeline and the one-by-one client alternate request by request: their ratio
+                # is measured in the same seconds (this shared machine's speed drifts between phases: the
+                # one-by-one client's median moved 42 -> 53 ms between repetitions of one run).
+                name, model = "sr_pipeline_batched", "sr_batched"
+                before, server_before = model_compute_ms(gw, model), server_ms(gw, name)
+                compute_before, calls_before = model_compute_ms(gw, "sr_b1"), server_ms(gw, "sr_b1")
+                run["pipeline_batched"], run["client_one_by_one"] = timed_pair(
+                    lambda: call_pipeline(client, "sr_pipeline_batched", pipeline_inputs),  # noqa: B023
+                    lambda: call_one_by_one(client, per_image),  # noqa: B023
+                    args.requests,
+                )
+                after, server_after = model_compute_ms(gw, model), server_ms(gw, name)
+                compute_after, calls_after = model_compute_ms(gw, "sr_b1"), server_ms(gw, "sr_b1")
+                record_phase(
+                    run, "pipeline_batched", before, after, server_before, server_after, args.requests
+                )
+                run["batched_vs_client"] = run["pipeline_batched"] / run["client_one_by_one"]
+                calls = max(1, calls_after[0] - calls_before[0])
                 # the gateway's own cost for one plain model call, beside the pipeline's
-                run["model_call_server_ms"] = (server_after[1] - server_before[1]) / calls
+                run["model_call_server_ms"] = (calls_after[1] - calls_before[1]) / calls
                 run["model_call_compute_ms"] = (compute_after[1] - compute_before[1]) / calls
                 row["runs"].append(run)
             for key in row["runs"][0]:
@@ -246,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
             row["pipeline_vs_nodes_compute"] = row["pipeline"] / node_compute
             row["pipeline_server_vs_nodes_compute"] = row["pipeline_server_ms"] / node_compute
             row["pipeline_vs_client"] = row["pipeline"] / row["client_one_by_one"]
-            row["batched_vs_client"] = row["pipeline_batched"] / row["client_one_by_one"]
             results["rows"].append(row)
             print(
                 f"N={n}: pipeline {row['pipeline']:.2f} ms, in the server {row['pipeline_server_ms']:.2f} ms "

@@ -14,15 +14,7 @@ import openvino as ov
 from .adaptive import LoadAdaptiveExecutor
 from .errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .model_version import ModelVersion, State, apply_batching
-from .openvino_runtime import (
-    InferExecutor,
-    check_device,
-    outputs_following_rows,
-    port_layouts,
-    port_specs,
-    read_model,
-    row_output_candidates,
-)
+from .openvino_runtime import InferExecutor, check_device, port_layouts, port_specs, read_model
 from .repository import discover_versions, folder_fingerprint, looks_like_model, resolve_inside
 from .scheduler import BatchingPolicy, DeviceGate, Executor, ModelScheduler, default_queue_size
 from .settings import ModelSettings, ServerSettings, parse_model_entry
@@ -160,19 +152,15 @@ class ModelManager:
             nireq = settings.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             label = f"{version.name}-{version.version}"
             input_types, output_types = [i.datatype for i in inputs], [o.datatype for o in outputs]
-            row_outputs = (
-                frozenset(range(len(outputs)))  # the scheduler splits every output by rows
-                if settings.max_batch_size
-                else await asyncio.to_thread(self._outputs_following_rows, version, compiled, output_types)
-            )
-            throughput = InferExecutor(compiled, nireq, input_types, output_types, label, row_outputs)
+            batch_rows = bool(settings.max_batch_size)
+            throughput = InferExecutor(compiled, nireq, input_types, output_types, label, batch_rows)
             executor: Executor = throughput
             version.streams = _streams(compiled, nireq)
             execution_note = ""
             if version.streams > 1 and self._adaptive(settings):
                 latency_compiled = await asyncio.to_thread(self._compile, version, "LATENCY")
                 latency = InferExecutor(
-                    latency_compiled, 1, input_types, output_types, f"{label}-latency", row_outputs
+                    latency_compiled, 1, input_types, output_types, f"{label}-latency", batch_rows
                 )
 
                 async def compile_inline() -> InferExecutor:
@@ -184,7 +172,7 @@ class ModelManager:
                         version.version,
                     )
                     return InferExecutor(
-                        compiled, 1, input_types, output_types, f"{label}-inline", row_outputs
+                        compiled, 1, input_types, output_types, f"{label}-inline", batch_rows
                     )
 
                 executor = LoadAdaptiveExecutor(
@@ -260,21 +248,6 @@ class ModelManager:
         )
         device = settings.target_device.split(":")[0].split(".")[0].upper()
         return self._settings.adaptive_execution and chosen and device == "CPU"
-
-    def _outputs_following_rows(
-        self, version: ModelVersion, compiled: ov.CompiledModel, output_types: list[str]
-    ) -> frozenset[int]:
-        """Large outputs whose dimension 0 is the request's (openvino_runtime.outputs_following_rows), for a
-        model served without dynamic batching. Reads the model again only when the compiled model has such
-        a candidate (a ResNet-50-sized IR: about 30 ms, once per load)."""
-        candidates = row_output_candidates(compiled, output_types)
-        if not candidates:
-            return frozenset()
-        try:
-            return outputs_following_rows(read_model(self._core, version.path, version.settings), candidates)
-        except Exception as e:  # the outputs are then copied out of OpenVINO, as before
-            log.debug("model %s: output rows not inferred: %s", version.name, e)
-            return frozenset()
 
     def _compile(
         self, version: ModelVersion, hint: str | None = None, one_thread: bool = False

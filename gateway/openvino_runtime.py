@@ -14,7 +14,7 @@ import asyncio
 import math
 import re
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter_ns
@@ -255,7 +255,7 @@ class _OutputBinding:
         return np.empty((rows, *self.shape) if self.batched else self.shape, self.dtype)
 
 
-def _output_binding(port, datatype: str, follows_rows: bool) -> _OutputBinding | None:
+def _output_binding(port, datatype: str, batch_rows: bool) -> _OutputBinding | None:
     if datatype in ("BYTES", "BF16"):
         return None  # string tensors are not numpy memory; BF16 has no numpy type to share
     dtype = _numpy_dtype(port)
@@ -266,57 +266,10 @@ def _output_binding(port, datatype: str, follows_rows: bool) -> _OutputBinding |
     if -1 not in dims:
         size = math.prod(dims) * dtype.itemsize
         return _OutputBinding(dtype, tuple(dims), False) if size >= BIND_OUTPUT_BYTES else None
-    if follows_rows and _row_sized(port, dtype):
-        return _OutputBinding(dtype, tuple(dims[1:]), True)
+    if batch_rows and dims and dims[0] == -1 and -1 not in dims[1:]:
+        row = math.prod(dims[1:]) * dtype.itemsize
+        return _OutputBinding(dtype, tuple(dims[1:]), True) if row >= BIND_OUTPUT_BYTES else None
     return None
-
-
-def _row_sized(port, dtype: np.dtype | None) -> bool:
-    """Dimension 0 dynamic, the rest static, and a row large enough to bind."""
-    pshape = port.get_partial_shape()
-    if dtype is None or pshape.rank.is_dynamic or not pshape.rank.get_length() or pshape[0].is_static:
-        return False
-    rest = list(pshape)[1:]
-    if not all(d.is_static for d in rest):
-        return False
-    return math.prod(d.get_length() for d in rest) * dtype.itemsize >= BIND_OUTPUT_BYTES
-
-
-def row_output_candidates(compiled: ov.CompiledModel, output_types: Sequence[str]) -> list[int]:
-    """The outputs that could be bound before a run if their dimension 0 is known to be its row count."""
-    return [
-        i
-        for i, (port, datatype) in enumerate(zip(compiled.outputs, output_types, strict=True))
-        if datatype not in ("BYTES", "BF16") and _row_sized(port, _numpy_dtype(port))
-    ]
-
-
-def outputs_following_rows(model: ov.Model, candidates: Sequence[int]) -> frozenset[int]:
-    """Of `candidates`, the outputs whose dimension 0 is dimension 0 of the inputs, by OpenVINO's own shape
-    inference: with dimension 0 of every input set to 1 and then to 3, such an output's is 1 and then 3.
-    A data-dependent dimension 0 (detections, NonZero) stays dynamic and is left out; so is every output of a
-    model whose inputs do not all have a dynamic dimension 0. For a model served without dynamic batching,
-    whose outputs could otherwise only be copied out of OpenVINO after the run (their size unknown before it);
-    with dynamic batching the scheduler already requires dimension 0 to be the batch."""
-    if not candidates:
-        return frozenset()
-    ports = model.inputs
-    if not ports or any(p.get_partial_shape().rank.is_dynamic for p in ports):
-        return frozenset()
-    if any(not p.get_partial_shape().rank.get_length() or p.get_partial_shape()[0].is_static for p in ports):
-        return frozenset()
-    following = set(candidates)
-    for rows in (1, 3):
-        trial = model.clone()
-        try:
-            trial.reshape({p: ov.PartialShape([rows, *p.get_partial_shape()[1:]]) for p in trial.inputs})
-        except Exception:  # shape inference refuses these rows: nothing is known
-            return frozenset()
-        for index in list(following):
-            dim = trial.outputs[index].get_partial_shape()[0]
-            if not dim.is_static or dim.get_length() != rows:
-                following.discard(index)
-    return frozenset(following)
 
 
 class InferExecutor:
@@ -331,8 +284,8 @@ class InferExecutor:
     is the next run's; binding a fresh tensor for OpenVINO to size measured slower than the copy: README,
     "Copies of a tensor byte"), so on gRPC, which joins the outputs into the message, those take two.
 
-    `row_outputs`: the outputs whose dimension 0 is the run's row count (all of them when dynamic batching is
-    on; see outputs_following_rows otherwise), so they can be allocated before the run."""
+    `batch_rows`: dimension 0 of every output is the run's row count (dynamic batching is on), so such
+    outputs can be allocated before the run."""
 
     def __init__(
         self,
@@ -341,7 +294,7 @@ class InferExecutor:
         input_types: Sequence[str],
         output_types: Sequence[str],
         label: str = "",
-        row_outputs: Collection[int] = (),
+        batch_rows: bool = False,
     ):
         self._loop = asyncio.get_running_loop()
         self._idle: list[ov.InferRequest] = []
@@ -356,8 +309,8 @@ class InferExecutor:
         self._input_dtypes = tuple(_numpy_dtype(port) for port in compiled.inputs)
         self._output_types = tuple(output_types)
         self._bindings = tuple(
-            _output_binding(port, datatype, index in row_outputs)
-            for index, (port, datatype) in enumerate(zip(compiled.outputs, output_types, strict=True))
+            _output_binding(port, datatype, batch_rows)
+            for port, datatype in zip(compiled.outputs, output_types, strict=True)
         )
         # Only batches use threads: their inputs are copied into one array off the event loop.
         self._threads = ThreadPoolExecutor(max_workers=nireq, thread_name_prefix=f"batch-{label}")

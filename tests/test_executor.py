@@ -71,24 +71,23 @@ def _doubling_model(shape: list[int]) -> ov.Model:
 
 
 @pytest.mark.parametrize(
-    "shape, follows_rows, rows, bound",
+    "shape, batch_rows, rows, bound",
     [
         ([1, 256, 256], False, 1, True),  # static, 256 KB: OpenVINO writes into our array
-        ([-1, 128, 128], True, 3, True),  # dimension 0 the run's rows, 64 KB a row: allocated for them
-        ([-1, 128, 128], False, 2, False),  # dimension 0 not known to be the rows: copied out
+        ([-1, 128, 128], True, 3, True),  # batched, 64 KB a row: allocated for the run's rows
+        ([-1, 128, 128], False, 2, False),  # dimension 0 not known to be the batch: copied out
         ([1, 16], False, 1, False),  # small: copied out
     ],
-    ids=["static", "rows", "unknown-rows", "small"],
+    ids=["static", "batched", "unknown-rows", "small"],
 )
 async def test_large_outputs_are_written_into_fresh_arrays_and_never_reused(
-    monkeypatch, shape, follows_rows, rows, bound
+    monkeypatch, shape, batch_rows, rows, bound
 ):
     copies = []
     real_read = openvino_runtime._read_output
     monkeypatch.setattr(openvino_runtime, "_read_output", lambda t, d: copies.append(d) or real_read(t, d))
     compiled = ov.Core().compile_model(_doubling_model(shape), "CPU")
-    row_outputs = {0} if follows_rows else set()
-    executor = openvino_runtime.InferExecutor(compiled, 1, ["FP32"], ["FP32"], "test", row_outputs)
+    executor = openvino_runtime.InferExecutor(compiled, 1, ["FP32"], ["FP32"], "test", batch_rows=batch_rows)
     dims = [rows if d == -1 else d for d in shape]
     kept = []
     for value in (1.0, 2.0, 3.0):  # the same infer request each time
@@ -100,34 +99,3 @@ async def test_large_outputs_are_written_into_fresh_arrays_and_never_reused(
         assert output.shape == tuple(dims)
         np.testing.assert_array_equal(output, np.full(dims, 2 * value, np.float32))
     assert len(copies) == (0 if bound else 3)
-
-
-def _rows_model(first_dim: int) -> ov.Model:
-    """Outputs: x * 2 (rows follow), concat(x, x) on dimension 0 (twice the rows), the indices of x's
-    non-zero values as [count, 3] (data-dependent rows)."""
-    from openvino import opset13 as ops
-
-    x = ops.parameter([first_dim, 128, 128], ov.Type.f32, name="x")
-    doubled = ops.multiply(x, ops.constant(np.float32(2.0)))
-    twice = ops.concat([x, x], 0)
-    nonzero = ops.transpose(ops.non_zero(x, "i64"), ops.constant(np.array([1, 0], np.int64)))
-    return ov.Model([doubled.output(0), twice.output(0), nonzero.output(0)], [x], "rows")
-
-
-def test_only_outputs_whose_dimension_0_is_the_inputs_follow_the_rows():
-    model = _rows_model(-1)
-    assert openvino_runtime.outputs_following_rows(model, [0, 1, 2]) == {0}
-    assert openvino_runtime.outputs_following_rows(model, [1, 2]) == set()
-    assert openvino_runtime.outputs_following_rows(model, []) == set()
-    # the model itself is left as it was (a clone is reshaped)
-    assert model.input(0).get_partial_shape()[0].is_dynamic
-
-
-def test_a_static_dimension_0_gives_no_rows_to_follow():
-    assert openvino_runtime.outputs_following_rows(_rows_model(2), [0]) == set()
-
-
-def test_the_candidates_are_the_large_outputs_with_only_dimension_0_dynamic():
-    compiled = ov.Core().compile_model(_rows_model(-1), "CPU")
-    # doubled and twice: [?,128,128] float, 64 KB a row; the indices: [?,3] int64, 24 bytes a row
-    assert openvino_runtime.row_output_candidates(compiled, ["FP32", "FP32", "INT64"]) == [0, 1]

@@ -148,7 +148,8 @@ def timed_pair(call_a, call_b, requests: int) -> tuple[float, float]:
     """Median wall times of `requests` calls of each, in ms, the two alternating (one warm-up call each)."""
     call_a()
     call_b()
-    times_a, times_b = [], []
+    times_a: list[float] = []
+    times_b: list[float] = []
     for _ in range(requests):
         for call, times in ((call_a, times_a), (call_b, times_b)):
             started = time.perf_counter()

@@ -314,10 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.peer == "kserve":
         for model in models:
             peer_benchmark(model, results["models"][model.name], args, out_dir)
-    if "simple" in results["models"]:
-        floor_benchmark(
-            next(m for m in models if m.name == "simple"), results["models"]["simple"], args, out_dir
-        )
+    for model in models:
+        floor_benchmark(model, results["models"][model.name], args, out_dir)
     for model in models:
         if model.name != "simple":  # a tiny model says nothing about compile time
             cache = results["models"][model.name]["cache"] = cache_benchmark(model, out_dir, args.repetitions)
@@ -384,9 +382,13 @@ def peer_benchmark(model: BenchModel, entry: dict, args, out_dir: Path) -> None:
 
 
 def floor_benchmark(model: BenchModel, entry: dict, args, out_dir: Path) -> None:
-    """`simple`'s gRPC rows against grpc.aio's own floor (loadgen/grpc_floor.py: canned answers, nothing
-    else); each gateway gRPC row gets its server CPU per request above the floor's."""
-    floor = start_grpc_floor(out_dir / "grpc-floor.log")
+    """The model's gRPC rows against grpc.aio's own floor (loadgen/grpc_floor.py: canned answers of the
+    model's shapes, nothing else): the most any Python gRPC server could do with these bytes on this
+    machine. Each gateway gRPC row gets its server CPU per request above the floor's and its throughput
+    as a fraction of the floor's."""
+    floor = start_grpc_floor(
+        out_dir / f"grpc-floor-{model.name}.log", model=(model.name, model.path, model.benchmark_shape)
+    )
     entry["grpc_floor"] = []
     try:
         for row in entry["gateway"]:
@@ -401,10 +403,11 @@ def floor_benchmark(model: BenchModel, entry: dict, args, out_dir: Path) -> None
             row["cpu_above_floor_us"] = (
                 row["median_server_cpu_us_per_request"] - floor_row["median_server_cpu_us_per_request"]
             )
+            row["throughput_vs_floor"] = row["median_throughput"] / floor_row["median_throughput"]
             print(
                 f"{model.name} grpc floor c={row['concurrency']}: {floor_row['median_throughput']:.1f}/s, "
                 f"server {floor_row['median_server_cpu_us_per_request']:.0f} us CPU/req; gateway above it "
-                f"{row['cpu_above_floor_us']:.0f} us",
+                f"{row['cpu_above_floor_us']:.0f} us, {row['throughput_vs_floor']:.2f} x its throughput",
                 flush=True,
             )
     finally:
@@ -476,30 +479,34 @@ def markdown(results: dict, repetitions: int) -> str:
                     f"{row['throughput_vs_kserve']:.2f}", f"{row['cpu_vs_kserve']:.2f}",
                 ]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
-    floor_rows = results["models"].get("simple", {}).get("grpc_floor")
-    if floor_rows:
-        gateway_rows = {
-            r["concurrency"]: r for r in results["models"]["simple"]["gateway"] if r["protocol"] == "grpc"
-        }
-        lines += [
-            "",
-            "grpc.aio's own floor (`loadgen/grpc_floor.py`: canned answers, no work), same loader and rows, "
-            "against the gateway serving `simple` over gRPC.",
-            "",
-            "| concurrency | floor infer/s | floor server CPU us/req | gateway server CPU us/req "
-            "| gateway above the floor us/req |",
-            "|" + " --- |" * 5,
-        ]
-        for f in floor_rows:
+    floor_lines = []
+    for name, entry in results["models"].items():
+        gateway_rows = {r["concurrency"]: r for r in entry.get("gateway", []) if r["protocol"] == "grpc"}
+        for f in entry.get("grpc_floor", []):
             g = gateway_rows[f["concurrency"]]
             cells = [
+                name,
                 str(f["concurrency"]),
                 f"{f['median_throughput']:.1f}",
                 f"{f['median_server_cpu_us_per_request']:.0f}",
+                f"{g['median_throughput']:.1f}",
+                f"{g['throughput_vs_floor']:.2f}",
                 f"{g['median_server_cpu_us_per_request']:.0f}",
                 f"{g['cpu_above_floor_us']:.0f}",
             ]
-            lines.append("| " + " | ".join(cells) + " |")
+            floor_lines.append("| " + " | ".join(cells) + " |")
+    if floor_lines:
+        lines += [
+            "",
+            "grpc.aio's own floor (`loadgen/grpc_floor.py`: canned answers of each model's shapes, no work), "
+            "same loader and rows, against the gateway over gRPC: the most a Python gRPC server could answer "
+            "with these bytes here.",
+            "",
+            "| model | concurrency | floor infer/s | floor server CPU us/req | gateway infer/s "
+            "| gateway / floor | gateway server CPU us/req | gateway above the floor us/req |",
+            "|" + " --- |" * 8,
+            *floor_lines,
+        ]
     lines += [
         "",
         "| model | process to ready, cold cache (s) | warm (s) | model load, cold (s) | warm (s) "

@@ -1,18 +1,23 @@
 """grpc.aio's own floor: a server that answers ModelInfer with a canned response and does nothing else.
 
-`make bench` loads it like the gateway (same loader, same gRPC rows of `simple`) and reports the gateway's
-server CPU per request above this floor: what the gateway itself costs beyond the transport Python's
-grpcio gives any server. The answers are `simple`'s (Triton's example model: INT32 [1,16] in and out),
-precomputed once; ModelStatistics answers the count of ModelInfer calls answered (how the benchmark
-divides the process's CPU time), and is not advertised (the loader asks for no statistics).
+`make bench` loads it like the gateway (same loader, same gRPC rows) and reports the gateway's server CPU
+per request and throughput against this floor: what the gateway itself costs beyond the transport Python's
+grpcio gives any server moving the same bytes. By default the answers are `simple`'s (Triton's example
+model: INT32 [1,16] in and out); with --model_path, another model's: its metadata as the gateway reports it
+(dynamic dimensions -1) and zero-filled outputs of the shapes OpenVINO's shape inference gives for --shape
+(benchmark_app's `name[dims],...`), so a model with large outputs sends as many bytes per answer as the
+gateway does. Everything is precomputed once; ModelStatistics answers the count of ModelInfer calls
+answered (how the benchmark divides the process's CPU time), and is not advertised (the loader asks for no
+statistics).
 
-    python -m loadgen.grpc_floor --port P
+    python -m loadgen.grpc_floor --port P [--model_name M --model_path model.xml --shape 'x[1,3,256,256]']
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 
 # The floor runs grpc as the gateway does (grpc_tuning's listener), which must be chosen before grpc is
 # imported.
@@ -25,18 +30,54 @@ import numpy as np  # noqa: E402
 from grpc import aio  # noqa: E402
 
 from gateway.proto import ovgw_grpc_service_pb2 as pb  # noqa: E402
+from gateway.types import TensorSpec  # noqa: E402
 
 SERVICE = "inference.GRPCInferenceService"
 
 
-def _canned() -> dict[str, bytes]:
-    meta = pb.ModelMetadataResponse(name="simple", versions=["1"], platform="floor")
-    for name in ("INPUT0", "INPUT1"):
-        meta.inputs.add(name=name, datatype="INT32", shape=[1, 16])
-    answer = pb.ModelInferResponse(model_name="simple", model_version="1")
-    for name in ("OUTPUT0", "OUTPUT1"):
-        answer.outputs.add(name=name, datatype="INT32", shape=[1, 16])
-        answer.raw_output_contents.append(np.zeros((1, 16), np.int32).tobytes())
+def simple_answers() -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], dict]:
+    """`simple`'s metadata as the floor has always shown it (INT32 [1,16] each way) and its zero outputs."""
+    inputs = tuple(TensorSpec(name, "INT32", (1, 16)) for name in ("INPUT0", "INPUT1"))
+    outputs = tuple(TensorSpec(name, "INT32", (1, 16)) for name in ("OUTPUT0", "OUTPUT1"))
+    return inputs, outputs, {spec.name: np.zeros((1, 16), np.int32) for spec in outputs}
+
+
+def parse_shapes(spec: str) -> dict[str, list[int]]:
+    """benchmark_app's -shape: `a[1,3,224,224],b[1,16]`."""
+    return {
+        name: [int(d) for d in dims.split(",")] for name, dims in re.findall(r"([^,\[\]]+)\[([\d,]+)\]", spec)
+    }
+
+
+def model_answers(path: str, shape: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], dict]:
+    """A model's inputs and outputs as the gateway's metadata shows them, and zero outputs for `shape`."""
+    import openvino as ov
+
+    from gateway.openvino_runtime import port_specs
+
+    model = ov.Core().read_model(path)
+    inputs, _ = port_specs(model.inputs, "input")
+    outputs, _ = port_specs(model.outputs, "output")
+    shapes = parse_shapes(shape)
+    model.reshape({port: ov.PartialShape(shapes[port.get_any_name()]) for port in model.inputs})
+    answers = {
+        spec.name: np.zeros(tuple(port.get_shape()), port.get_element_type().to_dtype())
+        for spec, port in zip(outputs, model.outputs, strict=True)
+    }
+    return inputs, outputs, answers
+
+
+def _canned(name: str, inputs, outputs, answers: dict[str, np.ndarray]) -> dict[str, bytes]:
+    meta = pb.ModelMetadataResponse(name=name, versions=["1"], platform="floor")
+    for spec in inputs:
+        meta.inputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+    for spec in outputs:
+        meta.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+    answer = pb.ModelInferResponse(model_name=name, model_version="1")
+    for spec in outputs:
+        array = answers[spec.name]
+        answer.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(array.shape))
+        answer.raw_output_contents.append(array.tobytes())
     # No extensions: the loader then asks for no model config and no statistics.
     server = pb.ServerMetadataResponse(name="grpc-floor", version="0")
     return {
@@ -62,18 +103,25 @@ def _handler(response: bytes, counted: bool = False):
     return grpc.unary_unary_rpc_method_handler(answer)  # bytes in, bytes out: no (de)serialisation
 
 
-async def _statistics(request: bytes, context) -> bytes:
-    stats = pb.ModelStatisticsResponse()
-    entry = stats.model_stats.add(name="simple", version="1")
-    entry.inference_stats.success.count = _Answered.count
-    return stats.SerializeToString()
+def _statistics(name: str):
+    async def answer(request: bytes, context) -> bytes:
+        stats = pb.ModelStatisticsResponse()
+        entry = stats.model_stats.add(name=name, version="1")
+        entry.inference_stats.success.count = _Answered.count
+        return stats.SerializeToString()
+
+    return answer
 
 
-async def serve(port: int) -> None:
-    server = aio.server()
-    handlers = {name: _handler(body) for name, body in _canned().items()}
-    handlers["ModelInfer"] = _handler(_canned()["ModelInfer"], counted=True)
-    handlers["ModelStatistics"] = grpc.unary_unary_rpc_method_handler(_statistics)
+async def serve(port: int, name: str, canned: dict[str, bytes]) -> None:
+    # the gateway's message limit (1 GiB), not grpc's default 4 MB: large models' answers are larger
+    limit = 1 << 30
+    server = aio.server(
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    )
+    handlers = {method: _handler(body) for method, body in canned.items()}
+    handlers["ModelInfer"] = _handler(canned["ModelInfer"], counted=True)
+    handlers["ModelStatistics"] = grpc.unary_unary_rpc_method_handler(_statistics(name))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -83,13 +131,18 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    port = parser.parse_args().port
+    parser.add_argument("--model_name", default="simple")
+    parser.add_argument("--model_path", help="an OpenVINO-readable model; default: `simple`'s answers")
+    parser.add_argument("--shape", default="", help="benchmark_app's -shape for the answers' outputs")
+    args = parser.parse_args()
+    answers = model_answers(args.model_path, args.shape) if args.model_path else simple_answers()
+    canned = _canned(args.model_name, *answers)
     try:
         import uvloop  # the gateway's own event loop, for a like-for-like floor
     except ImportError:
-        asyncio.run(serve(port))
+        asyncio.run(serve(args.port, args.model_name, canned))
     else:
-        uvloop.run(serve(port))
+        uvloop.run(serve(args.port, args.model_name, canned))
 
 
 if __name__ == "__main__":

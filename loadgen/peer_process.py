@@ -55,12 +55,19 @@ class FloorProcess(PeerProcess):
 PeerT = TypeVar("PeerT", bound=PeerProcess)
 
 
-def start_grpc_floor(log_path: Path, timeout: float = 60) -> FloorProcess:
+def start_grpc_floor(
+    log_path: Path, timeout: float = 60, model: tuple[str, Path, str] | None = None
+) -> FloorProcess:
+    """The floor answering `simple`'s calls, or `model`'s: (name, model file, benchmark_app -shape)."""
     port = free_port()
     log = open(log_path, "wb")  # noqa: SIM115 - the process owns it
     cmd = [sys.executable, "-m", "loadgen.grpc_floor", "--port", str(port)]
+    name = "simple"
+    if model is not None:
+        name = model[0]
+        cmd += ["--model_name", name, "--model_path", str(model[1]), "--shape", model[2]]
     floor = FloorProcess(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), port, 0, log_path)
-    return _wait_until_answering(floor, lambda: floor.answered("simple") >= 0, "the gRPC floor", timeout)
+    return _wait_until_answering(floor, lambda: floor.answered(name) >= 0, "the gRPC floor", timeout)
 
 
 def start_kserve_peer(model_name: str, model_path: Path, log_path: Path, timeout: float = 120) -> PeerProcess:

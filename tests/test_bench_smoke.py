@@ -42,6 +42,9 @@ def test_bench_harness_writes_its_tables(tmp_path):
     assert grpc_row["cpu_above_floor_us"] == pytest.approx(
         grpc_row["median_server_cpu_us_per_request"] - floor["median_server_cpu_us_per_request"]
     )
+    assert grpc_row["throughput_vs_floor"] == pytest.approx(
+        grpc_row["median_throughput"] / floor["median_throughput"]
+    )
     table = (run / "results.md").read_text()
     assert "| simple |" in table and "ratio" in table and "gateway / KServe" in table
     assert "gateway above the floor" in table

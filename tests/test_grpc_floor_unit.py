@@ -1,0 +1,27 @@
+"""grpc.aio's floor (loadgen/grpc_floor.py) answers like the gateway would: same metadata, as many bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def test_the_grpc_floor_answers_with_the_models_output_shapes_for_the_benchmark_shape(tmp_path):
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from gateway.demo_models import save
+    from loadgen.grpc_floor import model_answers, parse_shapes
+
+    assert parse_shapes("INPUT0[1,16],INPUT1[1,16]") == {"INPUT0": [1, 16], "INPUT1": [1, 16]}
+    x = ops.parameter([-1, 3, -1, -1], ov.Type.f32, name="x")
+    x.output(0).get_tensor().set_names({"x"})
+    scores = ops.convolution(
+        x, ops.constant(np.ones((21, 3, 1, 1), np.float32)), [1, 1], [0, 0], [0, 0], [1, 1]
+    )
+    scores.output(0).get_tensor().set_names({"scores"})
+    path = save(ov.Model([scores.output(0)], [x], "seg"), tmp_path / "seg" / "1")
+    inputs, outputs, answers = model_answers(str(path), "x[1,3,64,48]")
+    # metadata as the gateway shows it (dynamic dimensions -1); answers as large as the gateway's
+    assert [(s.name, s.datatype, s.shape) for s in inputs] == [("x", "FP32", (-1, 3, -1, -1))]
+    assert [(s.name, s.shape) for s in outputs] == [("scores", (-1, 21, -1, -1))]
+    assert answers["scores"].shape == (1, 21, 64, 48) and answers["scores"].dtype == np.float32

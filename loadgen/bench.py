@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             peer_benchmark(model, results["models"][model.name], args, out_dir)
     for model in models:
         floor_benchmark(model, results["models"][model.name], args, out_dir)
+        floor_benchmark(model, results["models"][model.name], args, out_dir, infer=True)
     for model in models:
         if model.name != "simple":  # a tiny model says nothing about compile time
             cache = results["models"][model.name]["cache"] = cache_benchmark(model, out_dir, args.repetitions)
@@ -381,15 +382,22 @@ def peer_benchmark(model: BenchModel, entry: dict, args, out_dir: Path) -> None:
         peer.stop()
 
 
-def floor_benchmark(model: BenchModel, entry: dict, args, out_dir: Path) -> None:
+def floor_benchmark(model: BenchModel, entry: dict, args, out_dir: Path, infer: bool = False) -> None:
     """The model's gRPC rows against grpc.aio's own floor (loadgen/grpc_floor.py: canned answers of the
     model's shapes, nothing else): the most any Python gRPC server could do with these bytes on this
     machine. Each gateway gRPC row gets its server CPU per request above the floor's and its throughput
-    as a fraction of the floor's."""
+    as a fraction of the floor's. With `infer`, the floor also runs the model (grpc_floor's --infer): the
+    most any Python gRPC server could do serving this model here, set beside benchmark_app too."""
+    key = "grpc_floor_infer" if infer else "grpc_floor"
+    what = "grpc floor with inference" if infer else "grpc floor"
     floor = start_grpc_floor(
-        out_dir / f"grpc-floor-{model.name}.log", model=(model.name, model.path, model.benchmark_shape)
+        out_dir / f"{key.replace('_', '-')}-{model.name}.log",
+        timeout=300,
+        model=(model.name, model.path, model.benchmark_shape),
+        infer=infer,
     )
-    entry["grpc_floor"] = []
+    entry[key] = []
+    ceiling = entry["benchmark_app"]["throughput"]
     try:
         for row in entry["gateway"]:
             if row["protocol"] != "grpc":
@@ -399,15 +407,21 @@ def floor_benchmark(model: BenchModel, entry: dict, args, out_dir: Path) -> None
                 for _ in range(args.repetitions)
             ]
             floor_row = {"concurrency": row["concurrency"], "runs": runs, **_medians(runs)}
-            entry["grpc_floor"].append(floor_row)
-            row["cpu_above_floor_us"] = (
-                row["median_server_cpu_us_per_request"] - floor_row["median_server_cpu_us_per_request"]
+            floor_row["ratio_to_benchmark_app"] = floor_row["median_throughput"] / ceiling["fps"]
+            floor_row["cpu_ratio_to_benchmark_app"] = (
+                ceiling["cpu_us_per_image"] / floor_row["median_server_cpu_us_per_request"]
             )
-            row["throughput_vs_floor"] = row["median_throughput"] / floor_row["median_throughput"]
+            entry[key].append(floor_row)
+            above = row["median_server_cpu_us_per_request"] - floor_row["median_server_cpu_us_per_request"]
+            fraction = row["median_throughput"] / floor_row["median_throughput"]
+            suffix = "_infer" if infer else ""
+            row[f"cpu_above_floor{suffix}_us"], row[f"throughput_vs_floor{suffix}"] = above, fraction
             print(
-                f"{model.name} grpc floor c={row['concurrency']}: {floor_row['median_throughput']:.1f}/s, "
+                f"{model.name} {what} c={row['concurrency']}: {floor_row['median_throughput']:.1f}/s "
+                f"({floor_row['ratio_to_benchmark_app']:.2f} x benchmark_app, CPU/inference "
+                f"{floor_row['cpu_ratio_to_benchmark_app']:.2f} x), "
                 f"server {floor_row['median_server_cpu_us_per_request']:.0f} us CPU/req; gateway above it "
-                f"{row['cpu_above_floor_us']:.0f} us, {row['throughput_vs_floor']:.2f} x its throughput",
+                f"{above:.0f} us, {fraction:.2f} x its throughput",
                 flush=True,
             )
     finally:
@@ -506,6 +520,38 @@ def markdown(results: dict, repetitions: int) -> str:
             "| gateway / floor | gateway server CPU us/req | gateway above the floor us/req |",
             "|" + " --- |" * 8,
             *floor_lines,
+        ]
+    infer_lines = []
+    for name, entry in results["models"].items():
+        gateway_rows = {r["concurrency"]: r for r in entry.get("gateway", []) if r["protocol"] == "grpc"}
+        for f in entry.get("grpc_floor_infer", []):
+            g = gateway_rows[f["concurrency"]]
+            cells = [
+                name,
+                str(f["concurrency"]),
+                f"{f['median_throughput']:.1f}",
+                f"{f['ratio_to_benchmark_app']:.2f}",
+                f"{f['median_server_cpu_us_per_request']:.0f}",
+                f"{f['cpu_ratio_to_benchmark_app']:.2f}",
+                f"{f['median_loader_cpu_pct']:.0f}",
+                f"{g['ratio_to_benchmark_app']:.2f}",
+                f"{g['cpu_ratio_to_benchmark_app']:.2f}",
+                f"{g['throughput_vs_floor_infer']:.2f}",
+                f"{g['cpu_above_floor_infer_us']:.0f}",
+            ]
+            infer_lines.append("| " + " | ".join(cells) + " |")
+    if infer_lines:
+        lines += [
+            "",
+            "The floor with inference (`loadgen/grpc_floor.py --infer`: bytes in, OpenVINO's start_async on "
+            "the THROUGHPUT-hint model, bytes out; nothing else), same loader and rows: the most any Python "
+            "gRPC server could do serving each model here, beside benchmark_app and the gateway over gRPC.",
+            "",
+            "| model | concurrency | floor+infer infer/s | ratio | server CPU us/req | CPU ratio "
+            "| loader CPU % | gateway ratio | gateway CPU ratio | gateway / floor+infer "
+            "| gateway above it us/req |",
+            "|" + " --- |" * 11,
+            *infer_lines,
         ]
     lines += [
         "",

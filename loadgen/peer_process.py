@@ -56,9 +56,10 @@ PeerT = TypeVar("PeerT", bound=PeerProcess)
 
 
 def start_grpc_floor(
-    log_path: Path, timeout: float = 60, model: tuple[str, Path, str] | None = None
+    log_path: Path, timeout: float = 60, model: tuple[str, Path, str] | None = None, infer: bool = False
 ) -> FloorProcess:
-    """The floor answering `simple`'s calls, or `model`'s: (name, model file, benchmark_app -shape)."""
+    """The floor answering `simple`'s calls, or `model`'s: (name, model file, benchmark_app -shape); with
+    `infer`, running the model for each call (needs `model`)."""
     port = free_port()
     log = open(log_path, "wb")  # noqa: SIM115 - the process owns it
     cmd = [sys.executable, "-m", "loadgen.grpc_floor", "--port", str(port)]
@@ -66,6 +67,10 @@ def start_grpc_floor(
     if model is not None:
         name = model[0]
         cmd += ["--model_name", name, "--model_path", str(model[1]), "--shape", model[2]]
+    if infer:
+        if model is None:
+            raise ValueError("the inferring floor needs a model")
+        cmd.append("--infer")
     floor = FloorProcess(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), port, 0, log_path)
     return _wait_until_answering(floor, lambda: floor.answered(name) >= 0, "the gRPC floor", timeout)
 

@@ -45,9 +45,16 @@ def test_bench_harness_writes_its_tables(tmp_path):
     assert grpc_row["throughput_vs_floor"] == pytest.approx(
         grpc_row["median_throughput"] / floor["median_throughput"]
     )
+    # The floor with inference ran them too, beside benchmark_app: it answered with simple's real sums.
+    (floor_infer,) = entry["grpc_floor_infer"]
+    assert floor_infer["median_throughput"] > 0 and floor_infer["ratio_to_benchmark_app"] > 0
+    assert floor_infer["cpu_ratio_to_benchmark_app"] > 0
+    assert grpc_row["throughput_vs_floor_infer"] == pytest.approx(
+        grpc_row["median_throughput"] / floor_infer["median_throughput"]
+    )
     table = (run / "results.md").read_text()
     assert "| simple |" in table and "ratio" in table and "gateway / KServe" in table
-    assert "gateway above the floor" in table
+    assert "gateway above the floor" in table and "floor+infer infer/s" in table
 
 
 def test_cpu_split_names_where_the_cpu_goes(tmp_path):

@@ -134,6 +134,7 @@ test: $(VENV)/.installed-test
 # Benchmarks (not tests): gateway vs benchmark_app, results in bench-results/ (git-ignored).
 bench: $(VENV)/.installed-test
 	$(PY) -m loadgen.bench $(BENCH_ARGS)
+	$(PY) -m loadgen.bench_ceiling $(CEILING_BENCH_ARGS)
 	$(PY) -m loadgen.cpu_split $(CPU_SPLIT_ARGS)
 	$(PY) -m loadgen.bench_scheduling $(SCHED_BENCH_ARGS)
 	$(PY) -m loadgen.bench_images $(IMAGE_BENCH_ARGS)

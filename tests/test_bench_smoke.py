@@ -57,6 +57,26 @@ def test_bench_harness_writes_its_tables(tmp_path):
     assert "gateway above the floor" in table and "floor+infer infer/s" in table
 
 
+def test_ceiling_bench_takes_its_ratios_round_by_round(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "loadgen.bench_ceiling", "--models", "simple", "--rounds", "2",
+         "--window-ms", "1000", "--concurrency", "1", "--output", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    entry = json.loads((run / "results.json").read_text())["models"]["simple"]
+    assert len(entry["rounds"]) == 2
+    for windows in entry["rounds"]:
+        assert set(windows) == {"benchmark_app", "gateway", "floor_infer"}
+        assert all(w["throughput"] > 0 and w["cpu_us"] > 0 for w in windows.values())
+    first = entry["rounds"][0]
+    assert entry["ratios"]["gateway_vs_floor_infer"]["throughput"][0] == pytest.approx(
+        first["gateway"]["throughput"] / first["floor_infer"]["throughput"]
+    )
+    assert "| simple |" in (run / "results.md").read_text()
+
+
 def test_cpu_split_names_where_the_cpu_goes(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "loadgen.cpu_split", "--models", "simple", "--protocols", "grpc",

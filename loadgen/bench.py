@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -428,6 +429,18 @@ def floor_benchmark(model: BenchModel, entry: dict, args, out_dir: Path, infer: 
         floor.stop()
 
 
+def _beside_gateway_grpc_rows(results: dict, key: str, cells: Callable[[dict, dict], list[str]]) -> list[str]:
+    """A Markdown row for each of the models' `key` rows (a floor's), its cells from that row and the
+    gateway's gRPC row at the same concurrency, after the model's name and the concurrency."""
+    lines = []
+    for name, entry in results["models"].items():
+        gateway_rows = {r["concurrency"]: r for r in entry.get("gateway", []) if r["protocol"] == "grpc"}
+        for row in entry.get(key, []):
+            beside = cells(row, gateway_rows[row["concurrency"]])
+            lines.append("| " + " | ".join([name, str(row["concurrency"]), *beside]) + " |")
+    return lines
+
+
 def markdown(results: dict, repetitions: int) -> str:
     lines = [
         f"# Gateway vs benchmark_app ({results['machine']['cores']} cores; medians of {repetitions} runs)",
@@ -493,22 +506,18 @@ def markdown(results: dict, repetitions: int) -> str:
                     f"{row['throughput_vs_kserve']:.2f}", f"{row['cpu_vs_kserve']:.2f}",
                 ]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
-    floor_lines = []
-    for name, entry in results["models"].items():
-        gateway_rows = {r["concurrency"]: r for r in entry.get("gateway", []) if r["protocol"] == "grpc"}
-        for f in entry.get("grpc_floor", []):
-            g = gateway_rows[f["concurrency"]]
-            cells = [
-                name,
-                str(f["concurrency"]),
-                f"{f['median_throughput']:.1f}",
-                f"{f['median_server_cpu_us_per_request']:.0f}",
-                f"{g['median_throughput']:.1f}",
-                f"{g['throughput_vs_floor']:.2f}",
-                f"{g['median_server_cpu_us_per_request']:.0f}",
-                f"{g['cpu_above_floor_us']:.0f}",
-            ]
-            floor_lines.append("| " + " | ".join(cells) + " |")
+    floor_lines = _beside_gateway_grpc_rows(
+        results,
+        "grpc_floor",
+        lambda f, g: [
+            f"{f['median_throughput']:.1f}",
+            f"{f['median_server_cpu_us_per_request']:.0f}",
+            f"{g['median_throughput']:.1f}",
+            f"{g['throughput_vs_floor']:.2f}",
+            f"{g['median_server_cpu_us_per_request']:.0f}",
+            f"{g['cpu_above_floor_us']:.0f}",
+        ],
+    )
     if floor_lines:
         lines += [
             "",
@@ -521,25 +530,21 @@ def markdown(results: dict, repetitions: int) -> str:
             "|" + " --- |" * 8,
             *floor_lines,
         ]
-    infer_lines = []
-    for name, entry in results["models"].items():
-        gateway_rows = {r["concurrency"]: r for r in entry.get("gateway", []) if r["protocol"] == "grpc"}
-        for f in entry.get("grpc_floor_infer", []):
-            g = gateway_rows[f["concurrency"]]
-            cells = [
-                name,
-                str(f["concurrency"]),
-                f"{f['median_throughput']:.1f}",
-                f"{f['ratio_to_benchmark_app']:.2f}",
-                f"{f['median_server_cpu_us_per_request']:.0f}",
-                f"{f['cpu_ratio_to_benchmark_app']:.2f}",
-                f"{f['median_loader_cpu_pct']:.0f}",
-                f"{g['ratio_to_benchmark_app']:.2f}",
-                f"{g['cpu_ratio_to_benchmark_app']:.2f}",
-                f"{g['throughput_vs_floor_infer']:.2f}",
-                f"{g['cpu_above_floor_infer_us']:.0f}",
-            ]
-            infer_lines.append("| " + " | ".join(cells) + " |")
+    infer_lines = _beside_gateway_grpc_rows(
+        results,
+        "grpc_floor_infer",
+        lambda f, g: [
+            f"{f['median_throughput']:.1f}",
+            f"{f['ratio_to_benchmark_app']:.2f}",
+            f"{f['median_server_cpu_us_per_request']:.0f}",
+            f"{f['cpu_ratio_to_benchmark_app']:.2f}",
+            f"{f['median_loader_cpu_pct']:.0f}",
+            f"{g['ratio_to_benchmark_app']:.2f}",
+            f"{g['cpu_ratio_to_benchmark_app']:.2f}",
+            f"{g['throughput_vs_floor_infer']:.2f}",
+            f"{g['cpu_above_floor_infer_us']:.0f}",
+        ],
+    )
     if infer_lines:
         lines += [
             "",

@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 from grpc import aio  # noqa: E402
 
 from gateway import grpc_wire  # noqa: E402
+from gateway.malloc_tuning import tune_malloc  # noqa: E402
 from gateway.proto import ovgw_grpc_service_pb2 as pb  # noqa: E402
 from gateway.types import TensorSpec  # noqa: E402
 
@@ -200,6 +201,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.infer and not args.model_path:
         parser.error("--infer needs --model_path")
+    # As the gateway does: the floor with inference allocates and frees every tensor and answer, and with
+    # glibc's defaults each would fault fresh pages in (gateway/malloc_tuning.py).
+    tune_malloc()
     answers = model_answers(args.model_path, args.shape) if args.model_path else simple_answers()
     canned = _canned(args.model_name, *answers)
     served = serve(args.port, args.model_name, canned, args.model_path if args.infer else None)

@@ -16,7 +16,9 @@ each repetition the median latency of its requests. Measured in the same run:
   and perf_analyzer build theirs.
 
 Targets (issue 14): at N = 1 the pipeline within 1.1 x the sum of its nodes' own compute time; with batching
-on, N = 16 images in <= 0.5 x the time of 16 batch-1 calls.
+on, N = 16 images in <= 0.5 x the time of 16 batch-1 calls. Beside that ratio the bench gives the least it can
+be on the machine: the batched model's own compute per request over the one-by-one client's time (where a
+batch buys little compute, as on CPUs without AMX, it stays above 0.5 whatever the server does).
 
     python -m loadgen.bench_pipelines [--repetitions 3] [--requests 20] [--images 1,4,16]
 """
@@ -267,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                     run, "pipeline_batched", before, after, server_before, server_after, args.requests
                 )
                 run["batched_vs_client"] = run["pipeline_batched"] / run["client_one_by_one"]
+                # The least that ratio can be on this machine: the batched model's own compute per request,
+                # before any transport or server work, against the one-by-one client's time.
+                run["batch_compute_vs_client"] = (
+                    run["pipeline_batched_model_compute_ms_per_request"] / run["client_one_by_one"]
+                )
                 calls = max(1, calls_after[0] - calls_before[0])
                 # the gateway's own cost for one plain model call, beside the pipeline's
                 run["model_call_server_ms"] = (calls_after[1] - calls_before[1]) / calls
@@ -286,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"server {row['pipeline_server_vs_nodes_compute']:.2f} x), batched "
                 f"{row['pipeline_batched']:.2f} ms "
                 f"({row['pipeline_batched_executions_per_request']:.1f} executions), client one by one "
-                f"{row['client_one_by_one']:.2f} ms; batched / one-by-one {row['batched_vs_client']:.2f}",
+                f"{row['client_one_by_one']:.2f} ms; batched / one-by-one {row['batched_vs_client']:.2f} "
+                f"(the batch's own compute alone {row['batch_compute_vs_client']:.2f})",
                 flush=True,
             )
     finally:
@@ -305,8 +313,8 @@ def markdown(results: dict, repetitions: int) -> str:
         "",
         "| N | pipeline (batch-1 model): client / in the server | its nodes' compute | ratio: client / "
         "server | pipeline, batching on | executions | client calling the model one by one | batched / "
-        "one-by-one |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "one-by-one | the batch's own compute / one-by-one |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in results["rows"]:
         lines.append(
@@ -314,7 +322,7 @@ def markdown(results: dict, repetitions: int) -> str:
             f"{row['nodes_compute_ms']:.2f} | {row['pipeline_vs_nodes_compute']:.2f} / "
             f"{row['pipeline_server_vs_nodes_compute']:.2f} | {row['pipeline_batched']:.2f} | "
             f"{row['pipeline_batched_executions_per_request']:.1f} | {row['client_one_by_one']:.2f} | "
-            f"{row['batched_vs_client']:.2f} |"
+            f"{row['batched_vs_client']:.2f} | {row['batch_compute_vs_client']:.2f} |"
         )
     lines += [
         "",
@@ -325,7 +333,10 @@ def markdown(results: dict, repetitions: int) -> str:
         )
         + ".",
         "",
-        "Targets: N = 1 pipeline / nodes' compute <= 1.1; N = 16 batched / one-by-one <= 0.5.",
+        "Targets: N = 1 pipeline / nodes' compute <= 1.1; N = 16 batched / one-by-one <= 0.5. The last "
+        "column is the least the batched ratio can be on this machine: the batched model's compute per "
+        "request (from the gateway's statistics), before any transport or server work, over the one-by-one "
+        "client's time (medians of the repetitions' ratios).",
         "",
     ]
     return "\n".join(lines)

@@ -1,7 +1,11 @@
 """A served pipeline (OVMS DAG): to clients a model; inside, a graph run node by node.
 
-A request runs each node as soon as its inputs are ready, as one asyncio task per node and branch, so
-independent nodes and demultiplexed branches run concurrently. DL model nodes go through the model's own
+A request runs each node as soon as its inputs are ready, so independent nodes and demultiplexed branches
+run concurrently: each branch, and each of several inputs that come from different nodes, is awaited in an
+asyncio task of its own, and a node runs inside the first task that needs it (the others that need it wait
+for its result). A chain of nodes thus runs in one task, without a task and a loop turn per node (N = 1
+through the bench's resize node and model, in process: 151 + 71 us of the graph's hand-overs before the
+model call). DL model nodes go through the model's own
 ModelVersion (validation, its scheduler and batching), looked up when the node runs: a model reloaded
 while a pipeline serves is picked up by the next node that needs it, and requests already queued on the
 old version finish there. Custom nodes run in threads, except those whose recent executions took under
@@ -68,6 +72,10 @@ T = TypeVar("T")
 # thread, the next node's OpenVINO start waited 0.83 ms for the GIL instead of 0.16 ms, and the pipeline
 # took 3.2-3.6 ms a request in process instead of 3.0 ms.
 INLINE_BELOW_NS = 200_000
+# A node runs inside the task that first needs it, so a chain of nodes nests that many coroutine calls (four
+# frames a node) on one stack; a graph with a longer chain than this runs each node in a task of its own, as
+# Python's recursion limit (1,000 frames) would otherwise stop a long chain.
+INLINE_CHAIN_LIMIT = 64
 Path = tuple[int, ...]  # a branch: the slice index at each demultiplexing level, outermost first
 
 
@@ -226,14 +234,6 @@ class Pipeline:
         return given
 
 
-async def _all(awaitables: Sequence[Awaitable[T]]) -> list[T]:
-    """asyncio.gather, without its task per awaitable when there is only one (most nodes have one input,
-    and an undemultiplexed request one branch): each task costs about as much as a small node's work."""
-    if len(awaitables) == 1:
-        return [await awaitables[0]]
-    return list(await asyncio.gather(*awaitables))
-
-
 def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
     """Branches gathered on a new dimension 0, without a copy where that is possible: one branch, or
     branches that are consecutive rows of one array (a batched model node's output, split by its
@@ -268,7 +268,9 @@ def _consecutive(parts: Sequence[np.ndarray]) -> bool:
 
 
 class _Run:
-    """One request through the graph: a task per (node, branch), made when first needed."""
+    """One request through the graph. Each (node, branch) runs once, in the first task that needs it;
+    `_executions` holds its result (a future) for every other consumer. Tasks are made only where work
+    may run side by side (`_all`), and all of them are cancelled when the request ends."""
 
     def __init__(
         self,
@@ -287,18 +289,28 @@ class _Run:
             deadline,
             when_full,
         )
-        self._tasks: dict[tuple[str, Path], asyncio.Task[dict[str, np.ndarray]]] = {}
+        self._executions: dict[tuple[str, Path], asyncio.Future[dict[str, np.ndarray]]] = {}
+        self._tasks: list[asyncio.Task] = []
         self._branches: dict[tuple[str, Path], int] = {}
 
     async def outputs(self, sources: Sequence[tuple[str, Source]]) -> list[np.ndarray]:
         try:
-            return await _all([self._gathered(source, ()) for _, source in sources])
+            return await self._all([self._gathered(source, ()) for _, source in sources])
         finally:
-            for task in self._tasks.values():
-                if not task.done():
-                    task.cancel()  # a failed branch stops the others
-                elif not task.cancelled():
-                    task.exception()  # retrieved: the failure that matters was raised above
+            for task in self._tasks:
+                task.cancel()  # a failed branch stops the others (a no-op on those that ended)
+            for execution in self._executions.values():
+                if execution.done() and not execution.cancelled():
+                    execution.exception()  # retrieved: the failure that matters was raised above
+
+    async def _all(self, awaitables: Sequence[Awaitable[T]]) -> list[T]:
+        """asyncio.gather, without a task when there is only one (most nodes have one input, and an
+        undemultiplexed request one branch): each task costs about as much as a small node's work."""
+        if len(awaitables) == 1:
+            return [await awaitables[0]]
+        tasks = [asyncio.ensure_future(a) for a in awaitables]
+        self._tasks.extend(tasks)
+        return list(await asyncio.gather(*tasks))
 
     async def _gathered(self, source: Source, path: Path) -> np.ndarray:
         """What the response gets from `source`: every level it gathers stacked, outermost first."""
@@ -306,7 +318,7 @@ class _Run:
         if len(path) == len(levels):
             return await self._item(source, path)
         count = await self._branch_count(levels[len(path)], path)
-        return _stack(await _all([self._gathered(source, (*path, i)) for i in range(count)]))
+        return _stack(await self._all([self._gathered(source, (*path, i)) for i in range(count)]))
 
     async def _branch_count(self, demultiplexer: str, path: Path) -> int:
         if demultiplexer == REQUEST_NODE:
@@ -325,23 +337,44 @@ class _Run:
         outputs = await self._execution(node.name, path[:-1])
         return outputs[source.item][path[-1]]
 
-    def _execution(self, name: str, path: Path) -> asyncio.Task[dict[str, np.ndarray]]:
+    async def _execution(self, name: str, path: Path) -> dict[str, np.ndarray]:
+        """Node `name`'s outputs in branch `path`: run here by the first caller, awaited by the others."""
         key = (name, path)
-        task = self._tasks.get(key)
-        if task is None:
-            task = self._tasks[key] = asyncio.ensure_future(self._run_node(self._graph.nodes[name], path))
-        return task
+        shared = self._executions.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)  # a consumer cancelled here leaves the node to its runner
+        if self._graph.longest_chain > INLINE_CHAIN_LIMIT:
+            task = asyncio.ensure_future(self._run_node(self._graph.nodes[name], path))
+            self._executions[key] = task
+            self._tasks.append(task)
+            return await asyncio.shield(task)
+        shared = self._executions[key] = asyncio.get_running_loop().create_future()
+        try:
+            outputs = await self._run_node(self._graph.nodes[name], path)
+        except asyncio.CancelledError:
+            shared.cancel()
+            raise
+        except BaseException as e:
+            shared.set_exception(e)
+            raise
+        shared.set_result(outputs)
+        return outputs
 
     async def _node_inputs(self, node: GraphNode, path: Path) -> dict[str, np.ndarray]:
         if node.gather_from is None:
-            arrays = await _all([self._item(source, path) for _, source in node.inputs])
+            # Inputs from one node at most (a model after a node that gives it two tensors) need no task
+            # each: the first runs that node, the rest find its outputs ready.
+            if len({source.node for _, source in node.inputs} - {REQUEST_NODE}) <= 1:
+                arrays = [await self._item(source, path) for _, source in node.inputs]
+            else:
+                arrays = await self._all([self._item(source, path) for _, source in node.inputs])
         else:
             count = await self._branch_count(node.gather_from, path)
 
             async def stacked(source: Source) -> np.ndarray:
-                return _stack(await _all([self._item(source, (*path, i)) for i in range(count)]))
+                return _stack(await self._all([self._item(source, (*path, i)) for i in range(count)]))
 
-            arrays = await _all([stacked(source) for _, source in node.inputs])
+            arrays = await self._all([stacked(source) for _, source in node.inputs])
         return {name: array for (name, _), array in zip(node.inputs, arrays, strict=True)}
 
     async def _run_node(self, node: GraphNode, path: Path) -> dict[str, np.ndarray]:

@@ -87,6 +87,7 @@ class PipelineGraph:
     # Pipeline inputs that take encoded images (BYTES [N]): how to decode them for the model they feed;
     # decoding gives [N, H, W, C], and with demultiplexing at the entry each image becomes one branch.
     images: dict[str, ImageInput] = field(default_factory=dict)
+    longest_chain: int = 1  # the most nodes on one path from the request to the response
 
 
 def _fmt(spec: TensorSpec) -> str:
@@ -231,7 +232,16 @@ def build_graph(
         nodes=graph_nodes,
         entry_demultiply=settings.demultiply_count,
         response_levels=response_levels,
+        longest_chain=_longest_chain(graph_nodes),
     )
+
+
+def _longest_chain(nodes: dict[str, GraphNode]) -> int:
+    """The most nodes on one path through the graph (`nodes` in an order where sources come first)."""
+    chain: dict[str, int] = {}
+    for node in nodes.values():
+        chain[node.name] = 1 + max((chain.get(source.node, 0) for _, source in node.inputs), default=0)
+    return max(chain.values(), default=0)
 
 
 def _image_inputs(

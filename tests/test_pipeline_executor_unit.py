@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gateway.errors import GatewayError, ResourceExhausted
-from gateway.pipeline import Pipeline
+from gateway.pipeline import INLINE_CHAIN_LIMIT, Pipeline
 from gateway.pipeline_graph import ModelPorts, build_graph
 from gateway.pipeline_settings import parse_pipeline_entry
 from gateway.scheduler import WhenFull
@@ -243,3 +243,101 @@ async def test_admission_refuses_on_the_entry_nodes_and_admitted_nodes_wait_for_
     versions["second"].started[0].set_result(None)
     await task
     assert [c["when_full"] for v in versions.values() for c in v.calls] == [WhenFull.WAIT, WhenFull.WAIT]
+
+
+class InstantVersion(FakeVersion):
+    """y = x + 1 at once; remembers the asyncio task each inference ran in."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.tasks: list[asyncio.Task | None] = []
+
+    async def infer(self, inputs, requested, priority=0, deadline=None, when_full=None):
+        self.tasks.append(asyncio.current_task())
+        y = inputs[0].data + 1
+        return [InferOutput("y", "FP32", y.shape, y)]
+
+
+def chain(length: int) -> dict:
+    nodes = [node("n0", "m", ("request", "x"))]
+    nodes += [node(f"n{i}", "m", (f"n{i - 1}", "y")) for i in range(1, length)]
+    return {
+        "name": "p",
+        "inputs": ["x"],
+        "nodes": nodes,
+        "outputs": [{"y": {"node_name": f"n{length - 1}", "data_item": "y"}}],
+    }
+
+
+@pytest.mark.parametrize("length", [3, INLINE_CHAIN_LIMIT, INLINE_CHAIN_LIMIT + 1, 400])
+async def test_a_chain_runs_in_the_requests_own_task_unless_it_is_longer_than_the_limit(length):
+    """Each node of a chain runs inside the task that needs it (no task and loop turn per node); a chain
+    longer than INLINE_CHAIN_LIMIT gets a task per node instead, and runs whatever its length."""
+    versions = {"m": InstantVersion("m")}
+    pipeline = make_pipeline(chain(length), versions)
+    (out,) = await pipeline.infer(request(np.zeros((2, 4), np.float32)), None)
+    np.testing.assert_array_equal(out.data, np.full((2, 4), length, np.float32))
+    tasks = set(versions["m"].tasks)
+    if length <= INLINE_CHAIN_LIMIT:
+        assert tasks == {asyncio.current_task()}
+    else:
+        assert len(tasks) == length and asyncio.current_task() not in tasks
+
+
+def fan_out() -> tuple[dict[str, FakeVersion], Pipeline]:
+    """`src` feeds `a` and `b`, and the response takes both: two consumers of one node, side by side."""
+    versions = {m: FakeVersion(m) for m in ("src", "a", "b")}
+    entry = {
+        "name": "p",
+        "inputs": ["x"],
+        "nodes": [
+            node("src", "src", ("request", "x")),
+            node("a", "a", ("src", "y")),
+            node("b", "b", ("src", "y")),
+        ],
+        "outputs": [
+            {"a": {"node_name": "a", "data_item": "y"}},
+            {"b": {"node_name": "b", "data_item": "y"}},
+        ],
+    }
+    return versions, make_pipeline(entry, versions)
+
+
+async def test_a_node_two_branches_wait_for_runs_once_and_its_failure_fails_both_once():
+    """`src` runs once, in the task that needed it first; when it fails, the request fails with its
+    message and neither consumer runs."""
+    versions, pipeline = fan_out()
+    task = asyncio.ensure_future(pipeline.infer(request(np.zeros((1, 4), np.float32)), None))
+    await settle()
+    assert len(versions["src"].started) == 1
+    versions["src"].fail_with = ResourceExhausted("the queue is full")
+    versions["src"].started[0].set_result(None)
+    with pytest.raises(ResourceExhausted) as e:
+        await task
+    assert e.value.message == "pipeline 'p' node 'src': the queue is full"
+    await settle()
+    assert not versions["a"].started and not versions["b"].started
+
+
+async def test_a_shared_node_serves_both_consumers_and_a_stopped_request_cancels_it():
+    versions, pipeline = fan_out()
+    x = np.zeros((1, 4), np.float32)
+    task = asyncio.ensure_future(pipeline.infer(request(x), None))
+    await settle()
+    versions["src"].started[0].set_result(None)
+    await settle()
+    assert len(versions["a"].started) == 1 and len(versions["b"].started) == 1  # both, from one src
+    versions["a"].started[0].set_result(None)
+    versions["b"].started[0].set_result(None)
+    outputs = {o.name: o.data for o in await task}
+    np.testing.assert_array_equal(outputs["a"], x + 2)
+    np.testing.assert_array_equal(outputs["b"], x + 2)
+    # A client that goes away while `src` runs: the request's task is cancelled, and so is `src`.
+    task = asyncio.ensure_future(pipeline.infer(request(x), None))
+    await settle()
+    assert len(versions["src"].started) == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await settle()
+    assert versions["src"].cancelled == 1

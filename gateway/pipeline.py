@@ -5,7 +5,9 @@ run concurrently: each branch, and each of several inputs that come from differe
 asyncio task of its own, and a node runs inside the first task that needs it (the others that need it wait
 for its result). A chain of nodes thus runs in one task, without a task and a loop turn per node (N = 1
 through the bench's resize node and model, in process: 151 + 71 us of the graph's hand-overs before the
-model call). DL model nodes go through the model's own
+model call). A branch with siblings gives the loop one turn before it queues on a model node, so that all
+siblings, each having run what comes before, reach the model's batcher together. DL model nodes go
+through the model's own
 ModelVersion (validation, its scheduler and batching), looked up when the node runs: a model reloaded
 while a pipeline serves is picked up by the next node that needs it, and requests already queued on the
 old version finish there. Custom nodes run in threads, except those whose recent executions took under
@@ -382,6 +384,12 @@ class _Run:
         where = f"pipeline '{self._pipeline}' node '{node.name}'"
         try:
             if node.kind is NodeKind.MODEL:
+                if self._has_siblings(node, path):
+                    # Let the sibling branches reach this node too before it is queued: a branch runs its
+                    # nodes one after another in its task, so without the turn each branch's custom node
+                    # (0.2 ms inline) would keep the others from the model's batcher, whose delay then
+                    # went out on 5 of 16 branches (3 executions instead of one, the bench at N = 16).
+                    await asyncio.sleep(0)
                 produced = await self._run_model(node, inputs)
             else:
                 produced = await self._run_custom(node, inputs)
@@ -394,6 +402,15 @@ class _Run:
         if node.demultiply_count is not None:
             self._branches[(node.name, path)] = self._split_count(where, node, outputs)
         return outputs
+
+    def _has_siblings(self, node: GraphNode, path: Path) -> bool:
+        """Whether branch `path` of `node` has others beside it (its innermost level split in two or more)."""
+        if not node.levels:
+            return False
+        level, parent = node.levels[-1], path[:-1]
+        if level == REQUEST_NODE:
+            return next(iter(self._inputs.values())).shape[0] > 1
+        return self._branches[(level, parent)] > 1
 
     async def _run_model(self, node: GraphNode, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         version = self._resolve(node.model_name, node.model_version)

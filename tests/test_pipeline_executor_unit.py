@@ -341,3 +341,34 @@ async def test_a_shared_node_serves_both_consumers_and_a_stopped_request_cancels
         await task
     await settle()
     assert versions["src"].cancelled == 1
+
+
+async def test_sibling_branches_reach_a_model_node_together_after_work_that_does_not_wait():
+    """Each branch runs `a` (answering at once, as a custom node inline does) and then `b`: every branch
+    has run `a` before any queues on `b`, so a batching model gets the branches in one batch."""
+    versions = {"a": InstantVersion("a"), "b": FakeVersion("b")}
+    a_runs_seen_by_b: list[int] = []
+    real_infer = versions["b"].infer
+
+    async def b_infer(*args, **kwargs):
+        a_runs_seen_by_b.append(len(versions["a"].tasks))
+        return await real_infer(*args, **kwargs)
+
+    versions["b"].infer = b_infer  # type: ignore[method-assign]
+    pipeline = make_pipeline(
+        {
+            "name": "p",
+            "inputs": ["x"],
+            "demultiply_count": -1,
+            "nodes": [node("a", "a", ("request", "x")), node("b", "b", ("a", "y"))],
+            "outputs": [{"y": {"node_name": "b", "data_item": "y"}}],
+        },
+        versions,
+    )
+    task = asyncio.ensure_future(pipeline.infer(request(np.zeros((4, 1, 4), np.float32)), None))
+    await settle()
+    assert a_runs_seen_by_b == [4, 4, 4, 4]
+    for release in versions["b"].started:
+        release.set_result(None)
+    (out,) = await task
+    np.testing.assert_array_equal(out.data, np.full((4, 1, 4), 2, np.float32))

@@ -12,14 +12,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_harness_writes_its_tables(tmp_path):
+def run_bench(tmp_path: Path, module: str, args: list[str], timeout: int = 300) -> Path:
+    """Run `python -m module args --output tmp_path` from the project root; the run folder it wrote."""
     result = subprocess.run(
-        [sys.executable, "-m", "loadgen.bench", "--models", "simple", "--repetitions", "1",
-         "--window-ms", "500", "--benchmark-seconds", "1", "--concurrency", "1", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", module, *args, "--output", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run,) = tmp_path.iterdir()
+    return run
+
+
+def test_bench_harness_writes_its_tables(tmp_path):
+    args = ["--models", "simple", "--repetitions", "1", "--window-ms", "500", "--benchmark-seconds", "1"]
+    run = run_bench(tmp_path, "loadgen.bench", [*args, "--concurrency", "1"])
     results = json.loads((run / "results.json").read_text())
     entry = results["models"]["simple"]
     assert entry["benchmark_app"]["throughput"]["fps"] > 0
@@ -58,13 +64,11 @@ def test_bench_harness_writes_its_tables(tmp_path):
 
 
 def test_ceiling_bench_takes_its_ratios_round_by_round(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "loadgen.bench_ceiling", "--models", "simple", "--rounds", "2",
-         "--window-ms", "1000", "--concurrency", "1", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    (run,) = tmp_path.iterdir()
+    run = run_bench(
+        tmp_path,
+        "loadgen.bench_ceiling",
+        ["--models", "simple", "--rounds", "2", "--window-ms", "1000", "--concurrency", "1"],
+    )
     entry = json.loads((run / "results.json").read_text())["models"]["simple"]
     assert len(entry["rounds"]) == 2
     for windows in entry["rounds"]:
@@ -78,13 +82,11 @@ def test_ceiling_bench_takes_its_ratios_round_by_round(tmp_path):
 
 
 def test_cpu_split_names_where_the_cpu_goes(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "loadgen.cpu_split", "--models", "simple", "--protocols", "grpc",
-         "--window-ms", "2000", "--benchmark-seconds", "1", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    (run,) = tmp_path.iterdir()
+    run = run_bench(
+        tmp_path,
+        "loadgen.cpu_split",
+        ["--models", "simple", "--protocols", "grpc", "--window-ms", "2000", "--benchmark-seconds", "1"],
+    )
     row = json.loads((run / "results.json").read_text())["simple-grpc"]
     assert row["threads_us"]["event loop (main thread)"] > 0
     assert row["threads_us"]["OpenVINO stream threads"] > 0
@@ -95,15 +97,14 @@ def test_cpu_split_names_where_the_cpu_goes(tmp_path):
 
 
 def test_scheduling_bench_writes_its_tables(tmp_path):
-    result = subprocess.run(
-        # The loader counts requests answered inside a window: 16 batched ResNet clients on 2 busy cores
-        # wait about 0.5 s each, so a 500 ms window could hold few or none.
-        [sys.executable, "-m", "loadgen.bench_scheduling", "--repetitions", "1", "--window-ms", "2000",
-         "--benchmark-seconds", "1", "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (out_dir,) = tmp_path.iterdir()
+    # The loader counts requests answered inside a window: 16 batched ResNet clients on 2 busy cores
+    # wait about 0.5 s each, so a 500 ms window could hold few or none.
+    out_dir = run_bench(
+        tmp_path,
+        "loadgen.bench_scheduling",
+        ["--repetitions", "1", "--window-ms", "2000", "--benchmark-seconds", "1"],
+        timeout=600,
+    )
     results = json.loads((out_dir / "results.json").read_text())
     assert results["batching"]["on"]["median_throughput"] > 0
     assert results["contention"]["priorities"]["contended"]["median_throughput"] > 0
@@ -111,13 +112,9 @@ def test_scheduling_bench_writes_its_tables(tmp_path):
 
 
 def test_image_bench_writes_its_table(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "loadgen.bench_images", "--repetitions", "1", "--window-ms", "1000",
-         "--concurrency", "1", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    (run,) = tmp_path.iterdir()
+    run = run_bench(
+        tmp_path, "loadgen.bench_images", ["--repetitions", "1", "--window-ms", "1000", "--concurrency", "1"]
+    )
     results = json.loads((run / "results.json").read_text())
     assert {row["protocol"] for row in results["rows"]} == {"grpc", "http"}
     for row in results["rows"]:
@@ -130,13 +127,11 @@ def test_image_bench_writes_its_table(tmp_path):
 
 
 def test_overload_bench_writes_its_results(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "loadgen.bench_overload", "--models", "simple", "--window-ms", "700",
-         "--soak-seconds", "2", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    (run,) = tmp_path.iterdir()
+    run = run_bench(
+        tmp_path,
+        "loadgen.bench_overload",
+        ["--models", "simple", "--window-ms", "700", "--soak-seconds", "2"],
+    )
     results = json.loads((run / "results.json").read_text())
     entry = results["models"]["simple"]
     assert entry["capacity"]["Inferences/Second"] > 0 and entry["capacity"]["server_cpu_us_per_request"] > 0
@@ -152,13 +147,9 @@ def test_overload_bench_writes_its_results(tmp_path):
 
 
 def test_pipeline_bench_writes_its_table(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "loadgen.bench_pipelines", "--repetitions", "1", "--requests", "2",
-         "--images", "1,2", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    (run,) = tmp_path.iterdir()
+    run = run_bench(
+        tmp_path, "loadgen.bench_pipelines", ["--repetitions", "1", "--requests", "2", "--images", "1,2"]
+    )
     results = json.loads((run / "results.json").read_text())
     assert [row["images"] for row in results["rows"]] == [1, 2]
     for row in results["rows"]:

@@ -133,14 +133,14 @@ test: $(VENV)/.installed-test
 
 # Benchmarks (not tests): gateway vs benchmark_app, results in bench-results/ (git-ignored).
 bench: $(VENV)/.installed-test
-	$(PY) -m loadgen.bench $(BENCH_ARGS)
-	$(PY) -m loadgen.bench_ceiling $(CEILING_BENCH_ARGS)
-	$(PY) -m loadgen.cpu_split $(CPU_SPLIT_ARGS)
-	$(PY) -m loadgen.bench_scheduling $(SCHED_BENCH_ARGS)
-	$(PY) -m loadgen.bench_images $(IMAGE_BENCH_ARGS)
-	$(PY) -m loadgen.bench_overload $(OVERLOAD_BENCH_ARGS)
+	$(PY) -m loadgen.bench.throughput $(BENCH_ARGS)
+	$(PY) -m loadgen.bench.ceiling $(CEILING_BENCH_ARGS)
+	$(PY) -m loadgen.bench.cpu_split $(CPU_SPLIT_ARGS)
+	$(PY) -m loadgen.bench.scheduling $(SCHED_BENCH_ARGS)
+	$(PY) -m loadgen.bench.images $(IMAGE_BENCH_ARGS)
+	$(PY) -m loadgen.bench.overload $(OVERLOAD_BENCH_ARGS)
 	$(MAKE) --no-print-directory gcc
-	$(PY) -m loadgen.bench_pipelines $(PIPELINE_BENCH_ARGS)
+	$(PY) -m loadgen.bench.pipelines $(PIPELINE_BENCH_ARGS)
 
 # Longer fuzzing than make test's fixed seeds: Hypothesis on both decoders, schemathesis on the REST API.
 FUZZ_EXAMPLES ?= 20000

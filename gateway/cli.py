@@ -11,11 +11,8 @@ import resource
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
-from .metrics import select_families
-from .pipeline_settings import PipelineConfig
-from .restricted import ApiGuard, parse_restriction
-from .settings import (
+from gateway.config.pipelines import PipelineConfig
+from gateway.config.settings import (
     DEFAULT_GRPC_PORT,
     DEFAULT_REST_PORT,
     ONE_GIB,
@@ -25,7 +22,10 @@ from .settings import (
     parse_model_entry,
     read_config_file,
 )
-from .tls import TlsCredentials
+from gateway.core.errors import ConfigError
+from gateway.observability.metrics import select_families
+from gateway.security.restricted import ApiGuard, parse_restriction
+from gateway.security.tls import TlsCredentials
 
 LOG_LEVELS = {
     "TRACE": logging.DEBUG,
@@ -417,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ovgw: configuration error: {e}", file=sys.stderr)
         return 2
 
-    from .malloc_tuning import tune_malloc
-    from .server import serve
+    from gateway.malloc_tuning import tune_malloc
+    from gateway.serve import serve
 
     tune_malloc()
     single = bool(args.model_name)

@@ -14,7 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from .settings import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
+from gateway.config.settings import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
 
 
 def server_ports(argv: list[str]) -> tuple[int, int]:
@@ -40,7 +40,7 @@ def ready(grpc_port: int, rest_port: int, host: str = "127.0.0.1", timeout: floa
             return False
     import grpc
 
-    from .proto import ovgw_grpc_service_pb2 as pb
+    from gateway.proto import ovgw_grpc_service_pb2 as pb
 
     with grpc.insecure_channel(f"{host}:{grpc_port}") as channel:
         call = channel.unary_unary(

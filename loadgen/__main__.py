@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from .inputs import build_inputs, parse_shapes
-from .worker import WorkerJob, run_worker
+from loadgen.inputs import build_inputs, parse_shapes
+from loadgen.worker import WorkerJob, run_worker
 
 CSV_COLUMNS = [
     "Inferences/Second", "Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input",

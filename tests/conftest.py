@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.demo_models import build_repository
-from loadgen.bench_models import fetch_ppocr_det
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
+from loadgen.bench.models import fetch_ppocr_det
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"

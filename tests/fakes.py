@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.statistics import ExecutionTimes
+from gateway.observability.statistics import ExecutionTimes
 
 
 class _ManualTimer:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from gateway.adaptive import INLINE_CANDIDATE_S, latency_execution_pays
 from gateway.demo_models import dummy_model, save
-from loadgen.gateway_process import start_gateway
+from gateway.scheduling.adaptive import INLINE_CANDIDATE_S, latency_execution_pays
+from gateway.testing import start_gateway
 from tests.model_builders import busy_model
 from tests.test_request_isolation import _scrape, _value
 

@@ -1,10 +1,10 @@
-"""The ceiling bench's arithmetic (loadgen/bench_ceiling.py): ratios taken within a round, medians of them."""
+"""The ceiling bench's arithmetic (loadgen/bench/ceiling.py): ratios taken within a round, medians of them."""
 
 from __future__ import annotations
 
 import pytest
 
-from loadgen.bench_ceiling import CONTENDERS, rotated, round_ratios
+from loadgen.bench.ceiling import CONTENDERS, rotated, round_ratios
 
 
 def _round(bapp: tuple[float, float], gateway: tuple[float, float], floor: tuple[float, float]) -> dict:

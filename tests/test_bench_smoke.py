@@ -25,7 +25,7 @@ def run_bench(tmp_path: Path, module: str, args: list[str], timeout: int = 300) 
 
 def test_bench_harness_writes_its_tables(tmp_path):
     args = ["--models", "simple", "--repetitions", "1", "--window-ms", "500", "--benchmark-seconds", "1"]
-    run = run_bench(tmp_path, "loadgen.bench", [*args, "--concurrency", "1"])
+    run = run_bench(tmp_path, "loadgen.bench.throughput", [*args, "--concurrency", "1"])
     results = json.loads((run / "results.json").read_text())
     entry = results["models"]["simple"]
     assert entry["benchmark_app"]["throughput"]["fps"] > 0
@@ -66,7 +66,7 @@ def test_bench_harness_writes_its_tables(tmp_path):
 def test_ceiling_bench_takes_its_ratios_round_by_round(tmp_path):
     run = run_bench(
         tmp_path,
-        "loadgen.bench_ceiling",
+        "loadgen.bench.ceiling",
         ["--models", "simple", "--rounds", "2", "--window-ms", "1000", "--concurrency", "1"],
     )
     entry = json.loads((run / "results.json").read_text())["models"]["simple"]
@@ -84,7 +84,7 @@ def test_ceiling_bench_takes_its_ratios_round_by_round(tmp_path):
 def test_cpu_split_names_where_the_cpu_goes(tmp_path):
     run = run_bench(
         tmp_path,
-        "loadgen.cpu_split",
+        "loadgen.bench.cpu_split",
         ["--models", "simple", "--protocols", "grpc", "--window-ms", "2000", "--benchmark-seconds", "1"],
     )
     row = json.loads((run / "results.json").read_text())["simple-grpc"]
@@ -101,7 +101,7 @@ def test_scheduling_bench_writes_its_tables(tmp_path):
     # wait about 0.5 s each, so a 500 ms window could hold few or none.
     out_dir = run_bench(
         tmp_path,
-        "loadgen.bench_scheduling",
+        "loadgen.bench.scheduling",
         ["--repetitions", "1", "--window-ms", "2000", "--benchmark-seconds", "1"],
         timeout=600,
     )
@@ -113,7 +113,7 @@ def test_scheduling_bench_writes_its_tables(tmp_path):
 
 def test_image_bench_writes_its_table(tmp_path):
     run = run_bench(
-        tmp_path, "loadgen.bench_images", ["--repetitions", "1", "--window-ms", "1000", "--concurrency", "1"]
+        tmp_path, "loadgen.bench.images", ["--repetitions", "1", "--window-ms", "1000", "--concurrency", "1"]
     )
     results = json.loads((run / "results.json").read_text())
     assert {row["protocol"] for row in results["rows"]} == {"grpc", "http"}
@@ -129,7 +129,7 @@ def test_image_bench_writes_its_table(tmp_path):
 def test_overload_bench_writes_its_results(tmp_path):
     run = run_bench(
         tmp_path,
-        "loadgen.bench_overload",
+        "loadgen.bench.overload",
         ["--models", "simple", "--window-ms", "700", "--soak-seconds", "2"],
     )
     results = json.loads((run / "results.json").read_text())
@@ -148,7 +148,7 @@ def test_overload_bench_writes_its_results(tmp_path):
 
 def test_pipeline_bench_writes_its_table(tmp_path):
     run = run_bench(
-        tmp_path, "loadgen.bench_pipelines", ["--repetitions", "1", "--requests", "2", "--images", "1,2"]
+        tmp_path, "loadgen.bench.pipelines", ["--repetitions", "1", "--requests", "2", "--images", "1,2"]
     )
     results = json.loads((run / "results.json").read_text())
     assert [row["images"] for row in results["rows"]] == [1, 2]

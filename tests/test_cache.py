@@ -8,7 +8,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 
 
 def _cache_loads(gw) -> dict:

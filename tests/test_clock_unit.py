@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from gateway.clock import PRECISE_BELOW_S, LoopClock, PreciseTimers
+from gateway.scheduling.clock import PRECISE_BELOW_S, LoopClock, PreciseTimers
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="timerfd is Linux's")
 

@@ -10,19 +10,19 @@ import struct
 import numpy as np
 import pytest
 
-from gateway.datatypes import BY_NAME
-from gateway.errors import InvalidArgument
-from gateway.model_config import model_config
-from gateway.model_version import UNBOUNDED_BATCH, ModelVersion, check_shape
-from gateway.settings import ModelSettings, VersionPolicy
-from gateway.tensor_codec import (
+from gateway.codecs.tensor import (
     array_from_contents,
     array_from_raw,
     check_declared_shape,
     json_from_array,
     raw_from_array,
 )
-from gateway.types import InferInput, TensorSpec
+from gateway.config.settings import ModelSettings, VersionPolicy
+from gateway.core.datatypes import BY_NAME
+from gateway.core.errors import InvalidArgument
+from gateway.core.records import InferInput, TensorSpec
+from gateway.dataplane.model_config import model_config
+from gateway.serving.model_version import UNBOUNDED_BATCH, ModelVersion, check_shape
 from tests.datatype_samples import SAMPLES
 
 FIXED = [name for name, dt in BY_NAME.items() if dt.itemsize]

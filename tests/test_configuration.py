@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from gateway.cli import build_parser, settings_from_args
-from gateway.errors import ConfigError
-from gateway.settings import VersionPolicy, parse_model_entry, read_config_file
+from gateway.config.settings import VersionPolicy, parse_model_entry, read_config_file
+from gateway.core.errors import ConfigError
 
 
 def _settings(*argv):
@@ -137,7 +137,7 @@ def test_cli_configuration_error_exits_2_with_a_message():
 
 
 def test_cli_single_model_on_a_missing_device_exits_1_listing_devices(model_repo):
-    from loadgen.gateway_process import free_port
+    from gateway.testing import free_port
 
     result = _run_cli(
         "--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--target_device", "GPU.3",

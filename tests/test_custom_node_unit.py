@@ -8,9 +8,9 @@ import gc
 import numpy as np
 import pytest
 
-from gateway.custom_node import CustomNodeError, load_library
-from gateway.errors import ConfigError
-from gateway.types import TensorSpec
+from gateway.core.errors import ConfigError
+from gateway.core.records import TensorSpec
+from gateway.pipelines.custom_node import CustomNodeError, load_library
 from loadgen.custom_nodes import NODES, build_c_library
 
 PARAMS = {"target_height": "2", "target_width": "3"}

@@ -16,8 +16,8 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from gateway.cli import build_parser, settings_from_args
-from gateway.metrics import ALL_FAMILIES
-from gateway.settings import read_config_file
+from gateway.config.settings import read_config_file
+from gateway.observability.metrics import ALL_FAMILIES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -8,8 +8,8 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from gateway import openvino_runtime
 from gateway.demo_models import scalars_model, simple_model
+from gateway.runtime import executor as openvino_runtime
 
 
 async def _run_simple(executor: openvino_runtime.InferExecutor) -> list[np.ndarray]:

@@ -26,9 +26,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.datatypes import BY_NAME
+from gateway.core.datatypes import BY_NAME
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(

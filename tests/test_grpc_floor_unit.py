@@ -1,4 +1,4 @@
-"""grpc.aio's floor (loadgen/grpc_floor.py) answers like the gateway would: same metadata, as many bytes."""
+"""grpc.aio's floor (loadgen.bench.grpc_floor) answers as the gateway would: same metadata, as many bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def test_the_grpc_floor_answers_with_the_models_output_shapes_for_the_benchmark_
     from openvino import opset13 as ops
 
     from gateway.demo_models import save
-    from loadgen.grpc_floor import model_answers, parse_shapes
+    from loadgen.bench.grpc_floor import model_answers, parse_shapes
 
     assert parse_shapes("INPUT0[1,16],INPUT1[1,16]") == {"INPUT0": [1, 16], "INPUT1": [1, 16]}
     x = ops.parameter([-1, 3, -1, -1], ov.Type.f32, name="x")
@@ -33,7 +33,7 @@ def test_the_inferring_floor_answers_with_the_models_own_outputs(tmp_path):
     import tritonclient.grpc as grpcclient
 
     from gateway.demo_models import save, simple_model
-    from loadgen.peer_process import start_grpc_floor
+    from loadgen.bench.peer_process import start_grpc_floor
 
     path = save(simple_model(), tmp_path / "simple" / "1")
     floor = start_grpc_floor(

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from gateway.grpc_tuning import LISTENER_EXPERIMENT, prefer_iomgr_listener
+from gateway.transports.grpc.tuning import LISTENER_EXPERIMENT, prefer_iomgr_listener
 
 OFF = "-" + LISTENER_EXPERIMENT
 

@@ -1,4 +1,4 @@
-"""The hand-written part of ModelInfer's wire format (gateway/grpc_wire.py) against protobuf's own."""
+"""The hand-written part of ModelInfer's wire format (transports/grpc/wire.py) against protobuf's own."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
 
-from gateway.grpc_server import encode_infer_response, parse_infer_request
-from gateway.grpc_wire import RAW_INPUT_CONTENTS, split_bytes_field, varint
+from gateway.core.records import InferOutput, InferResponse
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from gateway.types import InferOutput, InferResponse
+from gateway.transports.grpc.server import encode_infer_response, parse_infer_request
+from gateway.transports.grpc.wire import RAW_INPUT_CONTENTS, split_bytes_field, varint
 
 
 def _request(contents: list[bytes]) -> pb.ModelInferRequest:

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from gateway.jsondoc import MAX_JSON_DEPTH
+from gateway.core.jsondoc import MAX_JSON_DEPTH
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 from tests.test_error_table import RawGrpc, dummy_request
 
 BODY_LIMIT = 1_000_000

@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from gateway.demo_models import dummy_model, save, scaled_model, simple_model
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 
 
 def _write_config(path, models):

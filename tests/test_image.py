@@ -21,7 +21,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from gateway.demo_models import dummy_model, save
-from loadgen.gateway_process import free_port
+from gateway.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_DIR = ROOT / ".cache" / "image"

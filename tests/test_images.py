@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import save
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 from tests.test_error_table import RawGrpc
 from tests.test_perf_analyzer import perf_analyzer, run_pa  # noqa: F401 - the fixture
 
@@ -442,6 +442,6 @@ def test_perf_analyzer_sends_base64_images_from_input_data(perf_analyzer, image_
 
 
 def test_one_decoder_thread_per_four_cores():
-    from gateway.images import decoder_threads
+    from gateway.codecs.images import decoder_threads
 
     assert [decoder_threads(n) for n in (1, 2, 4, 7, 16)] == [1, 1, 1, 1, 4]

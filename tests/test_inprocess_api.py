@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gateway import Gateway, ModelSettings, ServerSettings
-from gateway.errors import InvalidArgument, NotFound
-from gateway.settings import VersionPolicy
+from gateway.config.settings import VersionPolicy
+from gateway.core.errors import InvalidArgument, NotFound
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import save
-from loadgen.bench_models import resnet50_shaped
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
+from loadgen.bench.models import resnet50_shaped
 
 
 @pytest.fixture(scope="module")

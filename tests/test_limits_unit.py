@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from gateway.errors import ConfigError, InvalidArgument, PermissionDenied
-from gateway.jsondoc import MAX_JSON_DEPTH, nesting_depth_exceeds, parse_json
-from gateway.restricted import ApiCategory, ApiGuard, parse_restriction
+from gateway.core.errors import ConfigError, InvalidArgument, PermissionDenied
+from gateway.core.jsondoc import MAX_JSON_DEPTH, nesting_depth_exceeds, parse_json
+from gateway.security.restricted import ApiCategory, ApiGuard, parse_restriction
 
 
 def nested(depth: int, inner: str = "1") -> bytes:

@@ -1,5 +1,5 @@
 """The load process's window (loadgen/worker.py) with a fake client in place of tritonclient; the overload
-ceilings (loadgen/refusal_cost.py) from given costs."""
+ceilings (loadgen/bench/refusal_cost.py) from given costs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from loadgen import refusal_cost, worker
+from loadgen import worker
+from loadgen.bench import refusal_cost
 
 LATENCY_S = 0.3
 

@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from loadgen.gateway_process import free_port, start_gateway
+from gateway.testing import free_port, start_gateway
 
 
 def scrape(gw) -> dict:

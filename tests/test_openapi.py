@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.openapi import document
-from gateway.rest_server import build_app
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
+from gateway.transports.rest.openapi import document
+from gateway.transports.rest.server import build_app
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 EXAMPLES = os.environ.get("SCHEMATHESIS_EXAMPLES", "25")

@@ -8,12 +8,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from gateway.errors import GatewayError, ResourceExhausted
-from gateway.pipeline import INLINE_CHAIN_LIMIT, Pipeline
-from gateway.pipeline_graph import ModelPorts, build_graph
-from gateway.pipeline_settings import parse_pipeline_entry
-from gateway.scheduler import WhenFull
-from gateway.types import InferInput, InferOutput, TensorSpec
+from gateway.config.pipelines import parse_pipeline_entry
+from gateway.core.errors import GatewayError, ResourceExhausted
+from gateway.core.records import InferInput, InferOutput, TensorSpec
+from gateway.pipelines.executor import INLINE_CHAIN_LIMIT, Pipeline
+from gateway.pipelines.graph import ModelPorts, build_graph
+from gateway.scheduling.scheduler import WhenFull
 
 
 class FakeVersion:
@@ -202,7 +202,7 @@ async def test_the_response_gathers_branches_in_order_whatever_order_they_finish
 
 
 def test_gathering_consecutive_rows_of_one_array_is_a_view_and_anything_else_a_copy():
-    from gateway.pipeline import _stack
+    from gateway.pipelines.executor import _stack
 
     batch = np.arange(24, dtype=np.float32).reshape(4, 1, 6)
     rows = [batch[i : i + 1][0] for i in range(4)]  # what a batched model node hands its branches

@@ -9,11 +9,11 @@ import logging
 
 import pytest
 
-from gateway.custom_node import LoadedLibrary
-from gateway.errors import ConfigError
-from gateway.pipeline_graph import ModelPorts, build_graph
-from gateway.pipeline_settings import parse_pipeline_config, parse_pipeline_entry
-from gateway.types import TensorSpec
+from gateway.config.pipelines import parse_pipeline_config, parse_pipeline_entry
+from gateway.core.errors import ConfigError
+from gateway.core.records import TensorSpec
+from gateway.pipelines.custom_node import LoadedLibrary
+from gateway.pipelines.graph import ModelPorts, build_graph
 
 MODELS = {
     # name -> versions -> (inputs, outputs)

@@ -22,7 +22,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 from tests.pipeline_builders import HIGH, build_pipeline_repository, expected_super_resolution
 from tests.test_kserve_sdk import run_kserve_sdk_client
 from tests.test_perf_analyzer import assert_report, perf_analyzer, run_pa  # noqa: F401 (fixture)

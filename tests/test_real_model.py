@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,11 @@ from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from gateway.datatypes import BY_NAME
+from gateway.codecs.tensor import array_from_raw
+from gateway.core.datatypes import BY_NAME
 from gateway.demo_models import dummy_model, save, simple_model
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from gateway.tensor_codec import array_from_raw
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 from tests.datatype_samples import SAMPLES
 from tests.model_builders import runtime_reshape_model, static_simple_model
 from tests.test_error_table import RawGrpc

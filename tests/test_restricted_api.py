@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 
 # Clients get copies: tritonclient's HTTP client adds its own headers to the dict it is given.
 ADMIN = {"admin-key": "s3cret"}

@@ -11,7 +11,8 @@ import logging
 import numpy as np
 import pytest
 
-from gateway.adaptive import (
+from gateway.core.errors import DeadlineExceeded, InternalError, ResourceExhausted
+from gateway.scheduling.adaptive import (
     EXPLORE_EVERY,
     INLINE_BELOW_S,
     INLINE_CANDIDATE_S,
@@ -21,8 +22,7 @@ from gateway.adaptive import (
     LoadAdaptiveExecutor,
     latency_execution_pays,
 )
-from gateway.errors import DeadlineExceeded, InternalError, ResourceExhausted
-from gateway.scheduler import BatchingPolicy, DeviceGate, ModelScheduler, WhenFull
+from gateway.scheduling.scheduler import BatchingPolicy, DeviceGate, ModelScheduler, WhenFull
 from tests.fakes import FakeExecutor, FakeInlineExecutor, ManualClock, settle
 
 
@@ -327,14 +327,14 @@ async def test_a_failed_batch_fails_only_its_requests_and_the_next_batch_runs(ca
     cause = RuntimeError("Exception from src/plugin.cpp:1:\nshape mismatch in Eltwise")
     failure = InternalError("OpenVINO inference failed: shape mismatch in Eltwise")
     failure.__cause__ = cause
-    with caplog.at_level(logging.ERROR, logger="gateway.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="gateway.scheduling.scheduler"):
         executor.runs[1].fail(failure)
         await settle()
     for task in doomed:
         with pytest.raises(InternalError, match="shape mismatch") as caught:
             task.result()
         assert caught.value.__cause__ is cause  # OpenVINO's exception is kept for whoever logs it
-    logged = [r for r in caplog.records if r.name == "gateway.scheduler"]
+    logged = [r for r in caplog.records if r.name == "gateway.scheduling.scheduler"]
     assert len(logged) == 1 and logged[0].levelno == logging.ERROR
     assert "model 'm' version 1" in logged[0].getMessage()
     assert "batch of 2 row(s) from 2 request(s)" in logged[0].getMessage()

@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import save
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 from tests.model_builders import busy_model, busy_model_taking
 
 BATCH_DELAY_US = 150_000  # long enough for every concurrent client of a test to join one batch
@@ -362,8 +362,8 @@ def test_unbatched_model_runs_one_request_per_execution(batching_server):
 
 
 def test_batching_settings_are_validated(tmp_path):
-    from gateway.errors import ConfigError
-    from gateway.settings import parse_model_entry
+    from gateway.config.settings import parse_model_entry
+    from gateway.core.errors import ConfigError
 
     for bad, field in (
         ({"max_queue_delay_microseconds": 100}, "max_batch_size > 0"),

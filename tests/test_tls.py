@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from loadgen.gateway_process import free_port, start_gateway
+from gateway.testing import free_port, start_gateway
 from tests.certs import CertificateAuthority
 from tests.test_perf_analyzer import perf_analyzer, run_pa  # noqa: F401 - the fixture
 

@@ -13,7 +13,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import dummy_model, save, simple_model
-from loadgen.gateway_process import start_gateway
+from gateway.testing import start_gateway
 
 
 def _simple_inputs(module, batch=1):

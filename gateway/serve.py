@@ -1,0 +1,138 @@
+"""Run the gateway: both transports on one event loop, models loading behind them, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from gateway.config.settings import ServerSettings
+from gateway.core.errors import ConfigError
+from gateway.dataplane.gateway import Gateway
+from gateway.security.restricted import ApiGuard
+from gateway.security.tls import TlsCredentials
+from gateway.transports.grpc.server import start_grpc_server
+from gateway.transports.rest.server import start_metrics_server, start_rest_server
+
+log = logging.getLogger(__name__)
+REFUSE_LINGER_S = 0.25  # after the drain, how long new requests still get UNAVAILABLE before the ports close
+
+
+async def serve(
+    settings: ServerSettings, stop: asyncio.Event | None = None, single_model: bool = False
+) -> int:
+    """Serve until `stop` is set or SIGTERM/SIGINT arrives; returns the process exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
+            pass
+
+    try:
+        tls = TlsCredentials(settings.tls) if settings.tls is not None else None
+        guard = ApiGuard(settings.restricted_apis)
+        # OVMS's config reload re-reads the TLS files too (rotation with the poll turned off).
+        gateway = Gateway(settings, on_config_reload=tls.refresh if tls is not None else None)
+    except ConfigError as e:  # e.g. a plugin library that OpenVINO cannot register
+        log.error("configuration error: %s", e)
+        return 2
+    scheme = "TLS" if tls is None or not tls.mutual else "mutual TLS"
+    secured = f" ({scheme})" if tls is not None else ""
+    grpc_server = rest_runner = None
+    # Transports first, so health probes answer (not ready) while models compile.
+    if settings.grpc_port:
+        grpc_server, port = await start_grpc_server(
+            gateway,
+            settings.grpc_bind_address,
+            settings.grpc_port,
+            settings.grpc_max_message_bytes,
+            max_concurrent_streams=settings.grpc_max_concurrent_streams,
+            max_connections=settings.grpc_max_connections,
+            max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+            credentials=tls.grpc_credentials() if tls is not None else None,
+            guard=guard,
+        )
+        log.info("gRPC server listening on %s:%d%s", settings.grpc_bind_address, port, secured)
+    rest_tls = tls.server_context() if tls is not None else None
+    if settings.rest_port:
+        rest_runner, port = await start_rest_server(
+            gateway,
+            settings.rest_bind_address,
+            settings.rest_port,
+            settings.rest_max_body_bytes,
+            settings.rest_limits,
+            rest_tls,
+            guard,
+        )
+        log.info("REST server listening on %s:%d%s", settings.rest_bind_address, port, secured)
+    metrics_runner = None
+    if settings.metrics_port:
+        metrics_runner, port = await start_metrics_server(
+            gateway, settings.rest_bind_address, settings.metrics_port, settings.rest_limits, rest_tls, guard
+        )
+        log.info("metrics on %s:%d/metrics%s", settings.rest_bind_address, port, secured)
+    if guard.active:
+        log.info("restricted APIs: %s", ", ".join(guard.describe()))
+
+    loading = asyncio.create_task(gateway.start())
+    exit_code = 0
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    watcher = tls_watcher = None
+    if loading in done:
+        loading.result()
+        _log_summary(gateway)
+        if settings.file_system_poll_wait_seconds > 0:
+            watcher = asyncio.create_task(gateway.reloader.watch(settings.file_system_poll_wait_seconds))
+            if tls is not None:
+                tls_watcher = asyncio.create_task(tls.watch(settings.file_system_poll_wait_seconds))
+        if single_model and not any(v.ready for v in gateway.manager.versions()):
+            log.error("the only configured model could not be loaded; exiting")
+            stop.set()
+            exit_code = 1
+        await stopping
+    else:
+        loading.cancel()
+
+    for task in (watcher, tls_watcher):
+        if task is not None:
+            task.cancel()
+    # Drain: readiness goes false and new requests get UNAVAILABLE / 503 at once, while the ones
+    # already accepted finish (up to the drain timeout); only then do the transports close.
+    in_flight = gateway.in_flight()
+    log.info(
+        "shutting down: %d request(s) in flight, draining for up to %.0f s",
+        in_flight,
+        settings.shutdown_timeout,
+    )
+    drained = await gateway.stop(settings.shutdown_timeout)
+    if not drained:
+        log.warning("drain timeout: %d request(s) still in flight are cut off", gateway.in_flight())
+    # The clients answered last in the drain send their next request at once. Closing the transports at
+    # that instant makes grpc core cancel it (CANCELLED, which clients do not retry, and a test saw it);
+    # refusing a moment longer gives them UNAVAILABLE, the answer that tells them to go elsewhere.
+    await asyncio.sleep(min(REFUSE_LINGER_S, settings.shutdown_timeout))
+    if grpc_server is not None:
+        await grpc_server.stop(grace=1)
+    for runner in (rest_runner, metrics_runner):
+        if runner is not None:
+            await runner.cleanup()
+    log.info("stopped")
+    return exit_code
+
+
+def _log_summary(gateway: Gateway) -> None:
+    for row in gateway.repository_index():
+        if row.reason == "not loaded":  # a folder in the repository that no configuration asked for
+            continue
+        level = logging.INFO if row.state == "READY" else logging.ERROR
+        log.log(
+            level,
+            "model %s version %s: %s%s",
+            row.name,
+            row.version or "-",
+            row.state,
+            f" ({row.reason})" if row.reason else "",
+        )

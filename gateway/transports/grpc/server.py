@@ -1,0 +1,432 @@
+"""gRPC transport: `inference.GRPCInferenceService` on grpc.aio. Translation only.
+
+The handlers are registered under the wire name `inference.GRPCInferenceService`
+with our own generated messages (proto package `ovgw.inference`): on the wire only
+the method path and the field numbers count, and a distinct proto package lets
+this module share a process with tritonclient (see protos/ovgw_grpc_service.proto).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+
+import grpc
+from gateway.codecs.tensor import (
+    array_from_contents,
+    array_from_raw,
+    check_declared_shape,
+    datatype_or_error,
+    encoded_images_from_raw,
+    raw_from_array,
+)
+from gateway.core.errors import GatewayError, InvalidArgument
+from gateway.core.records import InferInput, InferRequest, InferResponse, Interface, Method, RequestedOutput
+from gateway.dataplane.gateway import Decoder, Gateway
+from gateway.pipelines.executor import Servable
+from gateway.proto import ovgw_grpc_service_pb2 as pb
+from gateway.scheduling.scheduler import WhenFull
+from gateway.security.restricted import ApiCategory, ApiGuard
+from gateway.transports.grpc.wire import (
+    INFER_RESPONSE,
+    RAW_INPUT_CONTENTS,
+    RAW_OUTPUT_CONTENTS,
+    bytes_field,
+    length_delimited,
+    split_bytes_field,
+)
+from grpc import aio
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+def parameters_from_proto(params) -> dict:
+    """InferParameter and ModelRepositoryParameter maps alike: both are a `parameter_choice` oneof."""
+    out = {}
+    for key, value in params.items():
+        which = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, which) if which else None
+    return out
+
+
+def parse_infer_request(message: bytes) -> InferMessage:
+    """A ModelInferRequest off the wire: protobuf parses all but raw_input_contents, which stay views of
+    the message's bytes (see grpc_wire)."""
+    rest, raw = split_bytes_field(message, RAW_INPUT_CONTENTS)
+    return InferMessage(pb.ModelInferRequest.FromString(rest), raw)
+
+
+@dataclass(frozen=True, slots=True)
+class InferMessage:
+    message: pb.ModelInferRequest  # without raw_input_contents
+    raw_input_contents: list[memoryview]
+
+
+def decode_infer_request(parsed: InferMessage, served: Servable | None = None) -> InferRequest:
+    msg, raw = parsed.message, parsed.raw_input_contents
+    if served is not None:
+        served.check_input_count(len(msg.inputs))
+    if raw and len(raw) != len(msg.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries; expected one per input ({len(msg.inputs)})"
+        )
+    inputs = []
+    for index, tensor in enumerate(msg.inputs):
+        name = tensor.name
+        dt = datatype_or_error(name, tensor.datatype)
+        shape = check_declared_shape(name, tensor.shape)
+        has_typed = tensor.HasField("contents")
+        if raw:
+            if has_typed:
+                raise InvalidArgument(
+                    f"input '{name}': has both raw_input_contents and typed contents; send one"
+                )
+            if dt.name == "BYTES" and served is not None and served.takes_images(name):
+                data = encoded_images_from_raw(name, shape, raw[index])
+            else:
+                data = array_from_raw(name, dt.name, shape, raw[index])
+        elif has_typed:
+            if dt.contents_field is None:
+                raise InvalidArgument(
+                    f"input '{name}': datatype {dt.name} has no typed contents field; use raw_input_contents"
+                )
+            values = getattr(tensor.contents, dt.contents_field)
+            if dt.name == "BYTES":  # a protobuf repeated field, not the list a JSON array decodes to
+                values = list(values)
+            data = array_from_contents(name, dt.name, shape, values)
+        else:
+            raise InvalidArgument(
+                f"input '{name}': no data; send raw_input_contents or contents.{dt.contents_field}"
+            )
+        inputs.append(InferInput(name, dt.name, shape, data, parameters_from_proto(tensor.parameters)))
+    outputs = [RequestedOutput(o.name, parameters_from_proto(o.parameters)) for o in msg.outputs] or None
+    return InferRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=parameters_from_proto(msg.parameters),
+    )
+
+
+def decoder(parsed: InferMessage) -> Decoder:
+    """Decode `parsed` once the gateway has routed it, inside its accounting."""
+
+    async def decode(served: Servable) -> InferRequest:
+        return decode_infer_request(parsed, served)
+
+    return decode
+
+
+def encode_infer_response(response: InferResponse, final: bool = False) -> list[bytes | memoryview]:
+    """A serialized ModelInferResponse, as parts to join once: protobuf writes the small rest, and each
+    output's raw_output_contents entry is a view of its array (copied only by the join). tritonclient
+    reads outputs only from raw_output_contents: one entry per output, in order. `final`: Triton's
+    `triton_final_response` parameter, for stream clients that asked for it."""
+    msg = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    for out in response.outputs:
+        msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+    if final:
+        msg.parameters["triton_final_response"].bool_param = True
+    contents = [raw_from_array(out.datatype, out.data) for out in response.outputs]
+    return [msg.SerializeToString(), *bytes_field(RAW_OUTPUT_CONTENTS, contents)]
+
+
+def _tensor_metadata(target, specs) -> None:
+    for s in specs:
+        target.add(name=s.name, datatype=s.datatype, shape=s.shape)
+
+
+class GrpcServicer:
+    def __init__(self, gateway: Gateway, guard: ApiGuard | None = None):
+        self.gateway = gateway
+        self.guard = guard if guard is not None and guard.active else None
+
+    def check_restriction(self, method: str, context) -> None:
+        """PERMISSION_DENIED for a call of a restricted category without its metadata (see restricted)."""
+        if self.guard is not None:
+            metadata = dict(context.invocation_metadata() or ())
+            self.guard.check(CATEGORIES[method], metadata.get)
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=self.gateway.live())
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.gateway.ready())
+
+    async def ModelReady(self, request, context):
+        ready = self.gateway.model_ready(request.name, request.version, Interface.GRPC)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request, context):
+        meta = self.gateway.server_metadata()
+        return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
+
+    async def ModelMetadata(self, request, context):
+        meta = self.gateway.model_metadata(request.name, request.version, Interface.GRPC)
+        msg = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
+        _tensor_metadata(msg.inputs, meta.inputs)
+        _tensor_metadata(msg.outputs, meta.outputs)
+        return msg
+
+    async def ModelInfer(self, request: InferMessage, context) -> bytes:
+        received = perf_counter_ns()
+        remaining = context.time_remaining()  # the client's deadline, if it set one
+        deadline = None if remaining is None else time.monotonic() + remaining
+        msg = request.message
+        response = await self.gateway.decode_and_infer(
+            msg.model_name, msg.model_version, decoder(request), Interface.GRPC, deadline, received
+        )
+        return b"".join(encode_infer_response(response))  # the one copy of each output byte
+
+    async def ModelConfig(self, request, context):
+        config = self.gateway.model_config(request.name, request.version)
+        return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
+
+    async def ModelStatistics(self, request, context):
+        stats = self.gateway.statistics(request.name, request.version)
+        return json_format.ParseDict(
+            {"model_stats": stats}, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
+        )
+
+    async def RepositoryIndex(self, request, context):
+        msg = pb.RepositoryIndexResponse()
+        for row in self.gateway.repository_index(ready_only=request.ready):
+            msg.models.add(name=row.name, version=row.version, state=row.state, reason=row.reason)
+        return msg
+
+    async def RepositoryModelLoad(self, request, context):
+        await self.gateway.load_model(request.model_name, parameters_from_proto(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        await self.gateway.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def ModelStreamInfer(self, raw_requests, context):
+        """Triton's bidirectional stream: each request answered on the stream as soon as it completes.
+
+        A failed request gets a response with `error_message`; the stream goes on. Back-pressure is the
+        stream's own: the next message is read only once the model the last one named can queue it, so
+        a client that pipelines faster than the model runs is slowed down by HTTP/2 flow control instead
+        of being refused (unary clients keep the bounded queue and its RESOURCE_EXHAUSTED).
+        """
+        try:
+            self.check_restriction("ModelStreamInfer", context)
+        except GatewayError as e:
+            await context.abort(e.code.grpc_status, e.message)
+        responses: asyncio.Queue = asyncio.Queue()
+        in_flight: set[asyncio.Task] = set()
+
+        async def answer(parsed: InferMessage | None) -> None:
+            request_id = ""
+            try:
+                if parsed is None:
+                    self.gateway.count_unrouted(Interface.GRPC, Method.MODEL_INFER)
+                    raise InvalidArgument("the request is not a valid ModelInferRequest message")
+                msg = parsed.message
+                request_id = msg.id
+                response = await self.gateway.decode_and_infer(
+                    msg.model_name,
+                    msg.model_version,
+                    decoder(parsed),
+                    Interface.GRPC,
+                    when_full=WhenFull.WAIT,
+                )
+                # Not decoupled: the one response is also the final one.
+                final = _parameter_is_true(msg.parameters, "triton_enable_empty_final_response")
+                parts = encode_infer_response(response, final)
+                await responses.put(b"".join(length_delimited(INFER_RESPONSE, parts)))
+            except GatewayError as e:
+                await responses.put(_stream_error(e.message, request_id))
+            except Exception as e:
+                log.exception("unexpected error in ModelStreamInfer")
+                await responses.put(_stream_error(f"internal error: {type(e).__name__}: {e}", request_id))
+
+        async def read_all() -> None:
+            try:
+                async for raw in raw_requests:
+                    try:
+                        parsed: InferMessage | None = parse_infer_request(raw)
+                    except DecodeError:
+                        parsed = None
+                    if parsed is not None:
+                        await self.gateway.wait_for_room(
+                            parsed.message.model_name, parsed.message.model_version
+                        )
+                    task = asyncio.create_task(answer(parsed))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if in_flight:
+                    await asyncio.gather(*in_flight)
+            finally:
+                await responses.put(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (item := await responses.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(in_flight):
+                task.cancel()
+
+
+def _stream_error(message: str, request_id: str) -> bytes:
+    return pb.ModelStreamInferResponse(
+        error_message=message, infer_response=pb.ModelInferResponse(id=request_id)
+    ).SerializeToString()
+
+
+def _parameter_is_true(params, key: str) -> bool:
+    return (
+        key in params
+        and params[key].WhichOneof("parameter_choice") == "bool_param"
+        and params[key].bool_param
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """How one unary method reads its request and writes its response."""
+
+    parse: Callable[[bytes], Any]
+    request_name: str  # for the message when the request does not parse
+    serialize: Callable[[Any], bytes] | None  # None: the handler returns the serialized bytes itself
+
+
+def _call(request_type, response_type) -> _Call:
+    return _Call(request_type.FromString, request_type.DESCRIPTOR.name, response_type.SerializeToString)
+
+
+_UNARY: dict[str, _Call] = {
+    "ModelConfig": _call(pb.ModelConfigRequest, pb.ModelConfigResponse),
+    "ModelStatistics": _call(pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+    "RepositoryIndex": _call(pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+    "RepositoryModelLoad": _call(pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+    "RepositoryModelUnload": _call(pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
+    "ServerLive": _call(pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": _call(pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": _call(pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": _call(pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": _call(pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    # The tensor bytes stay out of protobuf both ways (grpc_wire).
+    "ModelInfer": _Call(parse_infer_request, "ModelInferRequest", None),
+}
+
+
+CATEGORIES: dict[str, ApiCategory] = {
+    "ServerLive": ApiCategory.HEALTH,
+    "ServerReady": ApiCategory.HEALTH,
+    "ModelReady": ApiCategory.HEALTH,
+    "ServerMetadata": ApiCategory.METADATA,
+    "ModelMetadata": ApiCategory.METADATA,
+    "ModelInfer": ApiCategory.INFERENCE,
+    "ModelStreamInfer": ApiCategory.INFERENCE,
+    "ModelConfig": ApiCategory.MODEL_CONFIG,
+    "ModelStatistics": ApiCategory.STATISTICS,
+    "RepositoryIndex": ApiCategory.MODEL_REPOSITORY,
+    "RepositoryModelLoad": ApiCategory.MODEL_REPOSITORY,
+    "RepositoryModelUnload": ApiCategory.MODEL_REPOSITORY,
+}
+
+# The calls whose requests OVMS's request metrics count.
+_COUNTED = {method.value: method for method in Method}
+
+
+def _guard(method: Callable[..., Awaitable], call: _Call, servicer: GrpcServicer):
+    """Parse the request, and turn GatewayError into its status and anything else into INTERNAL.
+
+    Parsing here rather than in grpc's deserializer lets a malformed message get
+    INVALID_ARGUMENT with a message instead of grpc's bare UNKNOWN.
+    """
+    counted = _COUNTED.get(method.__name__)
+    gateway = servicer.gateway
+    name = method.__name__
+    restricted = servicer.guard is not None  # decided once: no restriction costs nothing per call
+
+    async def handler(raw: bytes, context: aio.ServicerContext):
+        try:
+            if restricted:
+                servicer.check_restriction(name, context)
+            try:
+                request = call.parse(raw)
+            except DecodeError:
+                if counted is not None:
+                    gateway.count_unrouted(Interface.GRPC, counted)
+                raise InvalidArgument(f"the request is not a valid {call.request_name} message") from None
+            return await method(request, context)
+        except GatewayError as e:
+            await context.abort(e.code.grpc_status, e.message)
+        except aio.AbortError:
+            raise
+        except Exception as e:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+    return handler
+
+
+def build_handlers(servicer: GrpcServicer) -> dict[str, grpc.RpcMethodHandler]:
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _guard(getattr(servicer, name), call, servicer), response_serializer=call.serialize
+        )
+        for name, call in _UNARY.items()
+    }
+    # Stream responses are serialized by the stream itself (see ModelStreamInfer).
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
+    return handlers
+
+
+async def start_grpc_server(
+    gateway: Gateway,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    *,
+    max_concurrent_streams: int = 0,
+    max_connections: int = 0,
+    max_concurrent_rpcs: int = 0,
+    credentials: grpc.ServerCredentials | None = None,
+    guard: ApiGuard | None = None,
+) -> tuple[aio.Server, int]:
+    """Start the gRPC server; returns it and the port it bound (useful when port is 0 in tests)."""
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    if max_concurrent_streams:
+        options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
+    if max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", max_connections))
+    server = aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs or None)
+    handlers = build_handlers(GrpcServicer(gateway, guard))
+    if hasattr(server, "add_registered_method_handlers"):
+        # Registered methods skip grpc's per-call generic look-up.
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    else:  # pragma: no cover - older grpcio
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC server to {address}")
+    await server.start()
+    return server, bound

@@ -10,12 +10,13 @@ CACHE_DIR ?= .cache
 PERF_ANALYZER_DIR ?= $(CACHE_DIR)/perf_analyzer
 PROMETHEUS_DIR ?= $(CACHE_DIR)/prometheus
 
-.PHONY: help venv install install-test protos demo demo-models test lint clean perf-analyzer bench prometheus fuzz \
+.PHONY: help venv install install-test protos demo demo-models test test-fast lint clean perf-analyzer bench prometheus fuzz \
 	image-tools image-base image image-test kubectl gcc
 
 help:
 	@echo "make demo      create .venv, install, build demo models, serve REST :8000 and gRPC :8001"
-	@echo "make test      create .venv with test extras and run the whole suite"
+	@echo "make test      create .venv with test extras and run the whole suite (unit, e2e, system)"
+	@echo "make test-fast the unit layer alone (tests/unit: in process, seconds)"
 	@echo "make install   install the gateway into .venv"
 	@echo "make protos    regenerate gateway/proto/*_pb2.py from protos/*.proto"
 	@echo "make lint      ruff (style) and mypy (types) over the code"
@@ -75,7 +76,7 @@ prometheus:
 # The CPU image, built for real with podman (vfs storage, chroot isolation: what works without a container
 # runtime) on a base image made here by debootstrap, since no registry is reachable. The site's CA bundle goes
 # into the base, as a company base image would carry it, so that pip in the build reaches PyPI. The built
-# image's filesystem is exported to $(IMAGE_DIR)/exported, where tests/test_image.py runs it under chroot.
+# image's filesystem is exported to $(IMAGE_DIR)/exported, where tests/system/test_image.py runs it under chroot.
 IMAGE_DIR ?= $(CACHE_DIR)/image
 PODMAN := podman --storage-driver=vfs
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
@@ -105,9 +106,9 @@ image: image-base
 	$(PODMAN) image inspect localhost/ovgw:cpu > $(IMAGE_DIR)/inspect.json
 
 image-test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests/test_image.py
+	$(PY) -m pytest -q tests/system/test_image.py
 
-# Debian's kubectl (kustomize built in), for tests/test_deploy.py.
+# Debian's kubectl (kustomize built in), for tests/system/test_deploy.py.
 kubectl:
 	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null)
 	kubectl version --client
@@ -129,7 +130,11 @@ test: $(VENV)/.installed-test
 	-@$(MAKE) --no-print-directory gcc > $(CACHE_DIR)/gcc_install.log 2>&1 \
 		|| echo "gcc could not be installed; see $(CACHE_DIR)/gcc_install.log"
 	PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer \
-	PROMETHEUS=$(abspath $(PROMETHEUS_DIR))/usr/bin/prometheus $(PY) -m pytest -q tests
+	PROMETHEUS=$(abspath $(PROMETHEUS_DIR))/usr/bin/prometheus $(PY) -m pytest -q --durations=25 tests
+
+# The inner loop: in-process tests of one module with fake neighbours; no servers, sockets or tools.
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q tests/unit
 
 # Benchmarks (not tests): gateway vs benchmark_app, results in bench-results/ (git-ignored).
 bench: $(VENV)/.installed-test
@@ -147,7 +152,7 @@ FUZZ_EXAMPLES ?= 20000
 SCHEMATHESIS_EXAMPLES ?= 300
 fuzz: $(VENV)/.installed-test
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) SCHEMATHESIS_EXAMPLES=$(SCHEMATHESIS_EXAMPLES) \
-		$(PY) -m pytest -q tests/test_fuzz.py tests/test_openapi.py
+		$(PY) -m pytest -q tests/system/test_fuzz.py tests/system/test_openapi.py
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check gateway tests loadgen

@@ -1,10 +1,11 @@
 """The REST API as an OpenAPI 3.1 document, served at GET /openapi.json.
 
-It describes what rest_server serves: the Open Inference Protocol (KServe v2) with the binary tensor
+It describes what the REST server serves: the Open Inference Protocol (KServe v2) with the binary tensor
 extension, Triton's model configuration, statistics and repository extensions, OVMS's config reload and
 /metrics, with every status a route can answer and the `{"error": ...}` body of each error. `make test`
 runs schemathesis against a live gateway with this document: no 5xx, every response conforms to it.
-tests/test_openapi.py also checks that every route the server registers is in it, so the two cannot drift.
+tests/system/test_openapi.py also checks that every route the server registers is in it, so the two
+cannot drift.
 """
 
 from __future__ import annotations

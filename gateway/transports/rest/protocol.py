@@ -14,7 +14,7 @@ a half-sent head) is closed to make room, and only when every connection is busy
 
 This subclasses aiohttp's RequestHandler and reads two of its attributes (`_waiter`: the handler is
 waiting for a request head, which is aiohttp's own definition of idle; `_request_count`: heads parsed);
-the tests in tests/test_hostile_clients.py pin that behaviour.
+the tests in tests/e2e/test_hostile_clients.py pin that behaviour.
 """
 
 from __future__ import annotations

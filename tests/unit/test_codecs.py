@@ -23,7 +23,7 @@ from gateway.core.errors import InvalidArgument
 from gateway.core.records import InferInput, TensorSpec
 from gateway.dataplane.model_config import model_config
 from gateway.serving.model_version import UNBOUNDED_BATCH, ModelVersion, check_shape
-from tests.datatype_samples import SAMPLES
+from tests.support.datatype_samples import SAMPLES
 
 FIXED = [name for name, dt in BY_NAME.items() if dt.itemsize]
 
@@ -230,7 +230,7 @@ def test_model_config_reports_a_scalar_as_triton_does():
 
 @pytest.mark.parametrize("shape", [(354909235730650, 6227020801, 0, 88411), (2**63,), (2**62, 4)])
 def test_a_shape_no_tensor_can_have_is_refused_even_when_empty(shape):
-    """Found by tests/test_fuzz.py: an empty shape whose other dimensions overflow int64 reached numpy."""
+    """Found by the fuzz tests: an empty shape whose other dimensions overflow int64 reached numpy."""
     with pytest.raises(InvalidArgument, match="too large for any tensor"):
         check_declared_shape("x", shape)
     for datatype in ("FP64", "BYTES"):

@@ -23,7 +23,7 @@ import tritonclient.grpc as grpcclient
 from gateway.demo_models import dummy_model, save
 from gateway.testing import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE_DIR = ROOT / ".cache" / "image"
 # On a fresh machine the first test also installs podman, debootstraps a base and builds the image (pip
 # downloads the wheels inside the build): well past the suite's default 300 s per test.

@@ -21,10 +21,10 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.testing import free_port, start_gateway
-from tests.certs import CertificateAuthority
-from tests.test_perf_analyzer import perf_analyzer, run_pa  # noqa: F401 - the fixture
+from tests.support.certs import CertificateAuthority
+from tests.support.perf_analyzer import run_pa
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Pki:
@@ -179,7 +179,7 @@ def test_the_kserve_sdk_over_mutual_tls(mtls_server, pki, mode):
         [
             sys.executable,
             "-m",
-            "tests.kserve_sdk_client",
+            "tests.support.kserve_sdk_client",
             mode,
             address,
             str(pki.ca.cert_path),

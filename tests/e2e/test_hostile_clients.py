@@ -25,7 +25,7 @@ import tritonclient.grpc as grpcclient
 from gateway.core.jsondoc import MAX_JSON_DEPTH
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from gateway.testing import start_gateway
-from tests.test_error_table import RawGrpc, dummy_request
+from tests.support.raw_grpc import RawGrpc, dummy_request
 
 BODY_LIMIT = 1_000_000
 MAX_CONNECTIONS = 24

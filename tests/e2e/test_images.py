@@ -26,10 +26,10 @@ from tritonclient.utils import InferenceServerException
 from gateway.demo_models import save
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from gateway.testing import start_gateway
-from tests.test_error_table import RawGrpc
-from tests.test_perf_analyzer import perf_analyzer, run_pa  # noqa: F401 - the fixture
+from tests.support.perf_analyzer import run_pa
+from tests.support.raw_grpc import RawGrpc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def identity(shape, element_type=ov.Type.f32, name="x") -> ov.Model:
@@ -266,7 +266,7 @@ def test_the_kserve_sdk_sends_images(image_server, mode, tmp_path):
     (tmp_path / "image.png").write_bytes(png(image))
     address = image_server.http_url if mode == "rest" else image_server.grpc_url
     result = subprocess.run(
-        [sys.executable, "-m", "tests.kserve_sdk_client", f"{mode}-image", address,
+        [sys.executable, "-m", "tests.support.kserve_sdk_client", f"{mode}-image", address,
          str(tmp_path / "image.png")],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

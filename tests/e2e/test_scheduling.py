@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.demo_models import save
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from gateway.testing import start_gateway
-from tests.model_builders import busy_model, busy_model_taking
+from tests.support.model_builders import busy_model, busy_model_taking
 
 BATCH_DELAY_US = 150_000  # long enough for every concurrent client of a test to join one batch
 
@@ -321,7 +321,7 @@ def test_request_priority_orders_a_models_queue(batching_server):
 
 def test_schedule_policy_parameters_are_checked(batching_server):
     # tritonclient refuses to send a malformed priority itself: raw grpcio and aiohttp do.
-    from tests.test_error_table import RawGrpc
+    from tests.support.raw_grpc import RawGrpc
 
     raw = RawGrpc(batching_server.grpc_url)
     for name, set_value, fragment in (

@@ -166,7 +166,7 @@ def test_unknown_metric_name_is_a_startup_error(model_repo):
 
 # --- a real Prometheus server scrapes the gateway -------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / ".cache" / "prometheus"
 
 
@@ -299,7 +299,7 @@ def test_prometheus_sees_load_and_rejections_under_overload(prometheus_binary, t
     import tritonclient.grpc.aio as grpcaio
 
     from gateway.demo_models import save
-    from tests.model_builders import busy_model
+    from tests.support.model_builders import busy_model
 
     save(busy_model(60, width=512), tmp_path / "slow" / "1")
     args = ["--model_name", "slow", "--model_path", str(tmp_path / "slow"), "--nireq", "1",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -122,28 +120,3 @@ def test_version_policies_select_versions():
     assert VersionPolicy("latest", num_versions=2).select([3, 1, 2]) == [2, 3]
     assert VersionPolicy("all").select([3, 1, 2]) == [1, 2, 3]
     assert VersionPolicy("specific", versions=(1, 5)).select([3, 1, 2]) == [1]
-
-
-def _run_cli(*argv, timeout=60):
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *argv], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def test_cli_configuration_error_exits_2_with_a_message():
-    result = _run_cli("--config_path", "/tmp/c.json", "--model_name", "m", "--model_path", "/m")
-    assert result.returncode == 2
-    assert "cannot be combined" in result.stderr
-
-
-def test_cli_single_model_on_a_missing_device_exits_1_listing_devices(model_repo):
-    from gateway.testing import free_port
-
-    result = _run_cli(
-        "--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--target_device", "GPU.3",
-        "--port", str(free_port()), "--rest_port", str(free_port()),
-        "--grpc_bind_address", "127.0.0.1", "--rest_bind_address", "127.0.0.1",
-    )  # fmt: skip
-    assert result.returncode == 1
-    assert "'dummy'" in result.stderr and "target_device" in result.stderr and "GPU.3" in result.stderr
-    assert "available devices: CPU" in result.stderr

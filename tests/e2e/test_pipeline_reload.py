@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.demo_models import save, scaled_model
 from gateway.testing import start_gateway
 from loadgen.custom_nodes import NODES
-from tests.model_builders import busy_model
+from tests.support.model_builders import busy_model
 
 SLOW_MATMULS = 60  # a busy row takes some milliseconds: requests are in flight while the config changes
 

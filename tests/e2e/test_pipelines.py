@@ -1,7 +1,7 @@
 """OVMS pipelines (DAGs) served by a real gateway, driven by real clients: tritonclient gRPC (unary and
 stream) and HTTP (JSON and binary), the kserve SDK's REST client, and perf_analyzer.
 
-The models are built with OpenVINO's API and the C custom node with gcc (tests/pipeline_builders.py):
+The models are built with OpenVINO's API and the C custom node with gcc (tests/support/pipeline_builders.py):
 the super-resolution flow with a dynamic and a fixed demultiplexer, a C and a Python resize node,
 batching on the model node; a model-only chain with aliases and a pinned version; a gather.
 """
@@ -23,9 +23,9 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.testing import start_gateway
-from tests.pipeline_builders import HIGH, build_pipeline_repository, expected_super_resolution
-from tests.test_kserve_sdk import run_kserve_sdk_client
-from tests.test_perf_analyzer import assert_report, perf_analyzer, run_pa  # noqa: F401 (fixture)
+from tests.support.kserve_sdk import run_kserve_sdk_client
+from tests.support.perf_analyzer import assert_report, run_pa
+from tests.support.pipeline_builders import HIGH, build_pipeline_repository, expected_super_resolution
 
 IMAGE = (1, 3, HIGH, HIGH)
 

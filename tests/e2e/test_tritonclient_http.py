@@ -8,7 +8,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from tests.datatype_samples import SAMPLES
+from tests.support.datatype_samples import SAMPLES
 
 
 @pytest.fixture(scope="module")

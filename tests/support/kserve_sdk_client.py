@@ -2,9 +2,9 @@
 
 The kserve SDK's generated gRPC modules claim the same `inference.*` protobuf
 names as tritonclient's, so the two cannot be imported in one process; the test
-(tests/test_kserve_sdk.py) runs this script with `python -m` and reads its exit code.
+(tests/e2e/test_kserve_sdk.py) runs this script with `python -m` and reads its exit code.
 
-    python -m tests.kserve_sdk_client rest|grpc HOST:PORT
+    python -m tests.support.kserve_sdk_client rest|grpc HOST:PORT
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import struct
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
@@ -20,7 +19,6 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import json_format
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from gateway.codecs.tensor import array_from_raw
@@ -28,9 +26,10 @@ from gateway.core.datatypes import BY_NAME
 from gateway.demo_models import dummy_model, save, simple_model
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from gateway.testing import start_gateway
-from tests.datatype_samples import SAMPLES
-from tests.model_builders import runtime_reshape_model, static_simple_model
-from tests.test_error_table import RawGrpc
+from tests.support.datatype_samples import SAMPLES
+from tests.support.metrics import scrape, value
+from tests.support.model_builders import runtime_reshape_model, static_simple_model
+from tests.support.raw_grpc import RawGrpc
 
 BATCHING = {"max_batch_size": 8, "max_queue_delay_microseconds": 200_000}
 
@@ -122,23 +121,6 @@ def test_a_batch_over_the_limit_is_refused_before_it_is_queued(isolation_server,
 # --- failure accounting ---------------------------------------------------------------------------
 
 
-def _scrape(gw) -> dict:
-    with urllib.request.urlopen(f"http://{gw.http_url}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return {f.name: f for f in text_string_to_metric_families(text)}
-
-
-def _value(families, family, **labels) -> float:
-    found = [
-        s.value
-        for s in families[family].samples
-        if s.name in (family, family + "_total", family + "_count")
-        and all(s.labels.get(k) == v for k, v in labels.items())
-        and set(labels) | {"api"} >= set(s.labels) - {"le"}
-    ]
-    return sum(found)
-
-
 def _dummy_grpc(raw: bytes | None = None, model: str = "dummy", shape=(1, 10)) -> pb.ModelInferRequest:
     req = pb.ModelInferRequest(model_name=model)
     req.inputs.add(name="b", datatype="FP32", shape=shape)
@@ -182,7 +164,7 @@ RESHAPE_JSON = {
 
 async def test_every_failed_request_is_counted_wherever_it_failed(isolation_server):
     gw = isolation_server
-    before = _scrape(gw)
+    before = scrape(gw)
     base = f"http://{gw.http_url}/v2/models"
     good_json = {"inputs": [{"name": "b", "datatype": "FP32", "shape": [1, 10], "data": [0] * 10}]}
     rest_failures = [
@@ -256,10 +238,10 @@ async def test_every_failed_request_is_counted_wherever_it_failed(isolation_serv
     assert len(answers) == 1 and "'b'" in answers[0].error_message
     raw.channel.close()
 
-    after = _scrape(gw)
+    after = scrape(gw)
 
     def delta(family, **labels):
-        return _value(after, family, **labels) - _value(before, family, **labels)
+        return value(after, family, **labels) - value(before, family, **labels)
 
     dummy = {"api": "KServe", "method": "ModelInfer", "name": "dummy", "version": "1"}
     reshape = {**dummy, "name": "runtime_reshape"}

@@ -15,8 +15,9 @@ import tritonclient.grpc as grpcclient
 from gateway.demo_models import dummy_model, save
 from gateway.scheduling.adaptive import INLINE_CANDIDATE_S, latency_execution_pays
 from gateway.testing import start_gateway
-from tests.model_builders import busy_model
-from tests.test_request_isolation import _scrape, _value
+from tests.support.metrics import scrape as _scrape
+from tests.support.metrics import value as _value
+from tests.support.model_builders import busy_model
 
 
 @pytest.fixture(scope="module")

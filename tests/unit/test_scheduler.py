@@ -23,7 +23,7 @@ from gateway.scheduling.adaptive import (
     latency_execution_pays,
 )
 from gateway.scheduling.scheduler import BatchingPolicy, DeviceGate, ModelScheduler, WhenFull
-from tests.fakes import FakeExecutor, FakeInlineExecutor, ManualClock, settle
+from tests.support.fakes import FakeExecutor, FakeInlineExecutor, ManualClock, settle
 
 
 def rows(n: int, value: float = 1.0, width: int = 2) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from tests.datatype_samples import SAMPLES
+from tests.support.datatype_samples import SAMPLES
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from gateway.cli import build_parser, settings_from_args
 from gateway.config.settings import read_config_file
 from gateway.observability.metrics import ALL_FAMILIES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 DOCKERFILES = sorted((DEPLOY / "docker").glob("Dockerfile.*"))

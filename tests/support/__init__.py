@@ -1,0 +1,1 @@
+"""Test plumbing shared by the layers: model builders, certificates, fakes, raw clients."""

@@ -18,14 +18,13 @@ from gateway.config.settings import (
     ONE_GIB,
     ConnectionLimits,
     ServerSettings,
-    TlsSettings,
     parse_model_entry,
     read_config_file,
 )
 from gateway.core.errors import ConfigError
 from gateway.observability.metrics import select_families
 from gateway.security.restricted import ApiGuard, parse_restriction
-from gateway.security.tls import TlsCredentials
+from gateway.security.tls import TlsCredentials, TlsSettings
 
 LOG_LEVELS = {
     "TRACE": logging.DEBUG,

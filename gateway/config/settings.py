@@ -7,6 +7,7 @@ and the value.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from gateway.config.pipelines import PipelineConfig, parse_pipeline_config
 from gateway.core.errors import ConfigError
 from gateway.security.restricted import ApiRestriction
+from gateway.security.tls import TlsSettings
 
 DEFAULT_GRPC_PORT = 8001  # Triton's defaults, so perf_analyzer and tritonclient examples need no flags
 DEFAULT_REST_PORT = 8000
@@ -24,26 +26,34 @@ ONE_GIB = 1 << 30  # OVMS's message size limit for gRPC, and our default for RES
 PluginValue = str | int | float | bool
 
 
+class VersionPolicyKind(enum.Enum):
+    """OVMS's three version policies, by their config.json keys."""
+
+    LATEST = "latest"  # the highest num_versions versions
+    ALL = "all"
+    SPECIFIC = "specific"  # the versions listed
+
+
 @dataclass(frozen=True, slots=True)
 class VersionPolicy:
     """OVMS model_version_policy: which version folders are served."""
 
-    kind: str = "latest"  # latest | all | specific
+    kind: VersionPolicyKind = VersionPolicyKind.LATEST
     num_versions: int = 1
     versions: tuple[int, ...] = ()
 
     def select(self, available: list[int]) -> list[int]:
         ordered = sorted(available)
-        if self.kind == "all":
+        if self.kind is VersionPolicyKind.ALL:
             return ordered
-        if self.kind == "specific":
+        if self.kind is VersionPolicyKind.SPECIFIC:
             return [v for v in ordered if v in self.versions]
         return ordered[-self.num_versions :]
 
     def to_dict(self) -> dict:
-        if self.kind == "all":
+        if self.kind is VersionPolicyKind.ALL:
             return {"all": {}}
-        if self.kind == "specific":
+        if self.kind is VersionPolicyKind.SPECIFIC:
             return {"specific": {"versions": list(self.versions)}}
         return {"latest": {"num_versions": self.num_versions}}
 
@@ -101,15 +111,6 @@ class ConnectionLimits:
 
 
 @dataclass(frozen=True, slots=True)
-class TlsSettings:
-    """--tls_cert_file, --tls_key_file, --tls_client_ca_file (see tls.py)."""
-
-    cert_file: str
-    key_file: str
-    client_ca_file: str | None = None  # set: clients must present a certificate signed by this CA
-
-
-@dataclass(slots=True)
 class ServerSettings:
     models: list[ModelSettings] = field(default_factory=list)
     # Models that could not even be parsed: served as failed (reported, never ready) beside the good ones.
@@ -485,14 +486,14 @@ def parse_version_policy(model: str, value: Any) -> VersionPolicy:
     if not isinstance(body, dict):
         raise _fail(model, f"model_version_policy.{kind}", body, "a JSON object is required")
     if kind == "all" and not body:
-        return VersionPolicy("all")
+        return VersionPolicy(VersionPolicyKind.ALL)
     if kind == "latest" and set(body) <= {"num_versions"}:
         n = body.get("num_versions", 1)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise _fail(
                 model, "model_version_policy.latest.num_versions", n, "a positive integer is required"
             )
-        return VersionPolicy("latest", num_versions=n)
+        return VersionPolicy(VersionPolicyKind.LATEST, num_versions=n)
     if kind == "specific" and set(body) == {"versions"}:
         versions = body["versions"]
         if (
@@ -506,7 +507,7 @@ def parse_version_policy(model: str, value: Any) -> VersionPolicy:
                 versions,
                 "a list of positive integers is required",
             )
-        return VersionPolicy("specific", versions=tuple(sorted(set(versions))))
+        return VersionPolicy(VersionPolicyKind.SPECIFIC, versions=tuple(sorted(set(versions))))
     raise _fail(
         model,
         "model_version_policy",

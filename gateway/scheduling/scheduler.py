@@ -42,7 +42,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def default_queue_size(nireq: int, max_batch_size: int) -> int:
 
 
 class Executor(Protocol):
-    """What the scheduler needs from an executor (openvino_runtime.InferExecutor; a fake in unit tests):
+    """What the scheduler needs from an executor (runtime.executor.InferExecutor; a fake in unit tests):
     a pool of slots, each of which runs one execution at a time."""
 
     @property
@@ -362,6 +362,15 @@ def _expire_waiter(waiter: asyncio.Future, label: str) -> None:
         )
 
 
+class _Rank(NamedTuple):
+    """A waiting model's place in the device gate's line; lower ranks first: aged turns before everyone,
+    then by priority level (1 = highest), then by the arrival of the oldest queued request."""
+
+    not_aged: bool
+    level: int  # 0 for an aged turn: its priority no longer matters
+    oldest_arrival: float
+
+
 class DeviceGate:
     """Orders dispatch among the models of one device by model priority (see the module's docstring)."""
 
@@ -414,10 +423,10 @@ class DeviceGate:
         due = self._ages_at(scheduler)
         return due is not None and now >= due  # the wake timer's own time
 
-    def _rank(self, scheduler: ModelScheduler, now: float) -> tuple:
+    def _rank(self, scheduler: ModelScheduler, now: float) -> _Rank:
         aged = self._aged(scheduler, now)
         oldest = scheduler.oldest_arrival()
-        return (not aged, scheduler.priority if not aged else 0, now if oldest is None else oldest)
+        return _Rank(not aged, scheduler.priority if not aged else 0, now if oldest is None else oldest)
 
     def try_acquire(self, scheduler: ModelScheduler) -> Ticket:
         if not self.active:
@@ -425,7 +434,7 @@ class DeviceGate:
         now = self._clock.now()
         running = sum(self._in_use.values())
         mine = self._rank(scheduler, now)
-        aged = not mine[0]
+        aged = not mine.not_aged
         # An aged turn waits for the device to empty (those behind it in rank wait with it: see below).
         allowed = not self._alone and (running == 0 if aged else running < self.capacity)
         if allowed:

@@ -22,10 +22,18 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway.config.settings import TlsSettings
 from gateway.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """--tls_cert_file, --tls_key_file, --tls_client_ca_file."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set: clients must present a certificate signed by this CA
 
 
 @dataclass(frozen=True, slots=True)

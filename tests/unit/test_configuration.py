@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gateway.cli import build_parser, settings_from_args
-from gateway.config.settings import VersionPolicy, parse_model_entry, read_config_file
+from gateway.config.settings import VersionPolicy, VersionPolicyKind, parse_model_entry, read_config_file
 from gateway.core.errors import ConfigError
 
 
@@ -38,7 +38,7 @@ def test_single_model_flags_become_one_model_entry():
     assert m.name == "resnet" and m.target_device == "AUTO:GPU,CPU"
     assert m.plugin_config == {"NUM_STREAMS": 2, "ENABLE_PROFILING": False}
     assert m.nireq == 4 and m.batch_size == -1 and m.shape == (1, 3, 224, 224) and m.layout == "NHWC:NCHW"
-    assert m.version_policy == VersionPolicy("latest", num_versions=2)
+    assert m.version_policy == VersionPolicy(VersionPolicyKind.LATEST, num_versions=2)
 
 
 def test_mixing_single_model_and_config_is_an_error():
@@ -117,6 +117,6 @@ def test_unparseable_config_file_is_fatal(tmp_path):
 
 def test_version_policies_select_versions():
     assert VersionPolicy().select([3, 1, 2]) == [3]
-    assert VersionPolicy("latest", num_versions=2).select([3, 1, 2]) == [2, 3]
-    assert VersionPolicy("all").select([3, 1, 2]) == [1, 2, 3]
-    assert VersionPolicy("specific", versions=(1, 5)).select([3, 1, 2]) == [1]
+    assert VersionPolicy(VersionPolicyKind.LATEST, num_versions=2).select([3, 1, 2]) == [2, 3]
+    assert VersionPolicy(VersionPolicyKind.ALL).select([3, 1, 2]) == [1, 2, 3]
+    assert VersionPolicy(VersionPolicyKind.SPECIFIC, versions=(1, 5)).select([3, 1, 2]) == [1]

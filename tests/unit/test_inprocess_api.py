@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gateway import Gateway, ModelSettings, ServerSettings
-from gateway.config.settings import VersionPolicy
+from gateway.config.settings import VersionPolicy, VersionPolicyKind
 from gateway.core.errors import InvalidArgument, NotFound
 
 
@@ -17,7 +17,9 @@ async def gateway(model_repo):
             models=[
                 ModelSettings("simple", str(model_repo / "simple")),
                 ModelSettings(
-                    "versioned", str(model_repo / "versioned"), version_policy=VersionPolicy("all")
+                    "versioned",
+                    str(model_repo / "versioned"),
+                    version_policy=VersionPolicy(VersionPolicyKind.ALL),
                 ),
                 ModelSettings("identity_bytes", str(model_repo / "identity_bytes")),
             ]

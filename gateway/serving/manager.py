@@ -6,14 +6,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import openvino as ov
 
 from gateway.config.settings import ModelSettings, ServerSettings, parse_model_entry
 from gateway.core.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from gateway.core.records import ModelMetadata, VersionStatus
+from gateway.core.records import ModelMetadata, TensorSpec, VersionStatus
 from gateway.observability.statistics import ExecutionTimes
 from gateway.runtime.executor import InferExecutor, check_device, port_layouts, port_specs, read_model
 from gateway.scheduling.adaptive import LoadAdaptiveExecutor
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "OpenVINO"  # what OVMS reports in model metadata
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(frozen=True, eq=False, slots=True)
 class ServedModel:
     name: str
     settings: ModelSettings | None
@@ -51,6 +51,21 @@ class ServedModel:
             f"version {v.version}: {v.reason or v.state.value}" for v in self.versions.values()
         )
         return f" ({reasons})" if reasons else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledVersion:
+    """A version once OpenVINO compiled it: its ports as clients see them and the executor that runs it."""
+
+    compiled: ov.CompiledModel
+    inputs: tuple[TensorSpec, ...]
+    bounds: tuple
+    layouts: list[str]
+    outputs: tuple[TensorSpec, ...]
+    pad_to: int | None  # a static-batch model's batch size, to which partial batches are padded
+    nireq: int
+    streams: int
+    executor: Executor
 
 
 class ModelManager:
@@ -87,33 +102,37 @@ class ModelManager:
             log.error("model %s not served: %s", name, error)
         for settings in self._settings.models:
             self._models[settings.name] = ServedModel(settings.name, settings)
-        await asyncio.gather(*(self._load_model(m) for m in self._models.values() if m.settings is not None))
+        loading = [m for m in self._models.values() if m.settings is not None]
+        for loaded in await asyncio.gather(*(self._load_model(m) for m in loading)):
+            self._models[loaded.name] = loaded
         self.loading_done.set()
 
-    async def _load_model(self, model: ServedModel) -> None:
+    async def _load_model(self, model: ServedModel) -> ServedModel:
+        """Load the versions the model's policy selects into `model.versions` (visible, LOADING, while they
+        compile); the model as served: itself, or a copy saying why none of it can be served."""
         settings = model.settings
         assert settings is not None
         try:
             check_device(self._core, settings.name, settings.target_device)
             on_disk = discover_versions(settings.name, settings.base_path)
         except ConfigError as e:
-            model.error = str(e)
             log.error("model %s not served: %s", settings.name, e)
-            return
+            return replace(model, error=str(e))
         chosen = settings.version_policy.select(list(on_disk))
         if not chosen:
-            model.error = (
+            error = (
                 f"model '{settings.name}': field 'model_version_policy' = "
                 f"{settings.version_policy.to_dict()}: "
                 f"selects none of the versions on disk {sorted(on_disk)}"
             )
-            log.error("model %s not served: %s", settings.name, model.error)
-            return
+            log.error("model %s not served: %s", settings.name, error)
+            return replace(model, error=error)
         for number in chosen:
             model.versions[number] = ModelVersion(
                 settings.name, number, settings, str(on_disk[number]), on_execution=self._on_execution
             )
         await asyncio.gather(*(self._load_version(v) for v in model.versions.values()))
+        return model
 
     def _compile_config(self, settings: ModelSettings) -> dict:
         config: dict = {k: v for k, v in settings.plugin_config.items()}
@@ -145,106 +164,110 @@ class ModelManager:
         return gate
 
     async def _load_version(self, version: ModelVersion) -> None:
-        settings = version.settings
+        """Compile a version, describe it to clients, and give it a scheduler: LOADING -> READY, or FAILED
+        with the reason (logged once)."""
         started = time.perf_counter()
         try:
-            compiled = await asyncio.to_thread(self._compile, version)
-            inputs, bounds = port_specs(compiled.inputs, "input")
-            layouts = port_layouts(compiled.inputs)
-            outputs, _ = port_specs(compiled.outputs, "output")
-            pad_to = None
-            if settings.max_batch_size:
-                inputs, bounds, outputs, pad_to = apply_batching(settings, inputs, bounds, outputs)
-            nireq = settings.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            label = f"{version.name}-{version.version}"
-            input_types, output_types = [i.datatype for i in inputs], [o.datatype for o in outputs]
-            batch_rows = bool(settings.max_batch_size)
-            throughput = InferExecutor(compiled, nireq, input_types, output_types, label, batch_rows)
-            executor: Executor = throughput
-            version.streams = _streams(compiled, nireq)
-            execution_note = ""
-            if version.streams > 1 and self._adaptive(settings):
-                latency_compiled = await asyncio.to_thread(self._compile, version, "LATENCY")
-                latency = InferExecutor(
-                    latency_compiled, 1, input_types, output_types, f"{label}-latency", batch_rows
-                )
-
-                async def compile_inline() -> InferExecutor:
-                    compiled = await asyncio.to_thread(self._compile, version, "LATENCY", one_thread=True)
-                    log.info(
-                        "model %s version %d: lone requests run inline (a one-thread LATENCY-hint "
-                        "execution, called from the event loop)",
-                        version.name,
-                        version.version,
-                    )
-                    return InferExecutor(
-                        compiled, 1, input_types, output_types, f"{label}-inline", batch_rows
-                    )
-
-                executor = LoadAdaptiveExecutor(
-                    latency=latency, throughput=throughput, compile_inline=compile_inline
-                )
-                execution_note = " + a LATENCY-hint execution for lone requests, where it pays"
+            loaded = await self._compile_executions(version)
         except Exception as e:  # OpenVINO raises plain RuntimeErrors with useful text
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             version.fail(f"failed to load from {version.path}: {reason}")
             log.error("model %s version %d: %s", version.name, version.version, version.reason)
             return
         version.load_seconds = time.perf_counter() - started
-        cache_dir = self._compile_config(settings).get("CACHE_DIR")
-        if cache_dir:
-            version.cache_result = "hit" if _loaded_from_cache(compiled) else "miss"
-            key = (version.name, str(version.version), version.cache_result)
-            self.cache_loads[key] = self.cache_loads.get(key, 0) + 1
-            how = "imported from the cache" if version.cache_result == "hit" else "compiled and cached"
-            how += f" in {cache_dir}"
-        else:
-            how = "compiled, no cache"
+        version.streams = loaded.streams
+        how = self._count_cache_load(version, loaded.compiled)
+        try:
+            version.describe(loaded.inputs, loaded.bounds, loaded.outputs, loaded.layouts)
+        except ConfigError as e:  # a setting that does not fit the compiled model (e.g. image_inputs)
+            version.fail(str(e))
+            log.error("model %s version %d: %s", version.name, version.version, version.reason)
+            return
+        scheduler = self._scheduler(version, loaded)
+        version.activate(scheduler)
+        log.info(
+            "model %s version %d ready on %s in %.2f s (%s; %s; from %s)",
+            version.name,
+            version.version,
+            version.settings.target_device,
+            version.load_seconds,
+            how,
+            _describe_scheduling(loaded, scheduler),
+            version.path,
+        )
+
+    async def _compile_executions(self, version: ModelVersion) -> _CompiledVersion:
+        """The compiled model, its ports as clients see them, and what runs it: one execution, or the
+        load-adaptive pair (docs/design/adaptive-execution.md)."""
+        settings = version.settings
+        compiled = await asyncio.to_thread(self._compile, version)
+        inputs, bounds = port_specs(compiled.inputs, "input")
+        layouts = port_layouts(compiled.inputs)
+        outputs, _ = port_specs(compiled.outputs, "output")
+        pad_to = None
+        if settings.max_batch_size:
+            inputs, bounds, outputs, pad_to = apply_batching(settings, inputs, bounds, outputs)
+        nireq = settings.nireq or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        label = f"{version.name}-{version.version}"
+        input_types, output_types = [i.datatype for i in inputs], [o.datatype for o in outputs]
+        batch_rows = bool(settings.max_batch_size)
+        throughput = InferExecutor(compiled, nireq, input_types, output_types, label, batch_rows)
+        streams = _streams(compiled, nireq)
+        executor: Executor = throughput
+        if streams > 1 and self._adaptive(settings):
+            latency_compiled = await asyncio.to_thread(self._compile, version, "LATENCY")
+            latency = InferExecutor(
+                latency_compiled, 1, input_types, output_types, f"{label}-latency", batch_rows
+            )
+
+            async def compile_inline() -> InferExecutor:
+                compiled = await asyncio.to_thread(self._compile, version, "LATENCY", one_thread=True)
+                log.info(
+                    "model %s version %d: lone requests run inline (a one-thread LATENCY-hint execution, "
+                    "called from the event loop)",
+                    version.name,
+                    version.version,
+                )
+                return InferExecutor(compiled, 1, input_types, output_types, f"{label}-inline", batch_rows)
+
+            executor = LoadAdaptiveExecutor(
+                latency=latency, throughput=throughput, compile_inline=compile_inline
+            )
+        return _CompiledVersion(compiled, inputs, bounds, layouts, outputs, pad_to, nireq, streams, executor)
+
+    def _count_cache_load(self, version: ModelVersion, compiled: ov.CompiledModel) -> str:
+        """Whether the version came from the compiled-blob cache (counted for the metrics), in words."""
+        cache_dir = self._compile_config(version.settings).get("CACHE_DIR")
+        if not cache_dir:
+            return "compiled, no cache"
+        version.cache_result = "hit" if _loaded_from_cache(compiled) else "miss"
+        key = (version.name, str(version.version), version.cache_result)
+        self.cache_loads[key] = self.cache_loads.get(key, 0) + 1
+        how = "imported from the cache" if version.cache_result == "hit" else "compiled and cached"
+        return f"{how} in {cache_dir}"
+
+    def _scheduler(self, version: ModelVersion, loaded: _CompiledVersion) -> ModelScheduler:
+        settings = version.settings
         batching = None
         if settings.max_batch_size:
             batching = BatchingPolicy(
                 settings.max_batch_size,
                 settings.max_queue_delay_microseconds / 1e6,
                 settings.preferred_batch_size,
-                pad_to,
+                loaded.pad_to,
             )
         queue_size = settings.max_queue_size
         if queue_size is None:
-            queue_size = default_queue_size(nireq, settings.max_batch_size)
-        try:
-            version.describe(inputs, bounds, outputs, layouts)
-        except ConfigError as e:  # a setting that does not fit the compiled model (e.g. image_inputs)
-            version.fail(str(e))
-            log.error("model %s version %d: %s", version.name, version.version, version.reason)
-            return
-        scheduler = ModelScheduler(
-            executor=executor,
+            queue_size = default_queue_size(loaded.nireq, settings.max_batch_size)
+        return ModelScheduler(
+            executor=loaded.executor,
             label=f"model '{version.name}' version {version.version}",
             max_queue_size=queue_size,
             batching=batching,
             priority=settings.priority,
-            streams=version.streams,
+            streams=loaded.streams,
             gate=self._gate(settings.target_device),
             on_execution=version.record_execution,
-        )
-        version.activate(scheduler)
-        log.info(
-            "model %s version %d ready on %s in %.2f s (%s; nireq %d, streams %d%s; batching %s; "
-            "queue %s; priority %d; from %s)",
-            version.name,
-            version.version,
-            settings.target_device,
-            version.load_seconds,
-            how,
-            nireq,
-            version.streams,
-            execution_note,
-            f"up to {settings.max_batch_size}" + (f" padded to {pad_to}" if pad_to else "")
-            if batching
-            else "off",
-            queue_size or "unbounded",
-            settings.priority,
-            version.path,
         )
 
     def _adaptive(self, settings: ModelSettings) -> bool:
@@ -315,8 +338,7 @@ class ModelManager:
         """Blue/green: new versions compile beside the serving ones and take traffic once one is ready;
         the old ones finish their in-flight requests. A failed load leaves the serving model alone."""
         name = settings.name
-        candidate = ServedModel(name, settings)
-        await self._load_model(candidate)
+        candidate = await self._load_model(ServedModel(name, settings))
         ready = any(v.ready for v in candidate.versions.values())
         if not ready:
             reason = candidate._why().strip(" ()") or "no version could be loaded"
@@ -419,13 +441,7 @@ class ModelManager:
         model = self.model(name)
         if not version:
             return model.default_version()
-        if not version.isdigit():
-            raise InvalidArgument(
-                f"model version must be a positive integer; got '{version}' for model '{name}'"
-            )
-        served = model.versions.get(int(version))
-        if served is None:
-            raise NotFound(f"Model with requested version is not found: model '{name}' version {version}")
+        served = _named_version(model, version)
         if not served.ready:
             raise Unavailable(
                 f"model '{name}' version {version} is not ready: {served.reason or served.state.value}"
@@ -489,13 +505,36 @@ class ModelManager:
         model = self.model(name)
         if not version:
             return [v for _, v in sorted(model.versions.items())]
-        if not version.isdigit():
-            raise InvalidArgument(
-                f"model version must be a positive integer; got '{version}' for model '{name}'"
-            )
-        if int(version) not in model.versions:
-            raise NotFound(f"Model with requested version is not found: model '{name}' version {version}")
-        return [model.versions[int(version)]]
+        return [_named_version(model, version)]
+
+
+def _describe_scheduling(loaded: _CompiledVersion, scheduler: ModelScheduler) -> str:
+    """The start-up log's account of how a version runs: infer requests, streams, executions, batching."""
+    adaptive = " + a LATENCY-hint execution for lone requests, where it pays"
+    batching = scheduler.batching
+    batched = "off"
+    if batching is not None:
+        batched = f"up to {batching.max_batch_size}" + (
+            f" padded to {batching.pad_to}" if batching.pad_to else ""
+        )
+    return (
+        f"nireq {loaded.nireq}, streams {loaded.streams}"
+        f"{adaptive if isinstance(loaded.executor, LoadAdaptiveExecutor) else ''}; batching {batched}; "
+        f"queue {scheduler.max_queue_size or 'unbounded'}; priority {scheduler.priority}"
+    )
+
+
+def _named_version(model: ServedModel, version: str) -> ModelVersion:
+    """The version a request names ("1", "2" ...), ready or not, or the protocol's error: the one place a
+    version string from a client is parsed."""
+    if not version.isdigit():
+        raise InvalidArgument(
+            f"model version must be a positive integer; got '{version}' for model '{model.name}'"
+        )
+    served = model.versions.get(int(version))
+    if served is None:
+        raise NotFound(f"Model with requested version is not found: model '{model.name}' version {version}")
+    return served
 
 
 def _streams(compiled: ov.CompiledModel, nireq: int) -> int:

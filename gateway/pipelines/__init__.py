@@ -1,0 +1,1 @@
+"""OVMS pipelines: the graph, its executor, the registry, custom nodes (C ABI and Python)."""

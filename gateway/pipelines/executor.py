@@ -46,8 +46,8 @@ from gateway.core.errors import (
 )
 from gateway.core.records import InferInput, InferOutput, RequestedOutput, TensorSpec
 from gateway.observability.statistics import ExecutionTimes, VersionStats
-from gateway.pipelines.custom_node import CustomNodeError
 from gateway.pipelines.graph import GraphNode, PipelineGraph
+from gateway.pipelines.node_contract import CustomNodeError
 from gateway.scheduling.scheduler import WhenFull
 from gateway.serving.model_version import (
     ModelVersion,
@@ -70,9 +70,7 @@ VersionResolver = Callable[[str, int | None], ModelVersion]
 T = TypeVar("T")
 
 # A custom node whose recent executions took less than this runs on the event loop: handing it to a
-# thread and taking the GIL back costs more. Measured with the test resize node (0.1 ms per image): in a
-# thread, the next node's OpenVINO start waited 0.83 ms for the GIL instead of 0.16 ms, and the pipeline
-# took 3.2-3.6 ms a request in process instead of 3.0 ms.
+# thread and taking the GIL back costs more (docs/design/pipeline-execution.md).
 INLINE_BELOW_NS = 200_000
 # A node runs inside the task that first needs it, so a chain of nodes nests that many coroutine calls (four
 # frames a node) on one stack; a graph with a longer chain than this runs each node in a task of its own, as

@@ -30,7 +30,8 @@ from gateway.config.pipelines import (
 )
 from gateway.core.errors import ConfigError
 from gateway.core.records import TensorSpec
-from gateway.pipelines.custom_node import LoadedLibrary, NodeInstance
+from gateway.pipelines.custom_node import LoadedLibrary
+from gateway.pipelines.node_contract import NodeInstance
 
 Shape = tuple[int, ...]
 
@@ -54,7 +55,7 @@ ModelLookup = Callable[[str, int | None], ModelPorts]
 InstanceMaker = Callable[[str, str, tuple[tuple[str, str], ...]], NodeInstance]
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(frozen=True, eq=False, slots=True)
 class GraphNode:
     name: str
     kind: NodeKind
@@ -114,87 +115,18 @@ def build_graph(
     lookup: ModelLookup,
     make_instance: InstanceMaker,
 ) -> PipelineGraph:
+    """Validate a pipeline against the models and libraries it names, in OVMS's order (name clash,
+    libraries, nodes, cycles, connections, demultiplexers and gathers, metadata), and build its graph."""
     where = f"pipeline '{settings.name}'"
     if settings.name in model_names:
         raise ConfigError(f"{where}: the name is already a model's; a pipeline needs a name of its own")
     _check_names(where, settings)
-    for node in settings.nodes:
-        if node.kind is NodeKind.CUSTOM:
-            library = libraries.get(node.library_name)
-            if library is None:
-                raise ConfigError(
-                    f"{where}: node '{node.name}': field 'library_name' = '{node.library_name}': no such "
-                    f"library in custom_node_library_config_list"
-                    + (f" (defined: {', '.join(sorted(libraries))})" if libraries else "")
-                )
-            if library.library is None:
-                raise ConfigError(
-                    f"{where}: node '{node.name}': library '{node.library_name}' failed to load: "
-                    f"{library.error}"
-                )
+    _check_libraries(where, settings, libraries)
     by_name = {n.name: n for n in settings.nodes}
     _check_references(where, settings, by_name)
     order = _topological_order(where, settings, by_name)
     _check_connected(where, settings, by_name)
-
-    graph_nodes: dict[str, GraphNode] = {}
-    for name in order:
-        node = by_name[name]
-        at = f"{where}: node '{name}'"
-        if node.kind is NodeKind.MODEL:
-            try:
-                ports = lookup(node.model_name, node.version)
-            except ConfigError as e:
-                field_name = "model_name" if node.version is None else "version"
-                value = node.model_name if node.version is None else node.version
-                raise ConfigError(f"{at}: field '{field_name}' = {value!r}: {e}") from None
-            input_specs = {s.name: s for s in ports.inputs}
-            produced = {s.name: s for s in ports.outputs}
-            owner = f"model '{node.model_name}' version {ports.version}"
-            instance = None
-            images = ports.images
-        else:
-            try:
-                instance = make_instance(node.name, node.library_name, node.params)
-            except ConfigError as e:
-                raise ConfigError(f"{at}: {e}") from None
-            input_specs = {s.name: s for s in instance.inputs}
-            produced = {s.name: s for s in instance.outputs}
-            owner = f"library '{node.library_name}'"
-            images = {}
-        connected = [input_name for input_name, _ in node.inputs]
-        for input_name in connected:
-            if input_name not in input_specs:
-                raise ConfigError(
-                    f"{at}: input '{input_name}' is not an input of {owner}; its inputs: "
-                    f"{', '.join(input_specs)}"
-                )
-        for input_name in input_specs:
-            if input_name not in connected:
-                raise ConfigError(f"{at}: input '{input_name}' of {owner} is connected to nothing")
-        aliases = {}
-        for data_item, alias in node.outputs:
-            if data_item not in produced:
-                raise ConfigError(
-                    f"{at}: outputs: data_item '{data_item}' is not an output of {owner}; its outputs: "
-                    f"{', '.join(produced)}"
-                )
-            aliases[alias] = data_item
-        graph_nodes[name] = GraphNode(
-            name=name,
-            kind=node.kind,
-            inputs=node.inputs,
-            input_specs=input_specs,
-            input_images=images,
-            aliases=aliases,
-            output_specs={alias: produced[item] for alias, item in aliases.items()},
-            levels=(),
-            model_name=node.model_name,
-            model_version=node.version,
-            instance=instance,
-            demultiply_count=node.demultiply_count,
-            gather_from=node.gather_from_node,
-        )
+    graph_nodes = {name: _graph_node(where, by_name[name], lookup, make_instance) for name in order}
 
     counts = {n.name: n.demultiply_count for n in settings.nodes if n.demultiply_count is not None}
     if settings.demultiply_count is not None:
@@ -409,6 +341,83 @@ def _check_connected(where: str, settings: PipelineSettings, by_name: Mapping[st
             raise ConfigError(f"{where}: pipeline input '{name}' is connected to no node")
 
 
+def _check_libraries(where: str, settings: PipelineSettings, libraries: Mapping[str, LoadedLibrary]) -> None:
+    for node in settings.nodes:
+        if node.kind is not NodeKind.CUSTOM:
+            continue
+        library = libraries.get(node.library_name)
+        if library is None:
+            raise ConfigError(
+                f"{where}: node '{node.name}': field 'library_name' = '{node.library_name}': no such "
+                f"library in custom_node_library_config_list"
+                + (f" (defined: {', '.join(sorted(libraries))})" if libraries else "")
+            )
+        if library.library is None:
+            raise ConfigError(
+                f"{where}: node '{node.name}': library '{node.library_name}' failed to load: {library.error}"
+            )
+
+
+def _graph_node(
+    where: str, node: NodeSettings, lookup: ModelLookup, make_instance: InstanceMaker
+) -> GraphNode:
+    """A node checked against what its model or library takes and produces; its levels come later."""
+    at = f"{where}: node '{node.name}'"
+    instance = None
+    images: Mapping[str, ImageInput] = {}
+    if node.kind is NodeKind.MODEL:
+        try:
+            ports = lookup(node.model_name, node.version)
+        except ConfigError as e:
+            field_name = "model_name" if node.version is None else "version"
+            value = node.model_name if node.version is None else node.version
+            raise ConfigError(f"{at}: field '{field_name}' = {value!r}: {e}") from None
+        input_specs = {s.name: s for s in ports.inputs}
+        produced = {s.name: s for s in ports.outputs}
+        owner = f"model '{node.model_name}' version {ports.version}"
+        images = ports.images
+    else:
+        try:
+            instance = make_instance(node.name, node.library_name, node.params)
+        except ConfigError as e:
+            raise ConfigError(f"{at}: {e}") from None
+        input_specs = {s.name: s for s in instance.inputs}
+        produced = {s.name: s for s in instance.outputs}
+        owner = f"library '{node.library_name}'"
+    connected = [input_name for input_name, _ in node.inputs]
+    for input_name in connected:
+        if input_name not in input_specs:
+            raise ConfigError(
+                f"{at}: input '{input_name}' is not an input of {owner}; its inputs: {', '.join(input_specs)}"
+            )
+    for input_name in input_specs:
+        if input_name not in connected:
+            raise ConfigError(f"{at}: input '{input_name}' of {owner} is connected to nothing")
+    aliases = {}
+    for data_item, alias in node.outputs:
+        if data_item not in produced:
+            raise ConfigError(
+                f"{at}: outputs: data_item '{data_item}' is not an output of {owner}; its outputs: "
+                f"{', '.join(produced)}"
+            )
+        aliases[alias] = data_item
+    return GraphNode(
+        name=node.name,
+        kind=node.kind,
+        inputs=node.inputs,
+        input_specs=input_specs,
+        input_images=images,
+        aliases=aliases,
+        output_specs={alias: produced[item] for alias, item in aliases.items()},
+        levels=(),
+        model_name=node.model_name,
+        model_version=node.version,
+        instance=instance,
+        demultiply_count=node.demultiply_count,
+        gather_from=node.gather_from_node,
+    )
+
+
 def _source_levels(source: Source, nodes: Mapping[str, GraphNode], entry: tuple[str, ...]) -> tuple[str, ...]:
     return entry if source.node == REQUEST_NODE else nodes[source.node].output_levels
 
@@ -444,7 +453,7 @@ def _assign_levels(
                     f"demultiplexed by '{node.gather_from}' (levels: {', '.join(levels) or 'none'})"
                 )
             levels = levels[:-1]
-        node.levels = levels
+        nodes[node.name] = replace(node, levels=levels)
     return common(f"{where}: outputs", settings.outputs)
 
 

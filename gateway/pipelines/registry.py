@@ -1,7 +1,7 @@
 """The served pipelines and custom node libraries: built from config.json, rebuilt when it or a model
 they use changes.
 
-A pipeline is validated against the models as they serve now (pipeline_graph.py); one that fails is
+A pipeline is validated against the models as they serve now (pipelines/graph.py); one that fails is
 kept, not ready, with its reason (model ready false; metadata and infer UNAVAILABLE), while the other
 models and pipelines serve, as OVMS does. After any model change the pipelines are validated again, so a
 pipeline whose model becomes ready (or goes away) follows it. Changing a definition is blue/green: the
@@ -17,9 +17,10 @@ from gateway.codecs.images import ImageInput
 from gateway.config.pipelines import LibrarySettings, PipelineSettings
 from gateway.core.errors import ConfigError, GatewayError, NotFound, Unavailable
 from gateway.core.records import VersionStatus
-from gateway.pipelines.custom_node import LoadedLibrary, NodeInstance, load_library
+from gateway.pipelines.custom_node import LoadedLibrary, load_library
 from gateway.pipelines.executor import Pipeline
 from gateway.pipelines.graph import ModelPorts, build_graph
+from gateway.pipelines.node_contract import NodeInstance
 from gateway.serving.manager import ModelManager
 from gateway.serving.model_version import State
 

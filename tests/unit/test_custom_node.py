@@ -10,7 +10,8 @@ import pytest
 
 from gateway.core.errors import ConfigError
 from gateway.core.records import TensorSpec
-from gateway.pipelines.custom_node import CustomNodeError, load_library
+from gateway.pipelines.custom_node import load_library
+from gateway.pipelines.node_contract import CustomNodeError
 from loadgen.custom_nodes import NODES, build_c_library
 
 PARAMS = {"target_height": "2", "target_width": "3"}

@@ -1,0 +1,1 @@
+"""Tensors to and from bytes and JSON; encoded images to tensors."""

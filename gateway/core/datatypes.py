@@ -23,7 +23,7 @@ class Datatype:
 
 
 # BF16 has no numpy type: the gateway carries it as uint16 bit patterns and
-# tells OpenVINO the element type explicitly (see openvino_runtime).
+# tells OpenVINO the element type explicitly (see runtime/executor.py).
 _TABLE = (
     Datatype("BOOL", np.dtype(np.bool_), ov.Type.boolean, "TYPE_BOOL", "bool_contents", 1),
     Datatype("UINT8", np.dtype(np.uint8), ov.Type.u8, "TYPE_UINT8", "uint_contents", 1),

@@ -12,16 +12,16 @@ the transports decode, and errors are GatewayError with a protocol code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from time import perf_counter_ns
 from typing import Any
 
 import numpy as np
 import openvino as ov
 
-from gateway import __version__
 from gateway.config.settings import ServerSettings
 from gateway.core.datatypes import from_numpy
 from gateway.core.errors import (
@@ -44,6 +44,7 @@ from gateway.core.records import (
     ServerMetadata,
     VersionStatus,
 )
+from gateway.core.version import __version__
 from gateway.dataplane.model_config import model_config, pipeline_config
 from gateway.dataplane.reloader import Reloader
 from gateway.observability.metrics import Metrics, select_families
@@ -76,9 +77,25 @@ _OUTCOMES = {
     Code.INTERNAL: Outcome.BACKEND_FAILED,
 }
 
-# Turns a request off the wire into an InferRequest for the version it was routed to; transports pass one
-# so that reading and decoding happen inside the request's accounting.
-Decoder = Callable[[Servable], Awaitable[InferRequest]]
+
+class InferCall:
+    """One inference request inside its accounting (see Gateway.request): the servable it was routed to,
+    which the transport decodes against, and the inference itself."""
+
+    __slots__ = ("servable", "_deadline", "_when_full")
+
+    def __init__(self, servable: Servable, deadline: float | None, when_full: WhenFull):
+        self.servable = servable
+        self._deadline = deadline
+        self._when_full = when_full
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate, queue and run a decoded request; its `priority` and `timeout` parameters apply."""
+        priority, deadline = schedule_policy(request.parameters, self._deadline)
+        outputs = await self.servable.infer(
+            request.inputs, request.outputs, priority, deadline, self._when_full
+        )
+        return InferResponse(request.model_name, str(self.servable.version), outputs, id=request.id)
 
 
 class Gateway:
@@ -218,38 +235,35 @@ class Gateway:
     async def infer(self, request: InferRequest, deadline: float | None = None) -> InferResponse:
         """Run one inference (the in-process API). `deadline` (time.monotonic) drops the request if it is
         still queued then, as does the request's `timeout` parameter (µs)."""
+        async with self.request(request.model_name, request.model_version, None, deadline=deadline) as call:
+            return await call.infer(request)
 
-        async def given(_: Servable) -> InferRequest:
-            return request
-
-        return await self.decode_and_infer(request.model_name, request.model_version, given, None, deadline)
-
-    async def decode_and_infer(
+    @contextlib.asynccontextmanager
+    async def request(
         self,
         model_name: str,
         model_version: str,
-        decode: Decoder,
         interface: Interface | None,
+        *,
         deadline: float | None = None,
         received_ns: int | None = None,
         when_full: WhenFull = WhenFull.REFUSE,
-    ) -> InferResponse:
-        """Route, decode, validate, queue and run one request, and account for how it ended, wherever it
-        ended: every request that reaches a version is counted once, in the statistics and (with an
-        `interface`) in OVMS's request metrics. `received_ns` (perf_counter_ns when the transport got the
-        request) makes the request time include reading and decoding."""
+    ) -> AsyncIterator[InferCall]:
+        """One inference request's accounting. The transport decodes, infers and encodes inside the block;
+        however the request ends, there or here, it is counted once: in the statistics and (with an
+        `interface`) in OVMS's request metrics. A name that routes nowhere is counted as unrouted and raises
+        before the block. `received_ns` (perf_counter_ns when the transport got the request) makes the
+        request time include reading the request."""
         received_ns = received_ns or perf_counter_ns()
-        version = self._route(model_name, model_version, interface, Method.MODEL_INFER)
+        servable = self._route(model_name, model_version, interface, Method.MODEL_INFER)
         outcome = Outcome.FAILED
-        version.in_flight += 1
+        servable.in_flight += 1
         try:
             if not self._accepting:
                 raise Unavailable("the server is shutting down")
             if when_full is WhenFull.REFUSE:
-                version.refuse_if_full()  # before decoding: under overload a refusal should cost little
-            request = await decode(version)
-            priority, deadline = schedule_policy(request.parameters, deadline)
-            outputs = await version.infer(request.inputs, request.outputs, priority, deadline, when_full)
+                servable.refuse_if_full()  # before decoding: under overload a refusal should cost little
+            yield InferCall(servable, deadline, when_full)
             outcome = Outcome.SUCCEEDED
         except GatewayError as e:
             outcome = _OUTCOMES.get(e.code, Outcome.FAILED)
@@ -258,13 +272,12 @@ class Gateway:
             outcome = Outcome.CANCELLED  # the client went away
             raise
         except Exception as e:  # a defect of the gateway: the client gets one line, the log the traceback
-            log.exception("request to model %s version %d failed", version.name, version.version)
+            log.exception("request to %s %s failed", servable.name, servable.version)
             outcome = Outcome.BACKEND_FAILED
             raise InternalError(f"internal error: {type(e).__name__}: {e}") from e
         finally:
-            version.in_flight -= 1
-            self._account(version, interface, outcome, perf_counter_ns() - received_ns)
-        return InferResponse(model_name, str(version.version), outputs, id=request.id)
+            servable.in_flight -= 1
+            self._account(servable, interface, outcome, perf_counter_ns() - received_ns)
 
     async def wait_for_room(self, model_name: str, model_version: str) -> None:
         """Until the queue of the version a request names can take it (at once when the name resolves to

@@ -1,0 +1,1 @@
+"""Triton's statistics and request outcomes; every Prometheus family."""

@@ -10,20 +10,51 @@ its statistics when Prometheus scrapes, so they cost nothing per request.
 
 from __future__ import annotations
 
+import enum
 import math
 from bisect import bisect_left
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from gateway.core.errors import ConfigError
 from gateway.core.records import Interface, Method
-from gateway.observability.statistics import ExecutionTimes
-from gateway.scheduling.adaptive import LoadAdaptiveExecutor
+from gateway.observability.statistics import ExecutionTimes, VersionStats
 
-if TYPE_CHECKING:
-    from gateway.serving.manager import ModelManager
+
+@runtime_checkable
+class AdaptiveExecution(Protocol):
+    """What a load-adaptive executor reports (scheduling/adaptive.py): runs and lone-request figures by
+    execution."""
+
+    runs: Mapping[enum.Enum, int]
+
+    @property
+    def solo_s(self) -> Mapping[enum.Enum, float | None]: ...
+
+
+class ServedVersion(Protocol):
+    """What the metrics read of a served model version (serving/model_version.py) at scrape time."""
+
+    name: str
+    version: int
+    streams: int
+    in_flight: int
+    load_seconds: float
+    stats: VersionStats
+    executor: Any  # nireq and busy; an AdaptiveExecution where load-adaptive execution applies
+    scheduler: Any  # queued
+
+
+class ServingState(Protocol):
+    """What the metrics read of the serving layer (serving/manager.py) at scrape time."""
+
+    @property
+    def cache_loads(self) -> Mapping[tuple[str, str, str], int]: ...
+
+    def versions(self) -> Iterable[ServedVersion]: ...
+
 
 # OVMS's histogram buckets: floor(10 * 1.8^i) microseconds, 33 of them.
 BUCKETS_US = tuple(math.floor(10 * 1.8**i) for i in range(33))
@@ -187,7 +218,7 @@ class Metrics:
 
     # --- collection (scrape time) ---------------------------------------------------------------
 
-    def render(self, manager: ModelManager) -> str:
+    def render(self, manager: ServingState) -> str:
         """Prometheus text format, 0.0.4. Written here rather than by prometheus_client's generate_latest,
         which renames counter families to `<name>_total` in HELP/TYPE: OVMS and Triton expose bare names."""
         lines = []
@@ -201,7 +232,7 @@ class Metrics:
                 lines.append(f"{sample.name}{{{labels}}} {text}" if labels else f"{sample.name} {text}")
         return "\n".join(lines) + "\n"
 
-    def collect(self, manager: ModelManager):
+    def collect(self, manager: ServingState):
         wanted = self.families
         for family in ("ovms_requests_success", "ovms_requests_fail"):
             if family in wanted:
@@ -239,7 +270,7 @@ class Metrics:
                     metric.add_metric(list(key[1:]), h.buckets(), h.sum)
             yield metric
 
-    def _collect_live(self, wanted, manager: ModelManager):
+    def _collect_live(self, wanted, manager: ServingState):
         metric: Metric
         versions = list(manager.versions())
         gauges = {
@@ -325,7 +356,7 @@ class Metrics:
             family = "ovgw_executions"
             metric = Metric(family, GATEWAY_FAMILIES[family][1], "counter")
             for v in versions:
-                if isinstance(v.executor, LoadAdaptiveExecutor):
+                if isinstance(v.executor, AdaptiveExecution):
                     for execution, runs in v.executor.runs.items():
                         labels = {"name": v.name, "version": str(v.version), "execution": execution.value}
                         metric.add_sample(family, labels, runs)
@@ -336,7 +367,7 @@ class Metrics:
                 family, GATEWAY_FAMILIES[family][1], labels=["name", "version", "execution"]
             )
             for v in versions:
-                if isinstance(v.executor, LoadAdaptiveExecutor):
+                if isinstance(v.executor, AdaptiveExecution):
                     for execution, seconds in v.executor.solo_s.items():
                         if seconds is not None:
                             gauge.add_metric([v.name, str(v.version), execution.value], seconds)

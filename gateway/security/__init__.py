@@ -1,0 +1,1 @@
+"""TLS credentials and rotation; Triton's restricted APIs."""

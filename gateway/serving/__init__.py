@@ -1,0 +1,1 @@
+"""Model versions on disk, loaded, validated against, reloaded blue/green and retired."""

@@ -8,7 +8,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from gateway.transports.rest.server import STREAM_FROM_ARRAYS_BYTES
+from gateway.transports.rest.codec import STREAM_FROM_ARRAYS_BYTES
 
 LARGE = np.random.default_rng(3).standard_normal((64, 8192)).astype(np.float32)  # 2 MiB
 assert LARGE.nbytes > 8 * STREAM_FROM_ARRAYS_BYTES

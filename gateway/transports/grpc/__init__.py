@@ -1,0 +1,1 @@
+"""Triton's GRPCInferenceService on grpc.aio."""

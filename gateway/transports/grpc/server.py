@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from grpc import aio
 
-import grpc
 from gateway.codecs.tensor import (
     array_from_contents,
     array_from_raw,
@@ -30,7 +31,7 @@ from gateway.codecs.tensor import (
 )
 from gateway.core.errors import GatewayError, InvalidArgument
 from gateway.core.records import InferInput, InferRequest, InferResponse, Interface, Method, RequestedOutput
-from gateway.dataplane.gateway import Decoder, Gateway
+from gateway.dataplane.gateway import Gateway
 from gateway.pipelines.executor import Servable
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from gateway.scheduling.scheduler import WhenFull
@@ -43,7 +44,6 @@ from gateway.transports.grpc.wire import (
     length_delimited,
     split_bytes_field,
 )
-from grpc import aio
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +120,6 @@ def decode_infer_request(parsed: InferMessage, served: Servable | None = None) -
     )
 
 
-def decoder(parsed: InferMessage) -> Decoder:
-    """Decode `parsed` once the gateway has routed it, inside its accounting."""
-
-    async def decode(served: Servable) -> InferRequest:
-        return decode_infer_request(parsed, served)
-
-    return decode
-
-
 def encode_infer_response(response: InferResponse, final: bool = False) -> list[bytes | memoryview]:
     """A serialized ModelInferResponse, as parts to join once: protobuf writes the small rest, and each
     output's raw_output_contents entry is a view of its array (copied only by the join). tritonclient
@@ -187,10 +178,11 @@ class GrpcServicer:
         remaining = context.time_remaining()  # the client's deadline, if it set one
         deadline = None if remaining is None else time.monotonic() + remaining
         msg = request.message
-        response = await self.gateway.decode_and_infer(
-            msg.model_name, msg.model_version, decoder(request), Interface.GRPC, deadline, received
-        )
-        return b"".join(encode_infer_response(response))  # the one copy of each output byte
+        async with self.gateway.request(
+            msg.model_name, msg.model_version, Interface.GRPC, deadline=deadline, received_ns=received
+        ) as call:
+            response = await call.infer(decode_infer_request(request, call.servable))
+            return b"".join(encode_infer_response(response))  # the one copy of each output byte
 
     async def ModelConfig(self, request, context):
         config = self.gateway.model_config(request.name, request.version)
@@ -239,17 +231,16 @@ class GrpcServicer:
                     raise InvalidArgument("the request is not a valid ModelInferRequest message")
                 msg = parsed.message
                 request_id = msg.id
-                response = await self.gateway.decode_and_infer(
-                    msg.model_name,
-                    msg.model_version,
-                    decoder(parsed),
-                    Interface.GRPC,
-                    when_full=WhenFull.WAIT,
-                )
-                # Not decoupled: the one response is also the final one.
-                final = _parameter_is_true(msg.parameters, "triton_enable_empty_final_response")
-                parts = encode_infer_response(response, final)
-                await responses.put(b"".join(length_delimited(INFER_RESPONSE, parts)))
+                async with self.gateway.request(
+                    msg.model_name, msg.model_version, Interface.GRPC, when_full=WhenFull.WAIT
+                ) as call:
+                    response = await call.infer(decode_infer_request(parsed, call.servable))
+                    # Not decoupled: the one response is also the final one.
+                    final = _parameter_is_true(msg.parameters, "triton_enable_empty_final_response")
+                    answer_bytes = b"".join(
+                        length_delimited(INFER_RESPONSE, encode_infer_response(response, final))
+                    )
+                await responses.put(answer_bytes)
             except GatewayError as e:
                 await responses.put(_stream_error(e.message, request_id))
             except Exception as e:

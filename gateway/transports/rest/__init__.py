@@ -1,0 +1,1 @@
+"""The Open Inference Protocol's REST API and binary tensor extension on aiohttp."""

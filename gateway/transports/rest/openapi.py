@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gateway import __version__
 from gateway.core.datatypes import BY_NAME
+from gateway.core.version import __version__
 
 _JSON = "application/json"
 

@@ -10,39 +10,36 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.codecs.tensor import (
-    array_from_contents,
-    array_from_raw,
-    check_declared_shape,
-    datatype_or_error,
-    element_count,
-    encoded_images_from_raw,
-    json_from_array,
-    raw_from_array,
-)
 from gateway.config.settings import ConnectionLimits
 from gateway.core.errors import GatewayError, InvalidArgument, NotFound
 from gateway.core.jsondoc import parse_json
-from gateway.core.records import InferInput, InferRequest, InferResponse, Interface, RequestedOutput
+from gateway.core.records import InferRequest, Interface
 from gateway.dataplane.gateway import Gateway
 from gateway.pipelines.executor import Servable
 from gateway.security.restricted import ApiCategory, ApiGuard
 from gateway.transports.rest import openapi
 from gateway.transports.rest.body import BodyTooLarge, UnreadableBody, UnsupportedEncoding, read_body
+from gateway.transports.rest.codec import (
+    HEADER_LENGTH,
+    STREAM_FROM_ARRAYS_BYTES,
+    EncodedResponse,
+    decode_infer_request,
+    encode_infer_response,
+    json_object,
+    single_raw_input_request,
+    split_body,
+)
 from gateway.transports.rest.protocol import GatewayAppRunner
 
 log = logging.getLogger(__name__)
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
 _JSON = "application/json"
 
 
@@ -79,221 +76,10 @@ async def errors_middleware(request: web.Request, handler):
         return _json_response({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
 
 
-# --- request decoding ----------------------------------------------------------------------------
-
-
-def split_body(body: bytearray, header_length: str | None) -> tuple[bytearray | memoryview, memoryview]:
-    """Split a request body into its JSON header and its binary section."""
-    if header_length is None:
-        return body, memoryview(b"")
-    try:
-        length = int(header_length)
-    except ValueError:
-        raise InvalidArgument(f"{HEADER_LENGTH} must be an integer; got '{header_length}'") from None
-    if not 0 <= length <= len(body):
-        raise InvalidArgument(f"{HEADER_LENGTH} is {length} but the body has only {len(body)} bytes")
-    view = memoryview(body)
-    return view[:length], view[length:]
-
-
-def _object(value, what: str) -> dict:
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"{what} must be a JSON object")
-    return value
-
-
-def decode_infer_request(
-    model: str,
-    version: str,
-    header: bytes | bytearray | memoryview,
-    binary: memoryview,
-    served: Servable | None = None,
-) -> InferRequest:
-    doc = _object(parse_json(header, "the request body"), "the request body")
-    raw_inputs = doc.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidArgument("the request must have a non-empty 'inputs' list")
-    if served is not None:
-        served.check_input_count(len(raw_inputs))
-    offset = 0
-    inputs = []
-    for position, item in enumerate(raw_inputs):
-        item = _object(item, f"inputs[{position}]")
-        name = item.get("name")
-        if not isinstance(name, str):
-            raise InvalidArgument(f"inputs[{position}]: 'name' must be a string")
-        datatype = item.get("datatype")
-        if not isinstance(datatype, str):
-            raise InvalidArgument(f"input '{name}': 'datatype' must be a string")
-        dt = datatype_or_error(name, datatype)
-        shape_value = item.get("shape")
-        if not isinstance(shape_value, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in shape_value
-        ):
-            raise InvalidArgument(
-                f"input '{name}': 'shape' must be a list of integers; got {json.dumps(shape_value)}"
-            )
-        shape = check_declared_shape(name, shape_value)
-        params = _object(item.get("parameters", {}), f"input '{name}': parameters")
-        if "shared_memory_region" in params:
-            raise InvalidArgument(f"input '{name}': shared memory is not supported by this server")
-        size = params.get("binary_data_size")
-        if size is not None:
-            if "data" in item:
-                raise InvalidArgument(f"input '{name}': has both 'data' and binary_data_size; send one")
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise InvalidArgument(f"input '{name}': binary_data_size must be a non-negative integer")
-            if offset + size > len(binary):
-                raise InvalidArgument(
-                    f"input '{name}': binary_data_size is {size} but only {len(binary) - offset} bytes "
-                    "of binary data remain"
-                )
-            section = binary[offset : offset + size]
-            if dt.name == "BYTES" and served is not None and served.takes_images(name):
-                data = encoded_images_from_raw(name, shape, section)
-            else:
-                data = array_from_raw(name, dt.name, shape, section)
-            offset += size
-        elif "data" in item:
-            data = array_from_contents(name, dt.name, shape, item["data"])
-        elif offset < len(binary) and dt.name == "BYTES" and len(raw_inputs) == 1:
-            # OVMS: the one input of a request may omit binary_data_size, and its binary section is then
-            # one element, unframed (an encoded image, typically).
-            data = np.empty(1, dtype=object)
-            data[0] = bytes(binary[offset:])
-            if shape != (1,):
-                raise InvalidArgument(
-                    f"input '{name}': a binary section without binary_data_size is one element; "
-                    f"the shape must be [1], not {list(shape)}"
-                )
-            offset = len(binary)
-        elif offset < len(binary) and dt.itemsize:
-            # OVMS: a raw input may omit binary_data_size; its size follows from shape and datatype.
-            size = element_count(shape) * dt.itemsize
-            if offset + size > len(binary):
-                raise InvalidArgument(
-                    f"input '{name}': shape {list(shape)} of {dt.name} takes {size} bytes but only "
-                    f"{len(binary) - offset} bytes of binary data remain"
-                )
-            data = array_from_raw(name, dt.name, shape, binary[offset : offset + size])
-            offset += size
-        else:
-            raise InvalidArgument(f"input '{name}': no data; send 'data' or parameters.binary_data_size")
-        inputs.append(InferInput(name, dt.name, shape, data, params))
-    if offset != len(binary):
-        raise InvalidArgument(f"the binary section has {len(binary) - offset} bytes that no input claims")
-
-    request_params = _object(doc.get("parameters", {}), "parameters")
-    outputs = None
-    if "outputs" in doc:
-        if not isinstance(doc["outputs"], list):
-            raise InvalidArgument("'outputs' must be a list")
-        outputs = []
-        for position, item in enumerate(doc["outputs"]):
-            item = _object(item, f"outputs[{position}]")
-            if not isinstance(item.get("name"), str):
-                raise InvalidArgument(f"outputs[{position}]: 'name' must be a string")
-            out_params = _object(item.get("parameters", {}), f"output '{item['name']}': parameters")
-            if "shared_memory_region" in out_params:
-                raise InvalidArgument(
-                    f"output '{item['name']}': shared memory is not supported by this server"
-                )
-            if out_params.get("classification"):
-                raise InvalidArgument(
-                    f"output '{item['name']}': the classification extension is not supported"
-                )
-            outputs.append(RequestedOutput(item["name"], out_params))
-    request_id = doc.get("id", "")
-    if not isinstance(request_id, str):
-        raise InvalidArgument("'id' must be a string")
-    return InferRequest(model, inputs, version, request_id, outputs or None, request_params)
-
-
-def single_raw_input_request(served: Servable, model: str, version: str, body: memoryview) -> InferRequest:
-    """`Inference-Header-Content-Length: 0`: the whole body is the one input of a one-input model, and
-    the outputs come back binary."""
-    if len(served.inputs) != 1:
-        raise InvalidArgument(
-            f"a request with no JSON header needs a model with exactly one input; "
-            f"'{model}' has {len(served.inputs)}"
-        )
-    spec = (served.client_inputs or served.inputs)[0]  # an image input shown as BYTES takes one image
-    binary_output = {"binary_data_output": True}
-    if spec.datatype == "BYTES":
-        shape = tuple(1 if d < 0 else d for d in spec.shape)
-        data = array_from_contents(spec.name, "BYTES", shape, [bytes(body)])
-        return InferRequest(
-            model, [InferInput(spec.name, "BYTES", shape, data)], version, parameters=binary_output
-        )
-    itemsize = datatype_or_error(spec.name, spec.datatype).itemsize
-    dynamic = [i for i, d in enumerate(spec.shape) if d < 0]
-    known = 1
-    for d in spec.shape:
-        known *= d if d >= 0 else 1
-    dims = list(spec.shape)
-    if len(dynamic) > 1:
-        raise InvalidArgument(
-            f"a request with no JSON header cannot infer the shape of input '{spec.name}' "
-            f"{list(spec.shape)}: "
-            "more than one dynamic dimension"
-        )
-    if dynamic:
-        if known == 0 or len(body) % (known * itemsize):
-            raise InvalidArgument(
-                f"input '{spec.name}': {len(body)} bytes do not fit shape {list(spec.shape)} "
-                f"of {spec.datatype}"
-            )
-        dims[dynamic[0]] = len(body) // (known * itemsize)
-    data = array_from_raw(spec.name, spec.datatype, tuple(dims), body)
-    return InferRequest(
-        model, [InferInput(spec.name, spec.datatype, tuple(dims), data)], version, parameters=binary_output
-    )
-
-
-# --- response encoding ---------------------------------------------------------------------------
-
-
-# Binary outputs at least this large are written to the socket from the arrays' own memory; smaller ones
-# are joined into one body, as a copy of a few KB costs less than a write call per output.
-STREAM_FROM_ARRAYS_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedResponse:
-    header: bytes  # the JSON document
-    binary: list[bytes | memoryview]  # the binary outputs in order: views of the output arrays
-
-    @property
-    def binary_size(self) -> int:
-        return sum(len(part) for part in self.binary)
-
-
-def encode_infer_response(response: InferResponse, binary_default: bool) -> EncodedResponse:
-    outputs = []
-    parts: list[bytes | memoryview] = []
-    for out in response.outputs:
-        entry: dict = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
-        if out.parameters.get("binary_data", binary_default):
-            raw = raw_from_array(out.datatype, out.data)
-            # Triton's C++ client rejects an output `parameters` object without binary_data_size.
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            parts.append(raw)
-        else:
-            entry["data"] = json_from_array(out.datatype, out.data)
-        outputs.append(entry)
-    doc: dict = {"model_name": response.model_name, "model_version": response.model_version}
-    if response.id:
-        doc["id"] = response.id
-    if response.parameters:
-        doc["parameters"] = response.parameters
-    doc["outputs"] = outputs
-    return EncodedResponse(json.dumps(doc, separators=(",", ":")).encode(), parts)
-
-
 async def send_infer_response(request: web.Request, encoded: EncodedResponse) -> web.StreamResponse:
     """JSON alone, or the binary extension's layout (JSON header, then the outputs). A large output goes
     to the transport as a view of its array: no copy of its bytes between OpenVINO's output and the
-    socket beyond the one the executor may make (see openvino_runtime)."""
+    socket beyond the one the executor may make (see runtime/executor.py)."""
     if not encoded.binary:
         return web.Response(body=encoded.header, content_type=_JSON)
     headers = {HEADER_LENGTH: str(len(encoded.header))}
@@ -377,7 +163,7 @@ class RestHandlers:
 
     async def repository_load(self, request: web.Request) -> web.Response:
         body = await _optional_json(request, self.max_body_bytes)
-        params = _object(body.get("parameters", {}), "parameters")
+        params = json_object(body.get("parameters", {}), "parameters")
         await self.gateway.load_model(request.match_info["model"], params)
         return _json_response({})
 
@@ -389,33 +175,31 @@ class RestHandlers:
     async def infer(self, request: web.Request) -> web.StreamResponse:
         received = perf_counter_ns()
         model, version = request.match_info["model"], request.match_info.get("version", "")
-        binary_output = False  # the request's binary_data_output: the default of every output
+        async with self.gateway.request(model, version, Interface.REST, received_ns=received) as call:
+            decoded = await self._decode(request, call.servable, model, version)
+            response = await call.infer(decoded)
+            # the request's binary_data_output is the default of every output
+            encoded = encode_infer_response(
+                response, bool(decoded.parameters.get("binary_data_output", False))
+            )
+        return await send_infer_response(request, encoded)
 
-        async def decode(served: Servable) -> InferRequest:
-            nonlocal binary_output
-            # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
-            body = await read_body(request, self.max_body_bytes)
-            header_length = request.headers.get(HEADER_LENGTH)
-            if header_length is not None and header_length.strip() == "0" and body:
-                if request.content_type == "application/json":
-                    # the two headers contradict each other: no JSON header, yet a JSON body
-                    raise InvalidArgument(
-                        f"{HEADER_LENGTH}: 0 says the body is one raw input with no JSON header, but "
-                        "Content-Type says application/json; send the raw input as application/octet-stream"
-                    )
-                decoded = single_raw_input_request(served, model, version, memoryview(body))
-            else:
-                if not body:
-                    raise InvalidArgument("the request body is empty; expected a JSON inference request")
-                header, binary = split_body(body, header_length)
-                decoded = decode_infer_request(model, version, header, binary, served)
-            binary_output = bool(decoded.parameters.get("binary_data_output", False))
-            return decoded
-
-        response = await self.gateway.decode_and_infer(
-            model, version, decode, Interface.REST, received_ns=received
-        )
-        return await send_infer_response(request, encode_infer_response(response, binary_output))
+    async def _decode(self, request: web.Request, served: Servable, model: str, version: str) -> InferRequest:
+        # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
+        body = await read_body(request, self.max_body_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+        if header_length is not None and header_length.strip() == "0" and body:
+            if request.content_type == "application/json":
+                # the two headers contradict each other: no JSON header, yet a JSON body
+                raise InvalidArgument(
+                    f"{HEADER_LENGTH}: 0 says the body is one raw input with no JSON header, but "
+                    "Content-Type says application/json; send the raw input as application/octet-stream"
+                )
+            return single_raw_input_request(served, model, version, memoryview(body))
+        if not body:
+            raise InvalidArgument("the request body is empty; expected a JSON inference request")
+        header, binary = split_body(body, header_length)
+        return decode_infer_request(model, version, header, binary, served)
 
     async def config_reload(self, request: web.Request) -> web.Response:
         report = await self.gateway.reload_config()
@@ -442,7 +226,7 @@ async def _optional_json(request: web.Request, limit: int) -> dict:
     body = await read_body(request, limit)
     if not body:  # no body at all; whitespace alone is not JSON
         return {}
-    return _object(parse_json(body, "the request body"), "the request body")
+    return json_object(parse_json(body, "the request body"), "the request body")
 
 
 def restriction_middleware(guard: ApiGuard, categories: dict):

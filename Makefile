@@ -136,7 +136,8 @@ test: $(VENV)/.installed-test
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests/unit
 
-# Benchmarks (not tests): gateway vs benchmark_app, results in bench-results/ (git-ignored).
+# Benchmarks (not tests): results in bench-results/ (git-ignored); the last step regenerates
+# docs/performance.md from the newest run of each (docs/benchmarking.md).
 bench: $(VENV)/.installed-test
 	$(PY) -m loadgen.bench.throughput $(BENCH_ARGS)
 	$(PY) -m loadgen.bench.ceiling $(CEILING_BENCH_ARGS)
@@ -146,6 +147,7 @@ bench: $(VENV)/.installed-test
 	$(PY) -m loadgen.bench.overload $(OVERLOAD_BENCH_ARGS)
 	$(MAKE) --no-print-directory gcc
 	$(PY) -m loadgen.bench.pipelines $(PIPELINE_BENCH_ARGS)
+	$(PY) -m loadgen.bench.report --latest bench-results
 
 # Longer fuzzing than make test's fixed seeds: Hypothesis on both decoders, schemathesis on the REST API.
 FUZZ_EXAMPLES ?= 20000

@@ -9,7 +9,7 @@ here). Every ratio is taken within one round, and the medians of those are repor
 
 - floor with inference / benchmark_app: what serving over grpcio with the loader on the same cores leaves of
   OpenVINO's own throughput (and CPU per image), whoever the server is;
-- gateway / benchmark_app: issue 13's first target;
+- gateway / benchmark_app: how close the gateway comes to OpenVINO's own limit;
 - gateway / floor with inference: what the gateway itself costs.
 
     python -m loadgen.bench.ceiling [--models resnet50,ppocr_det] [--concurrency 8] [--rounds 6]
@@ -26,13 +26,13 @@ from typing import Any
 
 from gateway.testing import GatewayProcess, start_gateway
 from loadgen.bench.peer_process import start_grpc_floor
+from loadgen.bench.runs import write_results
 from loadgen.bench.throughput import (
     ROOT,
     BenchModel,
     benchmark_app,
     gateway_run,
     prepare_models,
-    write_results,
 )
 
 CONTENDERS = ("benchmark_app", "gateway", "floor_infer")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in prepare_models(args.models.split(",")):
         results["models"][model.name] = ceiling(model, args, out_dir)
     table = markdown(results, args)
-    write_results(out_dir, results, table)
+    write_results(out_dir, results, table, bench="ceiling", args=args)
     print(table)
     print(f"written to {out_dir}")
     return 0

@@ -9,7 +9,7 @@ For each model and protocol: a gateway on loopback, loadgen at one concurrency, 
    hand-over to OpenVINO, accounting; no gateway frame: grpc / aiohttp / uvloop themselves), and its
    CPU time is shared out in those proportions.
 Beside them, benchmark_app's CPU per image (THROUGHPUT hint) on the same model: what inference alone
-costs. README's table "Where the CPU goes" comes from this.
+costs. docs/performance.md's table "Where the CPU goes" comes from this.
 
     python -m loadgen.bench.cpu_split [--models resnet50,segmentation,simple] [--protocols grpc,http]
         [--concurrency 4] [--window-ms 8000] [--benchmark-seconds 8]
@@ -18,7 +18,6 @@ costs. README's table "Where the CPU goes" comes from this.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from gateway.testing import GatewayProcess, start_gateway
+from loadgen.bench.runs import write_results
 from loadgen.bench.throughput import (
     CLOCK_TICKS,
     ROOT,
@@ -167,6 +167,27 @@ def measure(
     }
 
 
+def _table_row(row: dict) -> str:
+    threads = "; ".join(f"{g} {us:,.0f}" for g, us in sorted(row["threads_us"].items(), key=lambda x: -x[1]))
+    loop = "; ".join(f"{a} {us:,.0f}" for a, us in row["loop_us"].items() if us >= 1)
+    return (
+        f"| {row['model']} | {row['protocol']} | {row['requests_per_s']:.1f} | "
+        f"{row['benchmark_app_cpu_us_per_image']:,.0f} | {row['total_us']:,.0f} | {threads} | {loop} |"
+    )
+
+
+def markdown(results: dict, concurrency: int) -> str:
+    lines = [
+        f"# Where the CPU goes (gateway, concurrency {concurrency}, us of CPU per request)",
+        "",
+        "| model | protocol | req/s | benchmark_app CPU/img | gateway total | by thread "
+        "| event loop by activity |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [_table_row(row) for key, row in results.items() if key != "run"]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadgen.bench.cpu_split")
     p.add_argument("--models", default="resnet50,segmentation,simple")
@@ -182,14 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.output) / (time.strftime("%Y%m%d-%H%M%S") + "-cpu-split")
     out.mkdir(parents=True)
-    results = {}
-    lines = [
-        f"# Where the CPU goes (gateway, concurrency {args.concurrency}, us of CPU per request)",
-        "",
-        "| model | protocol | req/s | benchmark_app CPU/img | gateway total | by thread "
-        "| event loop by activity |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    results: dict[str, dict] = {}
     for model in prepare_models(args.models.split(",")):
         reference = benchmark_app(model, "throughput", args.benchmark_seconds)["cpu_us_per_image"]
         gw = start_gateway(
@@ -201,20 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             for protocol in args.protocols.split(","):
                 row = measure(gw, model, protocol, args.concurrency, args.window_ms, out, py_spy)
                 row["benchmark_app_cpu_us_per_image"] = reference
+                row["model"], row["protocol"] = model.name, protocol
                 results[f"{model.name}-{protocol}"] = row
-                threads = "; ".join(
-                    f"{g} {us:,.0f}" for g, us in sorted(row["threads_us"].items(), key=lambda x: -x[1])
-                )
-                loop = "; ".join(f"{a} {us:,.0f}" for a, us in row["loop_us"].items() if us >= 1)
-                lines.append(
-                    f"| {model.name} | {protocol} | {row['requests_per_s']:.1f} | {reference:,.0f} | "
-                    f"{row['total_us']:,.0f} | {threads} | {loop} |"
-                )
-                print(lines[-1], flush=True)
+                print(_table_row(row), flush=True)
         finally:
             gw.stop()
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(out, results, markdown(results, args.concurrency), bench="cpu_split", args=args)
     print(f"written to {out}")
     return 0
 

@@ -15,8 +15,8 @@ the message, one copy into the tensor), run with start_async on a pool of infer 
 model (THROUGHPUT hint, OpenVINO's optimal number of requests, as the gateway compiles it by default), and
 the answer is the canned header followed by the outputs' bytes, joined once from OpenVINO's memory. No
 validation, scheduling, statistics or metrics: the least any Python grpcio server can spend to serve this
-model, and so the ceiling, on this machine and with this loader, of what issue 13's first target asks of the
-gateway (`make bench` sets both beside benchmark_app).
+model, and so the ceiling, on this machine and with this loader, of how close to benchmark_app any such
+server can come (`make bench` sets both beside benchmark_app).
 
     python -m loadgen.bench.grpc_floor --port P [--model_name M --model_path model.xml \
         --shape 'x[1,3,256,256]'

@@ -8,7 +8,7 @@ cost per image (its decoder threads' CPU time, from ovgw_image_decode_cpu_us / o
 against OpenCV's own decode loop on the same JPEG in this process (imdecode, and imdecode + the conversion
 to float32 that the gateway also does), measured in the same run.
 
-Targets (issue 15): JPEG throughput >= 0.9 x float-tensor throughput; decode cost per image <= 1.2 x the
+Targets: JPEG throughput >= 0.9 x float-tensor throughput; decode cost per image <= 1.2 x the
 library's own loop.
 
     python -m loadgen.bench.images [--repetitions 3] [--window-ms 3000] [--concurrency 1,4,8]
@@ -35,7 +35,8 @@ from openvino import opset13 as ops
 from gateway.demo_models import save
 from gateway.testing import GatewayProcess, start_gateway
 from loadgen.bench.models import resnet50_shaped
-from loadgen.bench.throughput import CACHE, ROOT, BenchModel, gateway_run, write_results
+from loadgen.bench.runs import write_results
+from loadgen.bench.throughput import CACHE, ROOT, BenchModel, gateway_run
 
 
 def tiny_image_model() -> ov.Model:
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         row["tiny_decode_ratio"] = row["tiny_decode_us_per_image"] / results["library"]["imdecode_to_fp32"]
         row["tiny_decode_ratio_paced"] = row["tiny_decode_us_per_image"] / row["library_paced_us"]
     table = markdown(results, args.repetitions)
-    write_results(out_dir, results, table)
+    write_results(out_dir, results, table, bench="images", args=args)
     print(table)
     print(f"written to {out_dir}")
     return 0

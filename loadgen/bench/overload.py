@@ -1,4 +1,4 @@
-"""make bench, overload and soak (issue 16): how the gateway behaves past its capacity, and over time.
+"""make bench, overload and soak: how the gateway behaves past its capacity, and over time.
 
 For `simple` and the ResNet-50-shaped model: capacity first (closed loop at a concurrency that saturates the
 model, with the server's CPU per request), what a refusal costs the server (bench/refusal_cost.py) and the
@@ -8,7 +8,7 @@ refused request took to be answered (client side: an upper bound of the server's
 capacity (`--soak-seconds`, default 600; 0 skips): RSS at its start and end, and errors. Loader
 processes share the machine's cores (2 here): indicative only.
 
-Targets (issue 16): admitted p99 <= 2 x its value at capacity, refusals answered within 1 ms p99, admitted
+Targets: admitted p99 <= 2 x its value at capacity, refusals answered within 1 ms p99, admitted
 throughput >= 0.95 x capacity; soak RSS growth < 5 %, no error.
 
     python -m loadgen.bench.overload [--window-ms 5000] [--soak-seconds 600] [--models simple,resnet50]
@@ -29,6 +29,7 @@ from gateway.testing import GatewayProcess, start_gateway
 from loadgen.bench import refusal_cost
 from loadgen.bench.models import resnet50_shaped
 from loadgen.bench.peer_process import start_grpc_floor
+from loadgen.bench.runs import write_results
 from loadgen.bench.throughput import CACHE, ROOT, process_cpu_s, success_count
 
 # model -> the closed-loop concurrency taken as its capacity on 2 cores
@@ -72,6 +73,41 @@ def ceilings(capacity: float, capacity_p99_us: float, served_cpu_us: float, refu
         "closed_512_refusals_per_second_allowed": allowed,
         "closed_512_refused_round_trip_s_at_least": refusing_clients / allowed,
     }
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "# Overload: capacity, what a refusal costs, and past capacity",
+        "",
+        "a: the server's CPU per served request at capacity; r: per refused call (grpc.aio's floor for the "
+        "same call in brackets); the ceiling: the most any admission policy could admit at 10 x open loop "
+        "with those costs.",
+        "",
+        "| model | capacity | p99 at capacity | a | r (floor) | ceiling at 10 x open loop "
+        "| 512 clients: admitted, p99 x, refused | 10 x open loop: admitted, p99 x, refused |",
+        "|" + " --- |" * 8,
+    ]
+    for name, entry in results["models"].items():
+        cap, bound = entry["capacity"], entry["ceilings"]
+        past = [
+            f"{row['throughput_ratio']:.2f} x, {row['p99_ratio']:.1f} x, {row['errors']}"
+            for row in (entry["closed_512"], entry["open_10x"])
+        ]
+        lines.append(
+            f"| {name} | {cap['Inferences/Second']:,.0f}/s | {cap['p99 latency'] / 1000:,.1f} ms "
+            f"| {cap['server_cpu_us_per_request']:,.0f} us | {entry['refusal']['cpu_us_per_call']:,.0f} us "
+            f"({entry['grpc_floor_call']['cpu_us_per_call']:,.0f}) "
+            f"| {bound['open_10x_admitted_ratio_at_most']:.2f} x | {past[0]} | {past[1]} |"
+        )
+    soak = results.get("soak")
+    if soak:
+        lines += [
+            "",
+            f"Soak: `simple` at c=64 for {soak['seconds']} s, {soak['throughput']:,.0f}/s, {soak['errors']} "
+            f"errors, RSS {soak['rss_start_kib']:,} -> {soak['rss_end_kib']:,} KiB "
+            f"({soak['rss_growth'] * 100:+.2f} %).",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         gw.stop()
         floor.stop()
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_results(out, results, markdown(results), bench="overload", args=args)
     print(f"written to {out}")
     return 0
 

@@ -15,7 +15,7 @@ each repetition the median latency of its requests. Measured in the same run:
   repetition's, and the row gives the median of those. Every request's inputs are built once, as loadgen
   and perf_analyzer build theirs.
 
-Targets (issue 14): at N = 1 the pipeline within 1.1 x the sum of its nodes' own compute time; with batching
+Targets: at N = 1 the pipeline within 1.1 x the sum of its nodes' own compute time; with batching
 on, N = 16 images in <= 0.5 x the time of 16 batch-1 calls. Beside that ratio the bench gives the least it can
 be on the machine: the batched model's own compute per request over the one-by-one client's time (where a
 batch buys little compute, as on CPUs without AMX, it stays above 0.5 whatever the server does).
@@ -42,7 +42,8 @@ from gateway.demo_models import save
 from gateway.malloc_tuning import tune_malloc
 from gateway.pipelines.custom_node import load_library
 from gateway.testing import GatewayProcess, start_gateway
-from loadgen.bench.throughput import CACHE, ROOT, write_results
+from loadgen.bench.runs import write_results
+from loadgen.bench.throughput import CACHE, ROOT
 from loadgen.custom_nodes import build_c_library
 
 HIGH, LOW = 128, 64
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         client.close()
         gw.stop()
-    write_results(args.out, results, markdown(results, args.repetitions))
+    write_results(args.out, results, markdown(results, args.repetitions), bench="pipelines", args=args)
     print((args.out / "results.md").read_text())
     return 0
 

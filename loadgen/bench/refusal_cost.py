@@ -1,4 +1,4 @@
-"""What refusing a gRPC request costs the server, and the overload figures that cost allows (issue 16).
+"""What refusing a gRPC request costs the server, and the overload figures that cost allows.
 
 A refusal is not free: grpc core and grpc.aio read the whole message and run a handler before any status can
 go back. This module measures the server's CPU time per refused call (calls for a model the server does not

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.testing import start_gateway
+from loadgen.bench.runs import write_results
 from loadgen.bench.throughput import (
     ROOT,
     BenchModel,
@@ -32,12 +33,12 @@ from loadgen.bench.throughput import (
     median_of,
     prepare_models,
     success_count,
-    write_results,
 )
 
 BATCH = 8
 DELAY_US = 2000
 CLIENTS = 16
+MODEL_TITLES = {"resnet50": "ResNet-50-shaped", "simple": "Triton's `simple`"}
 
 
 def _serve(out_dir: Path, tag: str, entries: list[dict], extra: Sequence[str] = ()):
@@ -169,10 +170,11 @@ def contention_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repet
     return result
 
 
-def run(out_dir: Path, window_ms: int, repetitions: int, seconds: int) -> dict:
+def run(out_dir: Path, window_ms: int, repetitions: int, seconds: int, model_name: str = "resnet50") -> dict:
     (out_dir / "raw").mkdir(parents=True, exist_ok=True)
-    (model,) = prepare_models(["resnet50"])
+    (model,) = prepare_models([model_name])
     return {
+        "model": model_name,
         "batching": batching_benchmark(model, out_dir, window_ms, repetitions, seconds),
         "contention": contention_benchmark(model, out_dir, window_ms, repetitions, high_load=1),
     }
@@ -180,8 +182,9 @@ def run(out_dir: Path, window_ms: int, repetitions: int, seconds: int) -> dict:
 
 def markdown(results: dict) -> str:
     b, c = results["batching"], results["contention"]
+    title = MODEL_TITLES[results.get("model", "resnet50")]
     lines = [
-        f"## Dynamic batching (ResNet-50-shaped, {CLIENTS} concurrent batch-1 gRPC clients)",
+        f"## Dynamic batching ({title}, {CLIENTS} concurrent batch-1 gRPC clients)",
         "",
         "| | images/s | p50 us | p99 us |",
         "| --- | --- | --- | --- |",
@@ -233,13 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repetitions", type=int, default=3)
     p.add_argument("--window-ms", type=int, default=3000)
     p.add_argument("--benchmark-seconds", type=int, default=10)
+    # The smoke test runs the harness on Triton's tiny `simple` model; the figures are ResNet's.
+    p.add_argument("--model", choices=sorted(MODEL_TITLES), default="resnet50")
     p.add_argument("--output", default=str(ROOT / "bench-results"))
     args = p.parse_args(argv)
     out_dir = Path(args.output) / (time.strftime("%Y%m%d-%H%M%S") + "-scheduling")
-    results = run(out_dir, args.window_ms, args.repetitions, args.benchmark_seconds)
+    results = run(out_dir, args.window_ms, args.repetitions, args.benchmark_seconds, args.model)
     results["loadavg_end"] = os.getloadavg()
     table = markdown(results)
-    write_results(out_dir, results, table)
+    write_results(out_dir, results, table, bench="scheduling", args=args)
     print(table)
     print(f"written to {out_dir}; medians of {args.repetitions}")
     return 0

@@ -33,6 +33,7 @@ from gateway.demo_models import save, simple_model
 from gateway.testing import GatewayProcess, start_gateway
 from loadgen.bench.models import fetch_ppocr_det, resnet50_shaped, segmentation_shaped
 from loadgen.bench.peer_process import FloorProcess, PeerProcess, start_grpc_floor, start_kserve_peer
+from loadgen.bench.runs import write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
@@ -328,16 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     results["machine"]["loadavg_end"] = os.getloadavg()
     table = markdown(results, args.repetitions)
-    write_results(out_dir, results, table)
+    write_results(out_dir, results, table, bench="throughput", args=args)
     print(table)
     print(f"written to {out_dir}")
     return 0
-
-
-def write_results(out_dir: Path, results: dict, table: str) -> None:
-    """A bench's results: all of them as JSON, the table as Markdown."""
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "results.md").write_text(table)
 
 
 def _medians(runs: list[dict]) -> dict:

@@ -82,8 +82,8 @@ def latest_runs(folder: Path) -> list[dict]:
 
 
 def _demoted(table: str) -> str:
-    """A bench's own '# title' becomes a sub-heading of its section."""
-    return "\n".join("###" + line[1:] if line.startswith("# ") else line for line in table.splitlines())
+    """A bench's own headings ('# title', '## part') become sub-headings of its section."""
+    return "\n".join("##" + line if line.startswith("#") else line for line in table.splitlines())
 
 
 def render(runs: list[dict]) -> str:

@@ -1,18 +1,10 @@
 """glibc malloc settings for a process that allocates and frees megabytes per request.
 
-A request to a model with large tensors allocates buffers of megabytes (the request's bytes, the output
-arrays, the response), frees them when it is answered, and allocates them again for the next one. glibc's
-defaults hand such a buffer back to the kernel on free (an mmap'ed chunk, or the trimmed top of the heap)
-and fault fresh zeroed pages in for the next: on a 5.5 MB output (`make bench`'s segmentation model) an
-array filled and joined into a response cost 4.3 ms of CPU per request that way, 0.52 ms with the two
-thresholds below (same process, same loop). Raising only one of the two does not help: with only the mmap
-threshold raised the top of the heap is still trimmed on every free, with only the trim threshold every
-buffer is still an mmap.
-
-The cost is memory: up to TRIM_THRESHOLD of freed heap is kept for reuse instead of returned; a buffer of
-MMAP_THRESHOLD or more is still mapped and unmapped on its own. glibc's own environment variables
-(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_, MALLOC_ARENA_MAX ...) win: when any is
-set, the gateway leaves malloc as the user configured it. Other C libraries (musl) are left alone.
+glibc's defaults hand a freed buffer of megabytes back to the kernel and fault fresh pages in for the next
+request; raising both the mmap and the trim thresholds keeps such buffers for reuse, at the cost of up to
+TRIM_THRESHOLD of freed heap kept. glibc's own environment variables (MALLOC_MMAP_THRESHOLD_,
+MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_, MALLOC_ARENA_MAX ...) win: when any is set, malloc is left as the
+user configured it. Other C libraries (musl) are left alone. Evidence: docs/design/malloc-thresholds.md.
 """
 
 from __future__ import annotations

@@ -9,13 +9,11 @@ dimension is the size, a ranged one clamps the image's size to its nearest bound
 takes the image's size, so that all images of the request must then share it. N must fit the model's
 batch dimension. Every failure is INVALID_ARGUMENT naming the input and the image.
 
-Why OpenCV: it is OVMS's decoder (the same decode, BGR order and bilinear resize, so results match OVMS's
-to the pixel), it releases the GIL in imdecode and resize, and it was the fastest of the two measured
-here (224x224 JPEG, one thread: cv2 244 us, Pillow 307 us; README has the figures). Images are decoded on
-a pool of threads off the event loop (one per 4 cores: see decoder_threads), in parallel where it has
-several threads; the decoded
-batch is the array OpenVINO receives (one image: the decoder's own array; several: each resized or copied
-once into the batch array).
+OpenCV is OVMS's decoder (the same decode, BGR order and bilinear resize, so results match OVMS's to the
+pixel) and releases the GIL in imdecode and resize. Images are decoded on a pool of threads off the event
+loop (one per 4 cores: see decoder_threads); the decoded batch is the array OpenVINO receives (one image:
+the decoder's own array; several: each resized or copied once into the batch array). Why:
+docs/design/image-decoding.md.
 """
 
 from __future__ import annotations
@@ -117,10 +115,8 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def decoder_threads(cores: int | None = None) -> int:
-    """One decoder thread per 4 cores, at least one. Decoding is a small part of a vision request's work
-    and OpenVINO's streams want the cores: on 2 cores, with the ResNet-50-shaped model at c=4, one decoder
-    thread decoded a 224x224 JPEG in 341-374 us of CPU, two threads in 504-537 us (`make bench`'s image
-    bench, 4 alternating runs), at the same throughput."""
+    """One decoder thread per 4 cores, at least one: decoding is a small part of a vision request's work
+    and OpenVINO's streams want the cores (docs/design/image-decoding.md)."""
     return max(1, (cores or os.cpu_count() or 1) // 4)
 
 

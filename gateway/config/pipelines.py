@@ -4,7 +4,7 @@
 Only the shape of each entry is checked here (keys, types, ranges), as OVMS's JSON schema does: every
 object refuses unknown keys, `params` values are strings, `demultiply_count` is -1..10000 (0 is read
 as -1, dynamic, with a warning, as OVMS reads it). What needs the models and libraries (references,
-cycles, shapes) is checked when the pipeline is built (pipeline_graph.py). Every error names the
+cycles, shapes) is checked when the pipeline is built (pipelines/graph.py). Every error names the
 pipeline, the node and the field.
 """
 

@@ -1,11 +1,10 @@
 """OpenVINO: read, reshape and compile a model; run batches on a pool of infer requests.
 
-The executor starts each inference with start_async() from the event loop and
-takes the outputs in OpenVINO's completion callback: no thread of our own between
-the loop and OpenVINO's stream threads (a worker thread calling infer() cost ~120 µs
-of CPU per request on `simple`, measured per thread under load). OpenVINO's Python
-binding never calls the callback when inference itself fails, so runs in flight
-are polled every 20 ms for that, and the client gets INTERNAL instead of a hang.
+The executor starts each inference with start_async() from the event loop and takes the outputs in
+OpenVINO's completion callback: no thread of ours between the loop and OpenVINO's stream threads. OpenVINO's
+Python binding never calls the callback when inference itself fails, so runs in flight are polled for that,
+and the client gets INTERNAL instead of a hang. Why, and why outputs are bound where they are:
+docs/design/output-binding.md.
 """
 
 from __future__ import annotations
@@ -281,8 +280,8 @@ class InferExecutor:
     else copied once into OpenVINO's tensor (gRPC's read-only message bytes); a batch of several requests
     is copied once into the batch. A large output is written by OpenVINO into our array (no copy); a small
     one, or one whose shape is not known before the run, is copied once out of the infer request (its memory
-    is the next run's; binding a fresh tensor for OpenVINO to size measured slower than the copy: README,
-    "Copies of a tensor byte"), so on gRPC, which joins the outputs into the message, those take two.
+    is the next run's; binding a fresh tensor for OpenVINO to size measured slower than the copy), so on
+    gRPC, which joins the outputs into the message, those take two (docs/design/output-binding.md).
 
     `batch_rows`: dimension 0 of every output is the run's row count (dynamic batching is on), so such
     outputs can be allocated before the run."""
@@ -524,9 +523,8 @@ def _private_start_async() -> Callable[[Any, dict, Any], None] | None:
 
 # The binding's public start_async() and infer() run every input through a Python dispatcher
 # (singledispatch, a request-tensor lookup, a copy of each read-only array in numpy) before calling the
-# C++ ones: ~12 us of the event loop's time per request on `simple`. The executor hands the C++ ones ready
-# tensors instead, and falls back to the public calls (same tensors, same result) on a release without
-# those symbols.
+# C++ ones. The executor hands the C++ ones ready tensors instead, and falls back to the public calls (same
+# tensors, same result) on a release without those symbols (docs/design/output-binding.md).
 _START_ASYNC = _private_start_async()
 _INFER = _private_method("infer")
 
@@ -576,10 +574,8 @@ def _to_tensor(array: np.ndarray, datatype: str, dtype: np.dtype | None) -> ov.T
 def _bound_output(tensor: ov.Tensor, array: np.ndarray) -> np.ndarray:
     """The bound array, when OpenVINO wrote into it; a copy of its output where it did not.
 
-    Asked through numpy: this runs on an OpenVINO thread holding the GIL, just after an inference left the
-    caches cold, where `tuple(tensor.shape)` took 36-84 us and `.ctypes.data` 20-41 us (pybind's Shape and
-    a ctypes object built per call; the bench's super-resolution model, medians of 200): 176 us for the
-    callback's outputs in all, against 5-13 us for the view, its shape and the bounds check below."""
+    Asked through numpy, not pybind's Shape and a ctypes pointer: this runs on an OpenVINO thread holding the
+    GIL with the caches cold, where those cost far more (docs/design/output-binding.md)."""
     data = tensor.data
     if data.shape == array.shape and np.may_share_memory(data, array):
         return array

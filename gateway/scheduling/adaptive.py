@@ -1,56 +1,21 @@
 """Load-adaptive execution: a latency-configured and a throughput-configured execution of one model.
 
-OpenVINO's THROUGHPUT hint splits the device into streams, so a request that arrives alone runs on one
-stream's share of the cores: at low load it waits longer than the device needs. The LATENCY hint gives a
-lone request every core, and loses throughput under load. The gateway compiles both (on CPU, when it
-chose the hint itself) and picks per dispatch, from the load it sees and from what it has measured:
+OpenVINO's THROUGHPUT hint splits the device into streams, so a lone request runs on one stream's share of
+the cores; the LATENCY hint gives it every core and loses throughput under load. The gateway compiles both
+(on CPU, when it chose the hint itself) and picks per dispatch:
 
 - something of this model is running: the throughput execution (its streams and infer requests);
-- nothing is running (the request is alone): the execution that serves a lone request best, as measured
-  on the traffic itself. The latency one is favoured only when its lone inferences take at most 1 / 1.25
-  of the throughput one's and finish at least 0.5 ms sooner: a tiny model (Triton's `simple`) gains a
-  tenth of a millisecond on a request that costs about one through the transport, and would pay with the
-  CPU its extra threads spend waking up (measured on `simple`, gRPC, concurrency 1: 1,785 against 862 us
-  of server CPU per request; such a model runs inline anyway, below). The bound was 2 ms before inline
-  execution existed, and it kept a model of a few milliseconds on one stream: `make bench`'s
-  super-resolution model (1.3-1.9 ms alone on the latency execution, 2.4-2.9 on a stream) answered one
-  closed-loop client (c=1, 3 alternating pairs, medians) over gRPC in a p50 of 5.48 ms with it and 3.43 ms
-  with 0.5 ms, at about the same server CPU per request (4.66 and 4.79 ms), and over REST in 4.27 and
-  2.87 ms (CPU 3.73 and 4.48 ms: the second core's thread is paid for). Every EXPLORE_EVERY-th lone
-  request runs on one of the others (a probe), so
-  that all stay measured as the traffic (and its input shapes) changes. Each execution's figure is the
-  quickest of its last SAMPLES lone runs: noise on a shared machine only ever slows a run down (a thread
-  preempted), so slow runs do not turn the choice unless all of the last SAMPLES were slow. A changed
-  workload makes them so within SAMPLES runs of the favoured execution (consecutive requests), and a
-  quicker one shows at the first probe. With the median of 3 instead, two slow runs of three turned it: on
-  the ResNet-50-shaped model at concurrency 1, 4-28 % (REST) and 0-16 % (gRPC) of lone requests went to
-  the throughput execution outside the probes, against 0-0.3 % and 0-3 % with the quickest of 3 (3
-  alternating runs each; 38.2 -> 42.9 and 37.9 -> 41.9 requests/s). Slowness lasts longer than three
-  20 ms runs at times, though: over REST, 4 windows of 3 s, the quickest of 3 still turned twice (50
-  lone requests on the streams outside the probes, each 40 ms instead of 20), the quickest of 8 never.
-  A run that another request started beside is no sample (it measures sharing the cores), nor is the
-  first run of each execution (OpenVINO allocates and prepares on a compiled model's first inference).
-- a tiny model: inline. Handing a request to OpenVINO's threads and taking the callback back (a thread
-  woken each way, the GIL taken by the callback, the loop woken) costs more than a tiny model's
-  inference. When the latency execution's lone runs take at most INLINE_CANDIDATE_S (hand-over included),
-  the gateway compiles a third execution in the background, LATENCY hint on one thread, and from then on
-  runs a request's inference on the event loop itself with OpenVINO's synchronous infer(), while its runs
-  there stay within INLINE_BELOW_S (the loop is blocked that long; probed like the others when they do
-  not; while they do, the threaded executions are not probed: that figure alone decides). A lone request
-  runs there, and so does one that overlaps others while the inline execution is free (the others run on
-  the streams): every inline run is a sample, since its time is what the loop
-  waits, whatever runs beside it. One thread because the LATENCY execution's worker threads spin after
-  each inference: on `simple` at concurrency 1 inline on it cost 1,238 us of server CPU per request (669
-  of them one spinning worker) against 799 through the hand-over; on one thread a synchronous inference
-  costs 111 us of CPU (with the LATENCY hint's threads 791) in the same loop. Overlapping requests inline
-  too, `simple`, medians of 4 runs alternating with the commit before (a noisy machine: single pairs went
-  both ways): server CPU per request at concurrency 4 over REST 480 -> 414 us, over gRPC 639 -> 581 us,
-  at 16 over gRPC 667 -> 625 us.
+- nothing is running: the execution that serves a lone request best, measured on the traffic. The
+  latency one is favoured only while its lone runs take at most 1 / MIN_SOLO_SPEEDUP of the throughput
+  one's and finish MIN_SOLO_SAVING_S sooner. Each execution's figure is the quickest of its last SAMPLES
+  lone runs (noise only slows a run down); a run that another request started beside is no sample, nor is
+  an execution's first run; every EXPLORE_EVERY-th lone request probes another execution;
+- a tiny model runs inline: when the latency execution's lone runs take at most INLINE_CANDIDATE_S, a
+  third execution (LATENCY hint, one thread) is compiled in the background and inferences run on the event
+  loop with OpenVINO's synchronous infer(), while they stay within INLINE_BELOW_S.
 
-A latency run counts against the model's nireq like any other: no more than nireq executions are in
-flight together (an inline one is over before the loop takes the next request). The cost is a second
-compiled model in memory (about one more copy of the weights) and its compile time, which the blob cache
-removes on restarts; a model that runs inline has a third, and only tiny models do.
+Every execution counts against the model's nireq. The thresholds and the measurements behind them:
+docs/design/adaptive-execution.md.
 """
 
 from __future__ import annotations
@@ -110,7 +75,7 @@ Slot = tuple[Execution, Role, Any]
 
 class InlineExecutor(Executor, Protocol):
     """An executor that also runs one request's inference on the calling thread
-    (openvino_runtime.InferExecutor.run_inline)."""
+    (runtime.executor.InferExecutor.run_inline)."""
 
     def run_inline(
         self, slot: Any, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None
@@ -160,9 +125,8 @@ class LoadAdaptiveExecutor:
         self._lone = 0
         # Whether a request started beside the lone run in flight (there is at most one: a lone run
         # starts only when nothing runs). Its time then says what sharing the cores costs, not what a
-        # lone request does: the first request of each closed-loop c=8 window (the other 7 arriving
-        # during it) took 41 ms on the latency execution against 21 ms alone, and three such windows
-        # turned the choice for the c=1 load after them (ResNet-50-shaped, REST).
+        # lone request does (a run joined by the rest of a closed-loop window took twice its lone time and
+        # turned the choice for the load after it: docs/design/adaptive-execution.md).
         self._lone_shared = False
 
     @property
@@ -236,10 +200,8 @@ class LoadAdaptiveExecutor:
         favoured = self.favoured()
         # Inline is favoured on its own figure (INLINE_BELOW_S), which every inline run refreshes, not by
         # comparison: probing the threaded executions then informs no choice, and costs each probe's
-        # hand-over plus the spinning of the stream thread it wakes. `simple` over gRPC, 3 alternating
-        # pairs each: OpenVINO's threads' CPU per request 87-94 -> 70-73 us at c=1, 72-84 -> 65-77 at c=4;
-        # the server's total moved within this machine's noise (+-30 us). Once inline loses favour, the
-        # probes resume and refresh the others' figures.
+        # hand-over plus the spinning of the stream thread it wakes (docs/design/adaptive-execution.md).
+        # Once inline loses favour, the probes resume and refresh the others' figures.
         if favoured is Execution.INLINE or self._lone % EXPLORE_EVERY:
             return favoured
         others = [k for k in candidates if k is not favoured]

@@ -1,15 +1,9 @@
 """The clock the scheduler and the device gate read and set timers on.
 
-Production code uses the event loop's monotonic clock; unit tests hand in a manual
-clock, so batching delays, deadlines and priority aging are tested without sleeping.
-
-A batching delay is often a fraction of a millisecond (Triton's max_queue_delay_microseconds, e.g. 100
-or 500), which the loop's own timers cannot keep: libuv's are in whole milliseconds, and uvloop rounds
-a delay to them. Measured here, a timer asked for 0.1 ms fired after 0.008 ms (median of 200: the delay
-is lost, a batch goes out unfilled), 0.5 ms after 1.12 ms, 1.5 ms after 2.12 ms; asyncio's own loop
-fired 0.1 ms after 1.13 ms. So short timers (up to PRECISE_BELOW_S) go to a timerfd the loop watches:
-the kernel's high-resolution timer wakes the loop's poll at the time asked (Linux; elsewhere, and for
-longer timers such as deadlines and priority aging, the loop's own timers).
+Production code uses the event loop's monotonic clock; unit tests hand in a manual clock, so batching
+delays, deadlines and priority aging are tested without sleeping. Timers due within PRECISE_BELOW_S go to a
+timerfd the loop watches, since the loop's own timers are whole milliseconds and a batching delay is often a
+fraction of one (Linux; elsewhere, and for longer timers, the loop's own): docs/design/precise-timers.md.
 """
 
 from __future__ import annotations

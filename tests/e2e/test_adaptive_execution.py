@@ -71,7 +71,8 @@ def test_idle_requests_take_the_latency_execution_and_overlapping_ones_the_strea
     assert _runs(gw, "heavy", "latency") == 2 and _runs(gw, "heavy", "throughput") == 2
     for _ in range(4):
         # Each lone request then runs where the measured lone times (exposed as metrics) point. Which one
-        # that is depends on the machine's timings, a benchmark's business (README); the wiring does not.
+        # that is depends on the machine's timings, a benchmark's business (docs/benchmarking.md); the
+        # wiring does not.
         latency_s, throughput_s = (_lone_seconds(gw, "heavy", e) for e in ("latency", "throughput"))
         favoured = "latency" if latency_execution_pays(throughput_s, latency_s) else "throughput"
         before = _runs(gw, "heavy", favoured)

@@ -1,4 +1,4 @@
-"""Pipeline definitions: OVMS's schema (pipeline_settings) and the graph checks (pipeline_graph), driven
+"""Pipeline definitions: OVMS's schema (config/pipelines.py) and the graph checks (pipelines/graph.py), driven
 with fake model metadata and a fake library instance. Each error must name the pipeline, the node and
 the field."""
 

@@ -11,6 +11,7 @@ from gateway.demo_models import build_repository
 from gateway.testing import start_gateway
 from loadgen.bench.models import fetch_ppocr_det
 from tests.support.perf_analyzer import find_perf_analyzer
+from tests.support.servers import start_test_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
@@ -68,6 +69,6 @@ def mixed_server(tmp_path_factory):
     from tests.support.model_builders import build_mixed_repository
 
     config = build_mixed_repository(tmp_path_factory.mktemp("mixed"))
-    gw = start_gateway(["--config_path", str(config)], tmp_path_factory.mktemp("logs") / "mixed.log")
+    gw = start_test_gateway(["--config_path", str(config)], tmp_path_factory.mktemp("logs") / "mixed.log")
     yield gw
     gw.stop()

@@ -8,7 +8,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.testing import start_gateway
+from tests.support.servers import start_test_gateway
 
 
 def _cache_loads(gw) -> dict:
@@ -19,7 +19,7 @@ def _cache_loads(gw) -> dict:
 
 
 def _serve_once(model_repo, cache, log):
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--model_name", "simple", "--model_path", str(model_repo / "simple"), "--cache_dir", str(cache)], log
     )
     try:

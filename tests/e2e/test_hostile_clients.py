@@ -1,4 +1,4 @@
-"""Hostile and broken clients against a real gateway: every class the fuzzing of issue 16 found, and the
+"""Hostile and broken clients against a real gateway: every class of client that fuzzing found, and the
 limits on what a client controls (bodies, nesting, declared sizes, connections, slow heads, streams).
 
 Each test ends with a good request that must still be answered: bad input never stops the server. The
@@ -24,8 +24,8 @@ import tritonclient.grpc as grpcclient
 
 from gateway.core.jsondoc import MAX_JSON_DEPTH
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from gateway.testing import start_gateway
 from tests.support.raw_grpc import RawGrpc, dummy_request
+from tests.support.servers import start_test_gateway
 
 BODY_LIMIT = 1_000_000
 MAX_CONNECTIONS = 24
@@ -43,7 +43,7 @@ def hostile_server(model_repo, tmp_path_factory):
             entry["config"]["max_queue_size"] = STREAM_QUEUE
     folder = tmp_path_factory.mktemp("hostile")
     (folder / "config.json").write_text(json.dumps(config))
-    gw = start_gateway(
+    gw = start_test_gateway(
         [
             "--config_path", str(folder / "config.json"),
             "--rest_max_body_bytes", str(BODY_LIMIT),
@@ -362,7 +362,7 @@ def live_on_a_new_connection(gw, channels: list):
 
 def test_grpc_refuses_rpcs_past_max_concurrent_rpcs_and_serves_again_once_they_end(model_repo, tmp_path):
     model = ["--model_name", "dummy", "--model_path", str(model_repo / "dummy")]
-    gw = start_gateway([*model, "--grpc_max_concurrent_rpcs", "2"], tmp_path / "gw.log")
+    gw = start_test_gateway([*model, "--grpc_max_concurrent_rpcs", "2"], tmp_path / "gw.log")
     channel = grpc.insecure_channel(gw.grpc_url)
     live = channel.unary_unary(
         SERVICE + "ServerLive",
@@ -410,7 +410,7 @@ def _requests_until(end: threading.Event, request):
 
 
 def test_grpc_refuses_connections_past_its_bound(model_repo, tmp_path):
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--grpc_max_connections", "2"],
         tmp_path / "gw.log",
     )
@@ -446,7 +446,7 @@ def test_grpc_refuses_connections_past_its_bound(model_repo, tmp_path):
 
 
 def test_a_new_connection_is_refused_with_503_only_when_every_open_one_is_busy(model_repo, tmp_path):
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--rest_max_connections", "2"],
         tmp_path / "gw.log",
     )

@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from gateway.demo_models import dummy_model, save, scaled_model, simple_model
-from gateway.testing import start_gateway
+from tests.support.servers import start_test_gateway
 
 
 def _write_config(path, models):
@@ -42,7 +42,7 @@ def test_reload_under_load_never_fails_the_models_that_stay(tmp_path):
     config = tmp_path / "config.json"
     models = {"dummy": {}, "simple": {}, "versioned": {}}
     _write_config(config, models)
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--config_path", str(config), "--file_system_poll_wait_seconds", "0.3"], tmp_path / "gw.log"
     )
     failures: list[str] = []
@@ -127,7 +127,7 @@ def test_a_version_copied_in_slowly_is_served_once_the_copy_ends(tmp_path, folde
     # load it. The version must be tried again once the .bin lands, not stay failed for good.
     save(scaled_model(1.0), tmp_path / "versioned" / "1")
     save(scaled_model(3.0), tmp_path / "staging")
-    gw = start_gateway(
+    gw = start_test_gateway(
         [
             "--model_name",
             "versioned",

@@ -25,9 +25,9 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import save
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from gateway.testing import start_gateway
 from tests.support.perf_analyzer import run_pa
 from tests.support.raw_grpc import RawGrpc
+from tests.support.servers import start_test_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,7 +78,7 @@ def image_server(tmp_path_factory):
         save(model, root / name / "1")
         entries.append({"config": {"name": name, "base_path": str(root / name), **keys}})
     (root / "config.json").write_text(json.dumps({"model_config_list": entries}))
-    gw = start_gateway(["--config_path", str(root / "config.json")], root / "gw.log")
+    gw = start_test_gateway(["--config_path", str(root / "config.json")], root / "gw.log")
     yield gw
     log = gw.log()
     assert gw.stop() == 0

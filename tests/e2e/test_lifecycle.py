@@ -11,8 +11,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import save
-from gateway.testing import start_gateway
 from loadgen.bench.models import resnet50_shaped
+from tests.support.servers import start_test_gateway
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def slow_model(tmp_path_factory):
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_model, tmp_path):
     args = ["--model_name", "resnet", "--model_path", str(slow_model), "--shutdown_timeout", "30"]
-    gw = start_gateway(args, tmp_path / "gw.log")
+    gw = start_test_gateway(args, tmp_path / "gw.log")
     outcomes: list[tuple[str, float, float, str]] = []  # (kind, sent, done, detail)
     lock = threading.Lock()
     image = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)

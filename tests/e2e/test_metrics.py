@@ -20,7 +20,8 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from gateway.testing import free_port, start_gateway
+from gateway.testing import free_port
+from tests.support.servers import start_test_gateway
 
 
 def scrape(gw) -> dict:
@@ -44,7 +45,7 @@ def value(families, family, **labels):
 
 @pytest.fixture(scope="module")
 def metrics_server(model_repo, tmp_path_factory):
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--config_path", str(model_repo / "config.json")], tmp_path_factory.mktemp("logs") / "m.log"
     )
     yield gw
@@ -129,7 +130,7 @@ def test_counters_and_histograms_match_what_was_sent(metrics_server):
 
 
 def test_metrics_list_limits_the_families(model_repo, tmp_path):
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"),
          "--metrics_list", "ovms_streams,ovms_current_requests"],
         tmp_path / "gw.log",
@@ -142,7 +143,7 @@ def test_metrics_list_limits_the_families(model_repo, tmp_path):
 
 
 def test_metrics_can_be_disabled(model_repo, tmp_path):
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--metrics_enable", "false"],
         tmp_path / "gw.log",
     )
@@ -243,7 +244,7 @@ def test_prometheus_scrapes_the_ovms_autoscaling_ratio(metrics_server, prometheu
 def test_metrics_port_and_json_logs(model_repo, tmp_path):
     port = free_port()
     log = tmp_path / "gw.json.log"
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--model_name", "dummy", "--model_path", str(model_repo / "dummy"), "--metrics_port", str(port),
          "--log_format", "json", "--log_path", str(log)],
         tmp_path / "stdout.log",
@@ -304,7 +305,7 @@ def test_prometheus_sees_load_and_rejections_under_overload(prometheus_binary, t
     save(busy_model(60, width=512), tmp_path / "slow" / "1")
     args = ["--model_name", "slow", "--model_path", str(tmp_path / "slow"), "--nireq", "1",
             "--max_queue_size", "2"]  # fmt: skip
-    gw = start_gateway(args, tmp_path / "gw.log")
+    gw = start_test_gateway(args, tmp_path / "gw.log")
     server, port = _start_prometheus(prometheus_binary, gw.http_url, tmp_path)
 
     async def load(seconds: float) -> tuple[int, int]:

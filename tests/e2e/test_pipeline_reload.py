@@ -15,9 +15,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import save, scaled_model
-from gateway.testing import start_gateway
 from loadgen.custom_nodes import NODES
 from tests.support.model_builders import busy_model
+from tests.support.servers import start_test_gateway
 
 SLOW_MATMULS = 60  # a busy row takes some milliseconds: requests are in flight while the config changes
 
@@ -86,7 +86,7 @@ def test_pipelines_and_libraries_follow_the_config(repo):
         "outputs": [{"out": {"node_name": "n", "data_item": "y"}}],
     }
     write_config(config, models, [CHAIN, later])
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--config_path", str(config), "--file_system_poll_wait_seconds", "0"], repo / "gw.log"
     )
     client = grpcclient.InferenceServerClient(gw.grpc_url)
@@ -166,7 +166,7 @@ def test_requests_in_flight_finish_across_a_reload(repo):
         "outputs": [{"out": {"node_name": "after", "data_item": "y"}}],
     }
     write_config(config, models, [slow])
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--config_path", str(config), "--file_system_poll_wait_seconds", "0"], repo / "gw.log"
     )
     failures: list[str] = []

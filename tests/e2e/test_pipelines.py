@@ -22,10 +22,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from gateway.testing import start_gateway
 from tests.support.kserve_sdk import run_kserve_sdk_client
 from tests.support.perf_analyzer import assert_report, run_pa
 from tests.support.pipeline_builders import HIGH, build_pipeline_repository, expected_super_resolution
+from tests.support.servers import start_test_gateway
 
 IMAGE = (1, 3, HIGH, HIGH)
 
@@ -37,7 +37,7 @@ def pipeline_server(tmp_path_factory):
         config = build_pipeline_repository(root)
     except RuntimeError as e:
         pytest.skip(str(e))
-    gw = start_gateway(["--config_path", str(config)], root / "gw.log")
+    gw = start_test_gateway(["--config_path", str(config)], root / "gw.log")
     yield gw
     code = gw.stop()
     assert code == 0, gw.log()[-3000:]

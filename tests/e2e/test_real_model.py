@@ -11,13 +11,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from gateway.testing import start_gateway
+from tests.support.servers import start_test_gateway
 
 
 @pytest.fixture(scope="module")
 def ppocr_server(ppocr_det_onnx, tmp_path_factory):
     # base_path is the model file itself: served as version 1
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--model_name", "ppocr_det", "--model_path", str(ppocr_det_onnx)],
         tmp_path_factory.mktemp("logs") / "ppocr.log",
     )

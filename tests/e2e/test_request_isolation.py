@@ -25,11 +25,11 @@ from gateway.codecs.tensor import array_from_raw
 from gateway.core.datatypes import BY_NAME
 from gateway.demo_models import dummy_model, save, simple_model
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from gateway.testing import start_gateway
 from tests.support.datatype_samples import SAMPLES
 from tests.support.metrics import scrape, value
 from tests.support.model_builders import runtime_reshape_model, static_simple_model
 from tests.support.raw_grpc import RawGrpc
+from tests.support.servers import start_test_gateway
 
 BATCHING = {"max_batch_size": 8, "max_queue_delay_microseconds": 200_000}
 
@@ -49,7 +49,7 @@ def isolation_server(tmp_path_factory):
     ]
     config = root / "config.json"
     config.write_text(json.dumps({"model_config_list": [{"config": e} for e in entries]}))
-    gw = start_gateway(["--config_path", str(config)], tmp_path_factory.mktemp("logs") / "isolation.log")
+    gw = start_test_gateway(["--config_path", str(config)], tmp_path_factory.mktemp("logs") / "isolation.log")
     yield gw
     gw.stop()
 

@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from gateway.testing import start_gateway
+from tests.support.servers import start_test_gateway
 
 # Clients get copies: tritonclient's HTTP client adds its own headers to the dict it is given.
 ADMIN = {"admin-key": "s3cret"}
@@ -25,7 +25,7 @@ INFER = {"infer-key": "abc"}
 
 @pytest.fixture(scope="module")
 def restricted_server(model_repo, tmp_path_factory):
-    gw = start_gateway(
+    gw = start_test_gateway(
         [
             "--config_path", str(model_repo / "config.json"),
             "--restricted_api", "model-repository,model-config,statistics:Admin-Key=s3cret",

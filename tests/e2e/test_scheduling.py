@@ -19,8 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import save
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from gateway.testing import start_gateway
 from tests.support.model_builders import busy_model, busy_model_taking
+from tests.support.servers import start_test_gateway
 
 BATCH_DELAY_US = 150_000  # long enough for every concurrent client of a test to join one batch
 
@@ -55,7 +55,7 @@ def batching_server(tmp_path_factory):
         _entry("unbatched", base_path="dyn", nireq=1),
     ]
     (root / "config.json").write_text(json.dumps({"model_config_list": entries}))
-    gw = start_gateway(["--config_path", str(root / "config.json")], root / "gw.log")
+    gw = start_test_gateway(["--config_path", str(root / "config.json")], root / "gw.log")
     yield gw
     assert gw.stop() == 0, gw.log()[-3000:]
 
@@ -388,7 +388,7 @@ def test_model_without_a_batch_dimension_is_refused_for_batching(tmp_path):
     y = ops.reduce_sum(x, ops.constant(np.array([0, 1], np.int64)), keep_dims=False)  # a scalar: no batch
     save(ov.Model([y.output(0)], [x], "flat"), tmp_path / "flat" / "1")
     args = ["--model_name", "flat", "--model_path", str(tmp_path / "flat"), "--max_batch_size", "4"]
-    gw = start_gateway(args, tmp_path / "gw.log", wait_ready=False)
+    gw = start_test_gateway(args, tmp_path / "gw.log", wait_ready=False)
     try:
         code = gw.process.wait(60)
     finally:
@@ -408,7 +408,7 @@ def priority_server(tmp_path_factory):
         _entry("low", base_path="work", priority="LOW"),
     ]
     (root / "config.json").write_text(json.dumps({"model_config_list": entries}))
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--config_path", str(root / "config.json"), "--priority_aging_ms", "400"], root / "gw.log"
     )
     yield gw

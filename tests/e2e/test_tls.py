@@ -20,9 +20,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from gateway.testing import free_port, start_gateway
+from gateway.testing import free_port
 from tests.support.certs import CertificateAuthority
 from tests.support.perf_analyzer import run_pa
+from tests.support.servers import start_test_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +60,7 @@ def single_model(model_repo: Path, name: str = "simple") -> list[str]:
 
 @pytest.fixture(scope="module")
 def tls_server(pki, model_repo, tmp_path_factory):
-    gw = start_gateway(
+    gw = start_test_gateway(
         [*single_model(model_repo), *tls_args(pki, mutual=False), "--metrics_port", str(free_port())],
         tmp_path_factory.mktemp("tls") / "gw.log",
         ssl_context=pki.context(),
@@ -70,7 +71,7 @@ def tls_server(pki, model_repo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mtls_server(pki, model_repo, tmp_path_factory):
-    gw = start_gateway(
+    gw = start_test_gateway(
         [*single_model(model_repo), *tls_args(pki, mutual=True)],
         tmp_path_factory.mktemp("mtls") / "gw.log",
         ssl_context=pki.context(client=pki.client),
@@ -253,7 +254,7 @@ def test_rotated_certificate_files_take_effect_without_a_restart(pki, model_repo
         ("ca.crt", pki.ca.cert_path),
     ):
         shutil.copy(source, live / name)
-    gw = start_gateway(
+    gw = start_test_gateway(
         [*single_model(model_repo), "--file_system_poll_wait_seconds", "0.2",
          "--tls_cert_file", str(live / "server.crt"), "--tls_key_file", str(live / "server.key"),
          "--tls_client_ca_file", str(live / "ca.crt")],
@@ -298,7 +299,7 @@ def test_ovms_config_reload_re_reads_the_tls_files_with_polling_off(pki, model_r
     live.mkdir()
     shutil.copy(pki.server.cert, live / "server.crt")
     shutil.copy(pki.server.key, live / "server.key")
-    gw = start_gateway(
+    gw = start_test_gateway(
         [*single_model(model_repo), "--file_system_poll_wait_seconds", "0",
          "--tls_cert_file", str(live / "server.crt"), "--tls_key_file", str(live / "server.key")],
         tmp_path / "gw.log",

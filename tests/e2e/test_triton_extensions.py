@@ -13,7 +13,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import dummy_model, save, simple_model
-from gateway.testing import start_gateway
+from tests.support.servers import start_test_gateway
 
 
 def _simple_inputs(module, batch=1):
@@ -83,7 +83,7 @@ def repo_server(tmp_path_factory):
     (root / "config.json").write_text(
         json.dumps({"model_config_list": [{"config": {"name": "dummy", "base_path": "dummy"}}]})
     )
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--config_path", str(root / "config.json")], tmp_path_factory.mktemp("logs") / "repo.log"
     )
     yield gw

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from gateway.core.datatypes import BY_NAME
 from gateway.proto import ovgw_grpc_service_pb2 as pb
-from gateway.testing import start_gateway
+from tests.support.servers import start_test_gateway
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -48,7 +48,7 @@ MODELS = ["dummy", "simple", "identity_bytes", "identity_fp16", "scalars", "nope
 
 @pytest.fixture(scope="module")
 def fuzz_server(model_repo, tmp_path_factory):
-    gw = start_gateway(
+    gw = start_test_gateway(
         ["--config_path", str(model_repo / "config.json"), "--rest_max_body_bytes", "4000000"],
         tmp_path_factory.mktemp("fuzz") / "gw.log",
     )

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.testing import start_gateway
 from gateway.transports.rest.openapi import document
 from gateway.transports.rest.server import build_app
+from tests.support.servers import start_test_gateway
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 EXAMPLES = os.environ.get("SCHEMATHESIS_EXAMPLES", "25")
@@ -66,7 +66,7 @@ def run_schemathesis(gw, *args: str, cwd: Path) -> str:
 
 @pytest.fixture
 def fresh_gateway(model_repo, tmp_path):
-    gw = start_gateway(["--config_path", str(model_repo / "config.json")], tmp_path / "gw.log")
+    gw = start_test_gateway(["--config_path", str(model_repo / "config.json")], tmp_path / "gw.log")
     yield gw
     assert gw.stop() == 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,26 +15,83 @@ from loadgen.bench import report
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_bench(tmp_path: Path, module: str, args: list[str], timeout: int = 300) -> Path:
-    """Run `python -m module args --output tmp_path` from the project root; the run folder it wrote."""
+# Each bench's smoke run, longest first: tiny windows on Triton's `simple` where the bench takes a model.
+SMOKE_RUNS = {
+    "scheduling": [
+        "--model",
+        "simple",
+        "--repetitions",
+        "1",
+        "--window-ms",
+        "1000",
+        "--benchmark-seconds",
+        "1",
+    ],
+    "images": ["--repetitions", "1", "--window-ms", "1000", "--concurrency", "1"],
+    "overload": ["--models", "simple", "--window-ms", "700", "--soak-seconds", "2"],
+    "ceiling": ["--models", "simple", "--rounds", "2", "--window-ms", "1000", "--concurrency", "1"],
+    "throughput": [
+        "--models",
+        "simple",
+        "--repetitions",
+        "1",
+        "--window-ms",
+        "500",
+        "--benchmark-seconds",
+        "1",
+        "--concurrency",
+        "1",
+    ],  # fmt: skip
+    "cpu_split": [
+        "--models",
+        "simple",
+        "--protocols",
+        "grpc",
+        "--window-ms",
+        "2000",
+        "--benchmark-seconds",
+        "1",
+    ],
+    "pipelines": ["--repetitions", "1", "--requests", "2", "--images", "1,2"],
+}
+
+
+def _run_bench(out: Path, bench: str, args: list[str]) -> Path:
+    """`python -m loadgen.bench.<bench> args --output out`, from the project root; the run folder it wrote."""
+    module = f"loadgen.bench.{bench}"
     result = subprocess.run(
-        [sys.executable, "-m", module, *args, "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", module, *args, "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (run,) = tmp_path.iterdir()
+    (run,) = out.iterdir()
     # Every run records where and how it ran, and docs/performance.md's generator renders it from the JSON.
     results = json.loads((run / "results.json").read_text())
-    assert results["run"]["bench"] == module.rsplit(".", 1)[1] and results["run"]["cores"] > 0
+    assert results["run"]["bench"] == bench and results["run"]["cores"] > 0
     assert results["run"]["command"].startswith(f"python -m {module}")
     page = report.render([results])
     assert results["run"]["command"] in page and "| --- |" in page.split(results["run"]["command"])[1]
     return run
 
 
-def test_bench_harness_writes_its_tables(tmp_path):
-    args = ["--models", "simple", "--repetitions", "1", "--window-ms", "500", "--benchmark-seconds", "1"]
-    run = run_bench(tmp_path, "loadgen.bench.throughput", [*args, "--concurrency", "1"])
+@pytest.fixture(scope="module")
+def bench_runs(tmp_path_factory):
+    """The smoke runs start with the module's first test, two at a time: a run is mostly fixed windows,
+    sleeps and process start-ups, so two share the machine without starving each other's windows and the
+    module takes little more than half the time. Each test then checks its own run's output."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {
+            bench: pool.submit(_run_bench, tmp_path_factory.mktemp(bench), bench, args)
+            for bench, args in SMOKE_RUNS.items()
+        }
+
+
+def run_of(bench_runs: dict[str, Future], bench: str) -> Path:
+    return bench_runs[bench].result()
+
+
+def test_bench_harness_writes_its_tables(bench_runs):
+    run = run_of(bench_runs, "throughput")
     results = json.loads((run / "results.json").read_text())
     entry = results["models"]["simple"]
     assert entry["benchmark_app"]["throughput"]["fps"] > 0
@@ -71,12 +129,8 @@ def test_bench_harness_writes_its_tables(tmp_path):
     assert "gateway above the floor" in table and "floor+infer infer/s" in table
 
 
-def test_ceiling_bench_takes_its_ratios_round_by_round(tmp_path):
-    run = run_bench(
-        tmp_path,
-        "loadgen.bench.ceiling",
-        ["--models", "simple", "--rounds", "2", "--window-ms", "1000", "--concurrency", "1"],
-    )
+def test_ceiling_bench_takes_its_ratios_round_by_round(bench_runs):
+    run = run_of(bench_runs, "ceiling")
     entry = json.loads((run / "results.json").read_text())["models"]["simple"]
     assert len(entry["rounds"]) == 2
     for windows in entry["rounds"]:
@@ -89,12 +143,8 @@ def test_ceiling_bench_takes_its_ratios_round_by_round(tmp_path):
     assert "| simple |" in (run / "results.md").read_text()
 
 
-def test_cpu_split_names_where_the_cpu_goes(tmp_path):
-    run = run_bench(
-        tmp_path,
-        "loadgen.bench.cpu_split",
-        ["--models", "simple", "--protocols", "grpc", "--window-ms", "2000", "--benchmark-seconds", "1"],
-    )
+def test_cpu_split_names_where_the_cpu_goes(bench_runs):
+    run = run_of(bench_runs, "cpu_split")
     row = json.loads((run / "results.json").read_text())["simple-grpc"]
     assert row["threads_us"]["event loop (main thread)"] > 0
     # OpenVINO's threads are found and named; whether they worked in the window depends on the machine's
@@ -107,25 +157,18 @@ def test_cpu_split_names_where_the_cpu_goes(tmp_path):
     assert "| simple | grpc |" in (run / "results.md").read_text()
 
 
-def test_scheduling_bench_writes_its_tables(tmp_path):
+def test_scheduling_bench_writes_its_tables(bench_runs):
     # On Triton's tiny `simple` rather than the ResNet-50-shaped model of the real run: the harness is
     # the same, and six gateways compile in a fraction of the time.
-    out_dir = run_bench(
-        tmp_path,
-        "loadgen.bench.scheduling",
-        ["--model", "simple", "--repetitions", "1", "--window-ms", "1000", "--benchmark-seconds", "1"],
-        timeout=600,
-    )
+    out_dir = run_of(bench_runs, "scheduling")
     results = json.loads((out_dir / "results.json").read_text())
     assert results["batching"]["on"]["median_throughput"] > 0
     assert results["contention"]["priorities"]["contended"]["median_throughput"] > 0
     assert "Dynamic batching" in (out_dir / "results.md").read_text()
 
 
-def test_image_bench_writes_its_table(tmp_path):
-    run = run_bench(
-        tmp_path, "loadgen.bench.images", ["--repetitions", "1", "--window-ms", "1000", "--concurrency", "1"]
-    )
+def test_image_bench_writes_its_table(bench_runs):
+    run = run_of(bench_runs, "images")
     results = json.loads((run / "results.json").read_text())
     assert {row["protocol"] for row in results["rows"]} == {"grpc", "http"}
     for row in results["rows"]:
@@ -137,12 +180,8 @@ def test_image_bench_writes_its_table(tmp_path):
     assert "JPEG / float" in (run / "results.md").read_text()
 
 
-def test_overload_bench_writes_its_results(tmp_path):
-    run = run_bench(
-        tmp_path,
-        "loadgen.bench.overload",
-        ["--models", "simple", "--window-ms", "700", "--soak-seconds", "2"],
-    )
+def test_overload_bench_writes_its_results(bench_runs):
+    run = run_of(bench_runs, "overload")
     results = json.loads((run / "results.json").read_text())
     entry = results["models"]["simple"]
     assert entry["capacity"]["Inferences/Second"] > 0 and entry["capacity"]["server_cpu_us_per_request"] > 0
@@ -157,10 +196,8 @@ def test_overload_bench_writes_its_results(tmp_path):
     assert results["soak"]["rss_start_kib"] > 0 and results["soak"]["throughput"] > 0
 
 
-def test_pipeline_bench_writes_its_table(tmp_path):
-    run = run_bench(
-        tmp_path, "loadgen.bench.pipelines", ["--repetitions", "1", "--requests", "2", "--images", "1,2"]
-    )
+def test_pipeline_bench_writes_its_table(bench_runs):
+    run = run_of(bench_runs, "pipelines")
     results = json.loads((run / "results.json").read_text())
     assert [row["images"] for row in results["rows"]] == [1, 2]
     for row in results["rows"]:

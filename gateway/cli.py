@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rest_workers", type=int, default=None, help="accepted for OVMS compatibility")
     g.add_argument("--cache_dir", help="OpenVINO compiled-blob cache folder")
     g.add_argument(
+        "--model_cache_dir",
+        help="where versions downloaded from object storage (s3://) are kept and reused across restarts "
+        "(default: $TMPDIR/ovgw-model-cache)",
+    )
+    g.add_argument(
         "--shutdown_timeout",
         type=float,
         default=30.0,
@@ -303,7 +308,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         if args.config_path:
             config_path = Path(args.config_path)
             repository = str((config_path if config_path.is_dir() else config_path.parent).resolve())
-        else:
+        elif "://" not in args.model_path:  # a bucket is no folder the repository API could load from
             repository = str(Path(args.model_path).resolve().parent)
     restricted = tuple(parse_restriction(text) for text in args.restricted_api)
     ApiGuard(restricted)  # a category restricted twice is a start-up error
@@ -329,6 +334,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         rest_max_body_bytes=args.rest_max_body_bytes,
         grpc_workers=args.grpc_workers,
         cache_dir=cache_dir,
+        model_cache_dir=args.model_cache_dir,
         log_level=args.log_level,
         log_path=args.log_path,
         metrics_enable=metrics_enable,

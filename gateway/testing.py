@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,10 @@ def start_gateway(
     wait_ready: bool = True,
     timeout: float = 90,
     ssl_context: ssl.SSLContext | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> GatewayProcess:
+    """`python -m gateway args` on two free loopback ports, its output in `log_path`, in `env` (default: this
+    process's environment); once `wait_ready`, its /v2/health/ready answers 200."""
     grpc_port, rest_port = free_port(), free_port()
     cmd = [
         sys.executable, "-m", "gateway",
@@ -67,7 +71,9 @@ def start_gateway(
         *args,
     ]  # fmt: skip
     log_file = open(log_path, "wb")  # noqa: SIM115 - the process owns it
-    process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+    process = subprocess.Popen(
+        cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ if env is None else env)
+    )
     gw = GatewayProcess(process, grpc_port, rest_port, log_path, ssl_context)
     if wait_ready:
         wait_until_ready(gw, timeout)

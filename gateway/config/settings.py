@@ -134,6 +134,8 @@ class ServerSettings:
     tls: TlsSettings | None = None  # None = plaintext
     restricted_apis: tuple[ApiRestriction, ...] = ()
     cache_dir: str | None = None
+    # Where versions downloaded from object storage are kept (None: TMPDIR/ovgw-model-cache).
+    model_cache_dir: str | None = None
     log_level: str = "INFO"
     log_path: str | None = None
     file_system_poll_wait_seconds: float = 1.0  # config and version-folder polling; 0 = off
@@ -215,7 +217,7 @@ def parse_model_entry(entry: Any, config_dir: Path | None = None) -> ModelSettin
     base_path = entry.get("base_path")
     if not isinstance(base_path, str) or not base_path:
         raise _fail(name, "base_path", base_path, "a non-empty string path is required")
-    if config_dir is not None and not Path(base_path).is_absolute():
+    if config_dir is not None and not Path(base_path).is_absolute() and "://" not in base_path:
         base_path = str((config_dir / base_path).resolve())
 
     device = entry.get("target_device", "CPU")

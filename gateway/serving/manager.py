@@ -17,7 +17,8 @@ from gateway.observability.statistics import ExecutionTimes
 from gateway.runtime.executor import check_device
 from gateway.serving.compiler import VersionCompiler
 from gateway.serving.model_version import ModelVersion, State
-from gateway.serving.repository import discover_versions, folder_fingerprint, looks_like_model, resolve_inside
+from gateway.serving.repository import looks_like_model, resolve_inside
+from gateway.serving.stores import VersionStore, default_model_cache_dir, remote_scheme, store_for
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class ModelManager:
                 except Exception as e:
                     raise ConfigError(f"--register_plugin {device}={library}: {e}") from None
         self._models: dict[str, ServedModel] = {}
+        self._model_cache_dir = settings.model_cache_dir or default_model_cache_dir()
+        self._store_errors = _StoreErrors()
+        self._stores: dict[tuple[str, str], VersionStore] = {}
         self.loading_done = asyncio.Event()
         # The metrics recorder of each execution: (name, version, its times, its requests' queue times).
         self._on_execution = on_execution
@@ -99,25 +103,41 @@ class ModelManager:
         assert settings is not None
         try:
             check_device(self._core, settings.name, settings.target_device)
-            on_disk = discover_versions(settings.name, settings.base_path)
+            store = self._store(settings)
+            available = await self._off_the_loop(settings, store.versions)
+            chosen = settings.version_policy.select(list(available))
+            if not chosen:
+                raise ConfigError(
+                    f"model '{settings.name}': field 'model_version_policy' = "
+                    f"{settings.version_policy.to_dict()}: "
+                    f"selects none of the versions on disk {sorted(available)}"
+                )
+            on_disk = await self._off_the_loop(settings, store.local_folders, chosen)
         except ConfigError as e:
             log.error("model %s not served: %s", settings.name, e)
             return replace(model, error=str(e))
-        chosen = settings.version_policy.select(list(on_disk))
-        if not chosen:
-            error = (
-                f"model '{settings.name}': field 'model_version_policy' = "
-                f"{settings.version_policy.to_dict()}: "
-                f"selects none of the versions on disk {sorted(on_disk)}"
-            )
-            log.error("model %s not served: %s", settings.name, error)
-            return replace(model, error=error)
+        chosen = [number for number in chosen if number in on_disk]
         for number in chosen:
             model.versions[number] = ModelVersion(
                 settings.name, number, settings, str(on_disk[number]), on_execution=self._on_execution
             )
         await asyncio.gather(*(self._compiler.load(v) for v in model.versions.values()))
         return model
+
+    def _store(self, settings: ModelSettings) -> VersionStore:
+        """The model's store, made once per base path: a remote one keeps its connections between polls."""
+        key = (settings.name, settings.base_path)
+        store = self._stores.get(key)
+        if store is None:
+            store = self._stores[key] = store_for(settings.name, settings.base_path, self._model_cache_dir)
+        return store
+
+    @staticmethod
+    async def _off_the_loop(settings: ModelSettings, call: Callable, *args):
+        """A store's call: in a thread for object storage (network, downloads), inline for a local folder."""
+        if remote_scheme(settings.base_path) is None:
+            return call(*args)
+        return await asyncio.to_thread(call, *args)
 
     # --- the model_repository extension -----------------------------------------------------------
 
@@ -180,25 +200,29 @@ class ModelManager:
     def served_settings(self) -> dict[str, ModelSettings]:
         return {name: m.settings for name, m in self._models.items() if m.settings is not None and m.versions}
 
-    def _selected_versions(self, settings: ModelSettings) -> dict[int, Path]:
-        """Version number -> model file, for the versions the policy would serve from disk now."""
+    def _selected_versions(self, settings: ModelSettings) -> dict[int, tuple] | None:
+        """Version number -> fingerprint, for the versions the policy would serve from the store now; None
+        when the store cannot be listed (logged once per change). Blocks: the reloader calls it in a
+        thread."""
         try:
-            found = discover_versions(settings.name, settings.base_path)
-        except ConfigError:
-            return {}
+            found = self._store(settings).versions()
+        except ConfigError as e:
+            self._store_errors.report(settings.name, str(e))
+            return None
+        self._store_errors.report(settings.name, "")
         return {number: found[number] for number in settings.version_policy.select(list(found))}
 
-    def version_folders(self, settings: ModelSettings) -> tuple[int, ...]:
-        """The versions the policy would serve from disk now (what a reload compares)."""
-        return tuple(self._selected_versions(settings))
+    def version_folders(self, settings: ModelSettings) -> tuple[int, ...] | None:
+        """The versions the policy would serve from the store now (what a reload compares); None when the
+        store cannot be listed."""
+        selected = self._selected_versions(settings)
+        return None if selected is None else tuple(selected)
 
-    def version_fingerprints(self, settings: ModelSettings) -> tuple:
-        """The selected versions with their files' sizes and times: what the reloader polls."""
-        single_file = Path(settings.base_path).is_file()
-        return tuple(
-            (number, () if single_file else folder_fingerprint(path if path.is_dir() else path.parent))
-            for number, path in self._selected_versions(settings).items()
-        )
+    def version_fingerprints(self, settings: ModelSettings) -> tuple | None:
+        """The selected versions with their files' sizes and times (ETags in object storage): what the
+        reloader polls."""
+        selected = self._selected_versions(settings)
+        return None if selected is None else tuple(selected.items())
 
     def ready_version_numbers(self, name: str) -> tuple[int, ...]:
         # A version that failed to load (a folder still being copied, say) counts as missing: the next
@@ -223,8 +247,11 @@ class ModelManager:
             current = self._models.get(settings.name)
             serving = current is not None and any(v.ready for v in current.versions.values())
             changed = current is None or not serving or current.settings != settings
-            if not changed and self.version_folders(settings) == self.ready_version_numbers(settings.name):
-                continue
+            if not changed:
+                folders = self.version_folders(settings)
+                # A store that cannot be listed now leaves the serving versions alone (logged by the listing).
+                if folders is None or folders == self.ready_version_numbers(settings.name):
+                    continue
             try:
                 await self.load_settings(settings)
                 report[settings.name] = "reloaded" if serving else "loaded"
@@ -327,6 +354,26 @@ class ModelManager:
         if not version:
             return [v for _, v in sorted(model.versions.items())]
         return [_named_version(model, version)]
+
+
+class _StoreErrors:
+    """Logs a store's listing error once per change of state, not at every poll."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, str] = {}
+
+    def report(self, model: str, error: str) -> None:
+        if self._last.get(model, "") == error:
+            return
+        self._last[model] = error
+        if error:
+            log.error(
+                "model %s: its repository cannot be listed; the loaded versions keep serving: %s",
+                model,
+                error,
+            )
+        else:
+            log.info("model %s: its repository can be listed again", model)
 
 
 def _named_version(model: ServedModel, version: str) -> ModelVersion:

@@ -120,3 +120,27 @@ def test_version_policies_select_versions():
     assert VersionPolicy(VersionPolicyKind.LATEST, num_versions=2).select([3, 1, 2]) == [2, 3]
     assert VersionPolicy(VersionPolicyKind.ALL).select([3, 1, 2]) == [1, 2, 3]
     assert VersionPolicy(VersionPolicyKind.SPECIFIC, versions=(1, 5)).select([3, 1, 2]) == [1]
+
+
+def test_object_storage_base_paths_are_not_taken_as_folders_beside_the_config(tmp_path):
+    entry = {"name": "resnet", "base_path": "s3://models/resnet"}
+    assert parse_model_entry(entry, config_dir=tmp_path).base_path == "s3://models/resnet"
+    assert parse_model_entry({"name": "r", "base_path": "r"}, config_dir=tmp_path).base_path == str(
+        tmp_path / "r"
+    )
+
+
+def test_model_path_in_a_bucket_has_no_local_repository_and_a_model_cache():
+    args = build_parser().parse_args(
+        [
+            "--model_name",
+            "resnet",
+            "--model_path",
+            "s3://models/resnet",
+            "--model_cache_dir",
+            "/var/cache/ovgw",
+        ]
+    )
+    settings = settings_from_args(args)
+    assert settings.models[0].base_path == "s3://models/resnet"
+    assert settings.model_repository_path is None and settings.model_cache_dir == "/var/cache/ovgw"

@@ -1,0 +1,70 @@
+"""Object-storage locations and credentials read as OVMS reads them, and store errors told apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.errors import ConfigError
+from gateway.serving.stores import LocalStore, S3Location, _credentials, _why, remote_scheme, store_for
+
+
+def test_schemes():
+    assert remote_scheme("s3://b/p") == "s3" and remote_scheme("GS://b") == "gs"
+    assert remote_scheme("/models/resnet") is None and remote_scheme("http://x/y") is None
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "expected"),
+    [
+        ("s3://bucket/models/resnet", {}, S3Location("bucket", "models/resnet", None)),
+        ("s3://bucket/models/resnet/", {}, S3Location("bucket", "models/resnet", None)),
+        ("s3://bucket", {}, S3Location("bucket", "", None)),
+        ("s3://minio:9000/bucket/resnet", {}, S3Location("bucket", "resnet", "http://minio:9000")),
+        (
+            "s3://bucket/resnet",
+            {"S3_ENDPOINT": "minio:9000"},
+            S3Location("bucket", "resnet", "http://minio:9000"),
+        ),
+        (
+            "s3://bucket/r",
+            {"S3_ENDPOINT": "https://s3.example"},
+            S3Location("bucket", "r", "https://s3.example"),
+        ),
+    ],
+)
+def test_s3_locations(url, environ, expected):
+    assert S3Location.parse(url, environ) == expected
+
+
+def test_credentials_from_keys_a_profile_or_none(tmp_path):
+    assert _credentials({}) is None
+    assert _credentials({"AWS_ACCESS_KEY_ID": "k"}) is None  # both or neither, as OVMS
+    keys = _credentials({"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t"})
+    assert keys == {"access_key_id": "k", "secret_access_key": "s", "session_token": "t"}
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[ci]\naws_access_key_id = pk\naws_secret_access_key = ps\n")
+    environ = {"AWS_PROFILE": "ci", "AWS_SHARED_CREDENTIALS_FILE": str(credentials)}
+    assert _credentials(environ) == {"access_key_id": "pk", "secret_access_key": "ps"}
+    assert _credentials({**environ, "AWS_PROFILE": "missing"}) is None
+
+
+def test_causes_are_told_apart_and_read_the_same_each_time():
+    def s3_error(code: str) -> Exception:
+        return RuntimeError(f"Generic S3 error: ... in 23.5ms - 404: <Error><Code>{code}</Code></Error>")
+
+    assert _why(s3_error("NoSuchBucket")) == "the bucket does not exist"
+    assert _why(s3_error("InvalidAccessKeyId")).startswith("the credentials were refused")
+    assert _why(s3_error("SignatureDoesNotMatch")).startswith("the credentials were refused")
+    first = _why(
+        RuntimeError("Error performing GET http://h/b in 101.9ms - HTTP error: error sending request")
+    )
+    second = _why(
+        RuntimeError("Error performing GET http://h/b in 250.1ms - HTTP error: error sending request")
+    )
+    assert first.startswith("the endpoint cannot be reached") and first == second
+
+
+def test_unsupported_schemes_say_so_and_local_paths_stay_local(tmp_path):
+    with pytest.raises(ConfigError, match="gs:// repositories are not supported yet"):
+        store_for("m", "gs://bucket/m", str(tmp_path))
+    assert isinstance(store_for("m", str(tmp_path), str(tmp_path)), LocalStore)

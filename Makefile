@@ -11,7 +11,7 @@ PERF_ANALYZER_DIR ?= $(CACHE_DIR)/perf_analyzer
 PROMETHEUS_DIR ?= $(CACHE_DIR)/prometheus
 
 .PHONY: help venv install install-test protos demo demo-models test test-fast lint clean perf-analyzer bench prometheus fuzz \
-	image-tools image-base image image-test kubectl gcc
+	image-tools image-base image image-test kubectl gcc azurite
 
 help:
 	@echo "make demo      create .venv, install, build demo models, serve REST :8000 and gRPC :8001"
@@ -119,6 +119,14 @@ kubectl:
 	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null)
 	kubectl version --client
 
+# Azurite, Azure Blob Storage's local server, for the object-storage tests: the last release for Node 20.
+AZURITE_DIR ?= $(CACHE_DIR)/azurite
+azurite:
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null)
+	@[ -x $(AZURITE_DIR)/node_modules/.bin/azurite-blob ] || \
+		npm install --silent --no-audit --no-fund --prefix $(AZURITE_DIR) azurite@3.35.0
+	$(AZURITE_DIR)/node_modules/.bin/azurite-blob --version
+
 # gcc and the C headers: the pipeline tests build a custom node library (loadgen/custom_nodes/resize_node.c).
 gcc:
 	@command -v gcc >/dev/null || (apt-get update -qq && apt-get install -y -qq gcc libc6-dev >/dev/null)
@@ -135,6 +143,8 @@ test: $(VENV)/.installed-test
 		|| echo "kubectl could not be installed; see $(CACHE_DIR)/kubectl_install.log"
 	-@$(MAKE) --no-print-directory gcc > $(CACHE_DIR)/gcc_install.log 2>&1 \
 		|| echo "gcc could not be installed; see $(CACHE_DIR)/gcc_install.log"
+	-@$(MAKE) --no-print-directory azurite > $(CACHE_DIR)/azurite_install.log 2>&1 \
+		|| echo "Azurite could not be installed; see $(CACHE_DIR)/azurite_install.log"
 	PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer \
 	PROMETHEUS=$(abspath $(PROMETHEUS_DIR))/usr/bin/prometheus $(PY) -m pytest -q --durations=25 tests
 

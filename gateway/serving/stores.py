@@ -24,7 +24,7 @@ from gateway.core.errors import ConfigError
 from gateway.serving.repository import discover_versions, find_model_file, folder_fingerprint
 
 if TYPE_CHECKING:
-    from obstore.store import ClientConfig, RetryConfig, S3Config
+    from obstore.store import AzureConfig, ClientConfig, RetryConfig, S3Config
 
 REMOTE_SCHEMES = ("s3", "gs", "az", "azfs")
 DEFAULT_REGION = "us-east-1"
@@ -103,56 +103,20 @@ class S3Location:
         return cls(first, path.strip("/"), endpoint)
 
 
-class S3Store:
-    """A model's base path in S3 or an S3-compatible store (MinIO, Ceph, moto), with OVMS's credentials:
-    AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (both), AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE (from
-    ~/.aws/credentials), https_proxy / http_proxy; no keys and no profile: unsigned requests."""
+class ObjectStorePath:
+    """A model's base path in object storage, through obstore: one paginated listing per call to
+    versions(), and each version downloaded once into the model cache. Subclasses make the store."""
 
-    def __init__(self, model: str, url: str, cache_root: str, environ: Mapping[str, str] = os.environ):
-        from obstore.store import S3Store as ObjectStore  # imported only where a model lives in S3
-
+    def __init__(self, model: str, url: str, cache_root: str):
         self._model, self._url = model, url
-        try:
-            self._location = S3Location.parse(url, environ)
-        except ValueError:
-            raise ConfigError(
-                f"model '{model}': field 'base_path' = \"{url}\": expected s3://bucket/path or "
-                "s3://host:port/bucket/path"
-            ) from None
-        config: dict = {
-            "region": environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-        }
-        keys = _credentials(environ)
-        if keys is None:
-            config["skip_signature"] = True  # anonymous, for public buckets; never the instance metadata
-        else:
-            config.update(keys)
-        if self._location.endpoint:
-            config["endpoint"] = self._location.endpoint
-        client: dict = {
-            "allow_http": True,
-            "connect_timeout": timedelta(seconds=5),
-            "timeout": timedelta(minutes=30),  # weights of gigabytes on a slow link
-        }
-        proxy = next(
-            (
-                environ[k]
-                for k in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY")
-                if environ.get(k)
-            ),
-            None,
-        )
-        if proxy:
-            client["proxy_url"] = proxy
-        retry = {"max_retries": 2, "retry_timeout": timedelta(seconds=10)}
-        self._store = ObjectStore(
-            self._location.bucket,
-            prefix=self._location.prefix or None,
-            config=cast("S3Config", config),
-            client_options=cast("ClientConfig", client),
-            retry_config=cast("RetryConfig", retry),
-        )
         self._cache = Path(cache_root) / hashlib.sha256(url.encode()).hexdigest()[:16]
+        self._store = self._make_store()
+
+    def _make_store(self):
+        raise NotImplementedError
+
+    def _fail(self, what: str) -> ConfigError:
+        return ConfigError(f"model '{self._model}': field 'base_path' = \"{self._url}\": {what}")
 
     def _objects(self) -> dict[int, tuple[RemoteObject, ...]]:
         """One paginated listing of the base path, grouped by version folder."""
@@ -168,18 +132,13 @@ class S3Store:
                     etag = meta.get("e_tag") or ""
                     by_version.setdefault(int(folder), []).append(RemoteObject(key, meta["size"], etag))
         except Exception as e:
-            raise ConfigError(
-                f"model '{self._model}': field 'base_path' = \"{self._url}\": {_why(e)}"
-            ) from None
+            raise self._fail(_why(e)) from None
         return {n: tuple(sorted(objects, key=lambda o: o.key)) for n, objects in by_version.items()}
 
     def versions(self) -> dict[int, tuple]:
         listed = self._objects()
         if not listed:
-            raise ConfigError(
-                f"model '{self._model}': field 'base_path' = \"{self._url}\": no version folders "
-                "(expected <base_path>/<version>/ with integer versions > 0)"
-            )
+            raise self._fail("no version folders (expected <base_path>/<version>/ with integer versions > 0)")
         return {n: tuple((o.key, o.size, o.etag) for o in objects) for n, objects in listed.items()}
 
     def local_folders(self, numbers: Sequence[int]) -> dict[int, Path]:
@@ -192,10 +151,7 @@ class S3Store:
             folder = self._fetch(number, objects)
             model_file = find_model_file(folder)
             if model_file is None:
-                raise ConfigError(
-                    f"model '{self._model}': field 'base_path' = \"{self._url}\": version folder {number} "
-                    "holds no model file"
-                )
+                raise self._fail(f"version folder {number} holds no model file")
             found[number] = model_file
         return found
 
@@ -223,11 +179,117 @@ class S3Store:
             shutil.rmtree(partial, ignore_errors=True)
             if isinstance(e, OSError) and target.is_dir():  # another process placed it first
                 return target
-            raise ConfigError(
-                f"model '{self._model}': field 'base_path' = \"{self._url}\": downloading version {number}: "
-                f"{_why(e)}"
-            ) from None
+            raise self._fail(f"downloading version {number}: {_why(e)}") from None
         return target
+
+
+class S3Path(ObjectStorePath):
+    """A model's base path in S3 or an S3-compatible store (MinIO, Ceph, moto), with OVMS's credentials:
+    AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (both), AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE (from
+    ~/.aws/credentials), https_proxy / http_proxy; no keys and no profile: unsigned requests."""
+
+    def __init__(self, model: str, url: str, cache_root: str, environ: Mapping[str, str] = os.environ):
+        self._environ = environ
+        try:
+            self._location = S3Location.parse(url, environ)
+        except ValueError:
+            raise ConfigError(
+                f"model '{model}': field 'base_path' = \"{url}\": expected s3://bucket/path or "
+                "s3://host:port/bucket/path"
+            ) from None
+        super().__init__(model, url, cache_root)
+
+    def _make_store(self):
+        from obstore.store import S3Store  # imported only where a model lives in S3
+
+        environ = self._environ
+        config: dict = {
+            "region": environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+        }
+        keys = _credentials(environ)
+        if keys is None:
+            config["skip_signature"] = True  # anonymous, for public buckets; never the instance metadata
+        else:
+            config.update(keys)
+        if self._location.endpoint:
+            config["endpoint"] = self._location.endpoint
+        return S3Store(
+            self._location.bucket,
+            prefix=self._location.prefix or None,
+            config=cast("S3Config", config),
+            client_options=_client_options(environ),
+            retry_config=_RETRY,
+        )
+
+
+class AzureBlobPath(ObjectStorePath):
+    """`az://container/path` in Azure Blob Storage (or Azurite), as OVMS reads it: the account, key and
+    endpoint from AZURE_STORAGE_CONNECTION_STRING (AccountName, AccountKey or SharedAccessSignature,
+    BlobEndpoint or DefaultEndpointsProtocol and EndpointSuffix, UseDevelopmentStorage); unset: anonymous
+    requests to AZURE_STORAGE_ACCOUNT_NAME's account."""
+
+    def __init__(self, model: str, url: str, cache_root: str, environ: Mapping[str, str] = os.environ):
+        self._environ = environ
+        container, _, prefix = url.split("://", 1)[1].strip("/").partition("/")
+        if not container:
+            raise ConfigError(f"model '{model}': field 'base_path' = \"{url}\": expected az://container/path")
+        self._container, self._prefix = container, prefix.strip("/")
+        super().__init__(model, url, cache_root)
+
+    def _make_store(self):
+        from obstore.store import AzureStore  # imported only where a model lives in Azure
+
+        config = _azure_config(self._environ)
+        return AzureStore(
+            self._container,
+            prefix=self._prefix or None,
+            config=cast("AzureConfig", config),
+            client_options=_client_options(self._environ),
+            retry_config=_RETRY,
+        )
+
+
+_RETRY = cast("RetryConfig", {"max_retries": 2, "retry_timeout": timedelta(seconds=10)})
+
+
+def _client_options(environ: Mapping[str, str]) -> ClientConfig:
+    client: dict = {
+        "allow_http": True,
+        "connect_timeout": timedelta(seconds=5),
+        "timeout": timedelta(minutes=30),  # weights of gigabytes on a slow link
+    }
+    proxy = next(
+        (environ[k] for k in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY") if environ.get(k)),
+        None,
+    )
+    if proxy:
+        client["proxy_url"] = proxy
+    return cast("ClientConfig", client)
+
+
+def _azure_config(environ: Mapping[str, str]) -> dict:
+    text = environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
+    if not text:
+        return {"skip_signature": True}
+    fields = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
+    if fields.get("UseDevelopmentStorage", "").lower() == "true":
+        return {"use_emulator": True}
+    config: dict = {}
+    if fields.get("AccountName"):
+        config["account_name"] = fields["AccountName"]
+    if fields.get("AccountKey"):
+        config["account_key"] = fields["AccountKey"]
+    elif fields.get("SharedAccessSignature"):
+        config["sas_key"] = fields["SharedAccessSignature"]
+    else:
+        config["skip_signature"] = True
+    endpoint = fields.get("BlobEndpoint")
+    if not endpoint and fields.get("EndpointSuffix") and fields.get("AccountName"):
+        protocol = fields.get("DefaultEndpointsProtocol", "https")
+        endpoint = f"{protocol}://{fields['AccountName']}.blob.{fields['EndpointSuffix']}"
+    if endpoint:
+        config["endpoint"] = endpoint.rstrip("/")
+    return config
 
 
 def _credentials(environ: Mapping[str, str]) -> dict | None:
@@ -252,14 +314,20 @@ def _credentials(environ: Mapping[str, str]) -> dict | None:
     return None
 
 
-# What S3's error codes mean to the user who configured the path.
-_S3_CAUSES = {
+# What the stores' error codes mean to the user who configured the path (S3's, then Azure's).
+_CAUSES = {
     "NoSuchBucket": "the bucket does not exist",
     "InvalidAccessKeyId": "the credentials were refused (unknown access key)",
     "SignatureDoesNotMatch": "the credentials were refused (wrong secret key)",
     "AccessDenied": "access denied: the credentials may not list or read this path",
     "ExpiredToken": "the credentials were refused (expired session token)",
     "InvalidToken": "the credentials were refused (invalid session token)",
+    "ContainerNotFound": "the container does not exist",
+    "AuthenticationFailed": "the credentials were refused (the account key or signature)",
+    "AuthorizationFailure": "the credentials were refused (not authorized)",
+    "InvalidAuthenticationInfo": "the credentials were refused (invalid authentication information)",
+    "AuthorizationPermissionMismatch": "access denied: the credentials may not list or read this path",
+    "NoAuthenticationInformation": "the container is not public and no credentials were given",
 }
 
 
@@ -268,7 +336,7 @@ def _why(error: Exception) -> str:
     unreachable endpoint each read differently. The same cause reads the same each time (no timings), so
     that the poll can tell a change of state from a repetition."""
     text = str(error)
-    for code, cause in _S3_CAUSES.items():
+    for code, cause in _CAUSES.items():
         if f"<Code>{code}</Code>" in text:
             return cause
     first = re.sub(r" in [\d.]+(?:ns|µs|us|ms|s)\b", "", text.splitlines()[0])[:300] if text else ""
@@ -284,8 +352,10 @@ def store_for(
     if scheme is None:
         return LocalStore(model, base_path)
     if scheme == "s3":
-        return S3Store(model, base_path, cache_root, environ)
+        return S3Path(model, base_path, cache_root, environ)
+    if scheme == "az":
+        return AzureBlobPath(model, base_path, cache_root, environ)
     raise ConfigError(
         f"model '{model}': field 'base_path' = \"{base_path}\": {scheme}:// repositories are not "
-        "supported yet (s3:// and local folders are)"
+        "supported yet (s3://, az:// and local folders are)"
     )

@@ -1,6 +1,7 @@
-"""Model repositories in S3, served from a real S3 server on loopback (moto's), as OVMS reads them:
-`s3://host:port/bucket/path` and the AWS_* variables, versions as numeric folders, new versions rolled out
-by the poll, errors that name their cause, and a download cache that a restart reuses."""
+"""Model repositories in object storage, served from real servers on loopback (S3 on moto's server, Azure
+Blob on Azurite), as OVMS reads them: URLs and credentials from the environment, versions as numeric
+folders, new versions rolled out by the poll, errors that name their cause, and a download cache that a
+restart reuses."""
 
 from __future__ import annotations
 
@@ -20,21 +21,20 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import save, scaled_model
 from gateway.testing import free_port
-from tests.support.s3 import S3Server, start_s3_server
+from tests.support.object_stores import KINDS, StoreUnderTest, start_store
 from tests.support.servers import start_test_gateway
 
-BUCKET = "models"
 
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = start_s3_server()
-    server.client().create_bucket(Bucket=BUCKET)
-    local = tmp_path_factory.mktemp("versions")
-    for version in (1, 2, 3):  # `scaled` answers x * its version number
+@pytest.fixture(scope="module", params=KINDS)
+def store(request, tmp_path_factory):
+    """A store holding versions 1 and 2 of `scaled` (x * its version number); version 3 is kept aside."""
+    server = start_store(request.param)
+    server.create_container()
+    local = tmp_path_factory.mktemp(f"versions-{request.param}")
+    for version in (1, 2, 3):
         save(scaled_model(float(version)), local / str(version))
-    server.upload_folder(local / "1", BUCKET, "scaled/1")
-    server.upload_folder(local / "2", BUCKET, "scaled/2")
+    server.upload_folder(local / "1", "scaled/1")
+    server.upload_folder(local / "2", "scaled/2")
     server.local_versions = local  # type: ignore[attr-defined]
     yield server
     server.stop()
@@ -54,16 +54,16 @@ def _wait_for(predicate, seconds: float = 60) -> None:
         time.sleep(0.1)
 
 
-def _served(s3: S3Server, tmp_path: Path, env: dict | None = None, **kw):
+def _served(store: StoreUnderTest, tmp_path: Path):
     return start_test_gateway(
-        ["--model_name", "scaled", "--model_path", f"s3://127.0.0.1:{s3.port}/{BUCKET}/scaled",
+        ["--model_name", "scaled", "--model_path", store.url("scaled"),
          "--model_cache_dir", str(tmp_path / "cache"), "--file_system_poll_wait_seconds", "0.2"],
-        tmp_path / "gw.log", env=env or s3.environ(), **kw,
+        tmp_path / "gw.log", env=store.environ(),
     )  # fmt: skip
 
 
-def test_the_latest_version_in_the_bucket_serves(s3, tmp_path):
-    gw = _served(s3, tmp_path)
+def test_the_latest_version_in_the_store_serves(store, tmp_path):
+    gw = _served(store, tmp_path)
     try:
         assert _answer(gw.http_url) == 2.0
         meta = grpcclient.InferenceServerClient(gw.grpc_url).get_model_metadata("scaled")
@@ -72,8 +72,8 @@ def test_the_latest_version_in_the_bucket_serves(s3, tmp_path):
         assert gw.stop() == 0
 
 
-def test_a_new_version_rolls_out_under_traffic_and_a_deleted_one_rolls_back(s3, tmp_path):
-    gw = _served(s3, tmp_path)
+def test_a_new_version_rolls_out_under_traffic_and_a_deleted_one_rolls_back(store, tmp_path):
+    gw = _served(store, tmp_path)
     failures: list[Exception] = []
     answers: set[float] = set()
     stop = threading.Event()
@@ -91,9 +91,9 @@ def test_a_new_version_rolls_out_under_traffic_and_a_deleted_one_rolls_back(s3, 
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        s3.upload_folder(s3.local_versions / "3", BUCKET, "scaled/3")
+        store.upload_folder(store.local_versions / "3", "scaled/3")
         _wait_for(lambda: 3.0 in answers)
-        s3.delete_prefix(BUCKET, "scaled/3/")
+        store.delete_prefix("scaled/3/")
         _wait_for(lambda: _answer(gw.http_url) == 2.0)
     finally:
         stop.set()
@@ -103,13 +103,13 @@ def test_a_new_version_rolls_out_under_traffic_and_a_deleted_one_rolls_back(s3, 
     assert answers >= {2.0, 3.0}
 
 
-def test_a_restart_downloads_nothing_it_already_has(s3, tmp_path):
-    gw = _served(s3, tmp_path)
+def test_a_restart_downloads_nothing_it_already_has(store, tmp_path):
+    gw = _served(store, tmp_path)
     gw.stop()
     cache = tmp_path / "cache"
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
     assert before, "the first start downloaded the version into the cache"
-    gw = _served(s3, tmp_path)
+    gw = _served(store, tmp_path)
     try:
         assert _answer(gw.http_url) == 2.0
         after = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
@@ -119,24 +119,18 @@ def test_a_restart_downloads_nothing_it_already_has(s3, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("case", "cause"),
-    [
-        ("bad credentials", "the credentials were refused"),
-        ("missing bucket", "the bucket does not exist"),
-        ("unreachable endpoint", "the endpoint cannot be reached"),
-        ("missing path", "no version folders"),
-    ],
+    "case", ["refused credentials", "missing container", "unreachable endpoint", "missing path"]
 )
-def test_model_path_that_cannot_be_listed_ends_the_process_naming_the_cause(s3, tmp_path, case, cause):
-    url, env = f"s3://127.0.0.1:{s3.port}/{BUCKET}/scaled", s3.environ()
-    if case == "bad credentials":
-        env = s3.environ(AWS_SECRET_ACCESS_KEY="wrong")
-    elif case == "missing bucket":
-        url = f"s3://127.0.0.1:{s3.port}/no-such-bucket/scaled"
+def test_model_path_that_cannot_be_listed_ends_the_process_naming_the_cause(store, tmp_path, case):
+    url, env, cause = store.url("scaled"), store.environ(), ""
+    if case == "refused credentials":
+        env, cause = store.refused_credentials_environ(), "the credentials were refused"
+    elif case == "missing container":
+        url, cause = store.url("scaled", container="no-such-container"), store.missing_container_cause
     elif case == "unreachable endpoint":
-        url = "s3://127.0.0.1:9/models/scaled"
+        (url, env), cause = store.unreachable("scaled"), "the endpoint cannot be reached"
     elif case == "missing path":
-        url = f"s3://127.0.0.1:{s3.port}/{BUCKET}/no/such/model"
+        url, cause = store.url("no/such/model"), "no version folders"
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "--model_name", "scaled", "--model_path", url,
          "--port", str(free_port()), "--rest_port", str(free_port()), "--grpc_bind_address", "127.0.0.1",
@@ -147,28 +141,28 @@ def test_model_path_that_cannot_be_listed_ends_the_process_naming_the_cause(s3, 
     assert url in result.stderr and cause in result.stderr, result.stderr[-2000:]
 
 
-def test_with_config_json_a_model_that_cannot_be_listed_is_not_ready_and_the_others_serve(s3, tmp_path):
+def test_with_config_json_a_model_that_cannot_be_listed_is_not_ready_and_the_others_serve(store, tmp_path):
+    models = [
+        {"config": {"name": "scaled", "base_path": store.url("scaled")}},
+        {"config": {"name": "lost", "base_path": store.url("m", container="no-such-container")}},
+    ]
     config = tmp_path / "config.json"
-    config.write_text(
-        '{"model_config_list": ['
-        f'{{"config": {{"name": "scaled", "base_path": "s3://127.0.0.1:{s3.port}/{BUCKET}/scaled"}}}},'
-        f'{{"config": {{"name": "lost", "base_path": "s3://127.0.0.1:{s3.port}/no-such-bucket/m"}}}}]}}'
-    )
+    config.write_text(json.dumps({"model_config_list": models}))
     gw = start_test_gateway(
         ["--config_path", str(config), "--model_cache_dir", str(tmp_path / "cache")],
-        tmp_path / "gw.log", env=s3.environ(),
+        tmp_path / "gw.log", env=store.environ(),
     )  # fmt: skip
     try:
         assert _answer(gw.http_url) == 2.0
         client = httpclient.InferenceServerClient(gw.http_url)
         assert not client.is_model_ready("lost")
-        with pytest.raises(InferenceServerException, match="the bucket does not exist"):
+        with pytest.raises(InferenceServerException, match=store.missing_container_cause):
             client.get_model_metadata("lost")
     finally:
         gw.stop()
 
 
-def test_a_pipeline_of_models_from_a_bucket(s3, tmp_path):
+def test_a_pipeline_of_models_from_the_store(store, tmp_path):
     def node(name: str, source: tuple[str, str]) -> dict:
         return {"name": name, "type": "DL model", "model_name": "scaled",
                 "inputs": [{"x": {"node_name": source[0], "data_item": source[1]}}],
@@ -180,12 +174,12 @@ def test_a_pipeline_of_models_from_a_bucket(s3, tmp_path):
         "nodes": [node("first", ("request", "x")), node("second", ("first", "y"))],
         "outputs": [{"y": {"node_name": "second", "data_item": "y"}}],
     }
-    model = {"config": {"name": "scaled", "base_path": f"s3://127.0.0.1:{s3.port}/{BUCKET}/scaled"}}
+    model = {"config": {"name": "scaled", "base_path": store.url("scaled")}}
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_config_list": [model], "pipeline_config_list": [pipeline]}))
     gw = start_test_gateway(
         ["--config_path", str(config), "--model_cache_dir", str(tmp_path / "cache")],
-        tmp_path / "gw.log", env=s3.environ(),
+        tmp_path / "gw.log", env=store.environ(),
     )  # fmt: skip
     try:
         assert _answer(gw.http_url, "scaled_twice") == 4.0  # x * 2 * 2
@@ -193,12 +187,13 @@ def test_a_pipeline_of_models_from_a_bucket(s3, tmp_path):
         gw.stop()
 
 
-def test_the_store_going_away_leaves_the_loaded_versions_serving(tmp_path):
-    server = start_s3_server()
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_store_going_away_leaves_the_loaded_versions_serving(kind, tmp_path):
+    server = start_store(kind)
     try:
-        server.client().create_bucket(Bucket=BUCKET)
+        server.create_container()
         save(scaled_model(1.0), tmp_path / "v1")
-        server.upload_folder(tmp_path / "v1", BUCKET, "scaled/1")
+        server.upload_folder(tmp_path / "v1", "scaled/1")
         gw = _served(server, tmp_path)
     finally:
         server.stop()

@@ -68,3 +68,37 @@ def test_unsupported_schemes_say_so_and_local_paths_stay_local(tmp_path):
     with pytest.raises(ConfigError, match="gs:// repositories are not supported yet"):
         store_for("m", "gs://bucket/m", str(tmp_path))
     assert isinstance(store_for("m", str(tmp_path), str(tmp_path)), LocalStore)
+
+
+def test_azure_connection_strings():
+    from gateway.serving.stores import _azure_config
+
+    assert _azure_config({}) == {"skip_signature": True}
+    assert _azure_config({"AZURE_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true"}) == {
+        "use_emulator": True
+    }
+    full = (
+        "DefaultEndpointsProtocol=http;AccountName=acc;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:1/acc/;"
+    )
+    expected = {"account_name": "acc", "account_key": "a2V5", "endpoint": "http://127.0.0.1:1/acc"}
+    assert _azure_config({"AZURE_STORAGE_CONNECTION_STRING": full}) == expected
+    cloud = (
+        "DefaultEndpointsProtocol=https;AccountName=acc;SharedAccessSignature=sv=1&sig=x;"
+        "EndpointSuffix=core.windows.net"
+    )
+    expected = {
+        "account_name": "acc",
+        "sas_key": "sv=1&sig=x",
+        "endpoint": "https://acc.blob.core.windows.net",
+    }
+    assert _azure_config({"AZURE_STORAGE_CONNECTION_STRING": cloud}) == expected
+
+
+def test_azure_causes():
+    def azure_error(code: str) -> Exception:
+        return RuntimeError(
+            f"Generic MicrosoftAzure error: ... 404: <Error>\n  <Code>{code}</Code>\n</Error>"
+        )
+
+    assert _why(azure_error("ContainerNotFound")) == "the container does not exist"
+    assert _why(azure_error("AuthorizationFailure")).startswith("the credentials were refused")

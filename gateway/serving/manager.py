@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,13 @@ from gateway.runtime.executor import check_device
 from gateway.serving.compiler import VersionCompiler
 from gateway.serving.model_version import ModelVersion, State
 from gateway.serving.repository import looks_like_model, resolve_inside
-from gateway.serving.stores import VersionStore, default_model_cache_dir, remote_scheme, store_for
+from gateway.serving.stores import (
+    VersionStore,
+    default_model_cache_dir,
+    downloaded_version_folder,
+    remote_scheme,
+    store_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +197,8 @@ class ModelManager:
         self._models[name] = candidate
         if previous is not None:
             self._retire(previous, "replaced by a reload")
+            kept = {v.path for v in candidate.versions.values()}
+            await self._forget_downloads([v.path for v in previous.versions.values() if v.path not in kept])
 
     async def unload(self, name: str) -> None:
         model = self.model(name)
@@ -242,6 +251,7 @@ class ModelManager:
                 and any(v.ready for v in model.versions.values())
             ):
                 self._retire(model, "removed from the configuration")
+                await self._forget_downloads([v.path for v in model.versions.values()])
                 report[name] = "removed"
         for settings in wanted:
             current = self._models.get(settings.name)
@@ -261,6 +271,13 @@ class ModelManager:
                     "reload of model %s failed; the serving versions stay: %s", settings.name, e.message
                 )
         return report
+
+    async def _forget_downloads(self, paths: list[str]) -> None:
+        """Delete the cached downloads of retired versions (a version the store no longer has, or a model
+        removed from the configuration): folders of the model cache only, never a user's own folder."""
+        folders = [downloaded_version_folder(Path(path), self._model_cache_dir) for path in paths]
+        if any(folders):
+            await asyncio.to_thread(_remove_folders, [f for f in folders if f is not None])
 
     @staticmethod
     def _retire(model: ServedModel, reason: str) -> None:
@@ -354,6 +371,12 @@ class ModelManager:
         if not version:
             return [v for _, v in sorted(model.versions.items())]
         return [_named_version(model, version)]
+
+
+def _remove_folders(folders: list[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("removed the downloaded copy of a retired version: %s", folder)
 
 
 class _StoreErrors:

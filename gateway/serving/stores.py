@@ -41,6 +41,19 @@ def default_model_cache_dir() -> str:
     return str(Path(tempfile.gettempdir()) / "ovgw-model-cache")
 
 
+_DOWNLOADED_VERSION = re.compile(r"^\d+-[0-9a-f]{16}$")
+
+
+def downloaded_version_folder(model_file: Path, cache_root: str) -> Path | None:
+    """The cache folder a downloaded version's model file lies in (`<cache>/<path hash>/<n>-<objects hash>`),
+    or None for a file that is not a download of ours."""
+    root = Path(cache_root).resolve()
+    for folder in model_file.resolve().parents:
+        if _DOWNLOADED_VERSION.match(folder.name) and folder.parent.parent == root:
+            return folder
+    return None
+
+
 class VersionStore(Protocol):
     """One model's base path."""
 

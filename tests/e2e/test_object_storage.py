@@ -93,8 +93,12 @@ def test_a_new_version_rolls_out_under_traffic_and_a_deleted_one_rolls_back(stor
     try:
         store.upload_folder(store.local_versions / "3", "scaled/3")
         _wait_for(lambda: 3.0 in answers)
+        assert list((tmp_path / "cache").glob("*/3-*")), "version 3 was downloaded into the cache"
         store.delete_prefix("scaled/3/")
         _wait_for(lambda: _answer(gw.http_url) == 2.0)
+        # The retired version's download goes with it; the serving one stays.
+        _wait_for(lambda: not list((tmp_path / "cache").glob("*/3-*")))
+        assert list((tmp_path / "cache").glob("*/2-*"))
     finally:
         stop.set()
         thread.join()

@@ -102,3 +102,19 @@ def test_azure_causes():
 
     assert _why(azure_error("ContainerNotFound")) == "the container does not exist"
     assert _why(azure_error("AuthorizationFailure")).startswith("the credentials were refused")
+
+
+def test_only_downloads_of_the_model_cache_are_recognised_as_such(tmp_path):
+    from gateway.serving.stores import downloaded_version_folder
+
+    cache = tmp_path / "cache"
+    version = cache / "0123456789abcdef" / "3-fedcba9876543210"
+    (version / "sub").mkdir(parents=True)
+    (version / "model.xml").write_text("x")
+    assert downloaded_version_folder(version / "model.xml", str(cache)) == version.resolve()
+    assert downloaded_version_folder(version / "sub", str(cache)) == version.resolve()
+    mine = tmp_path / "models" / "resnet" / "3"
+    mine.mkdir(parents=True)
+    assert downloaded_version_folder(mine / "model.xml", str(cache)) is None
+    lookalike = tmp_path / "other" / "0123456789abcdef" / "3-fedcba9876543210"
+    assert downloaded_version_folder(lookalike / "model.xml", str(cache)) is None

@@ -6,15 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gateway.testing import free_port
+from tests.support.servers import stop_process, wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BINARY = ROOT / ".cache" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -54,11 +52,7 @@ class AzuriteServer:
         return BlobServiceClient.from_connection_string(self.connection_string())
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
 
 
 def start_azurite() -> AzuriteServer:
@@ -75,16 +69,5 @@ def start_azurite() -> AzuriteServer:
          "--disableTelemetry", "--skipApiVersionCheck"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/{ACCOUNT}?comp=list", timeout=2)
-            break
-        except urllib.error.HTTPError:  # it answers (403 without a signature): it is up
-            break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("Azurite did not start") from None
-            time.sleep(0.1)
+    wait_until_answering(process, f"http://127.0.0.1:{port}/{ACCOUNT}?comp=list", "Azurite")
     return AzuriteServer(process, port)

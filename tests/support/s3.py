@@ -7,15 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gateway.testing import free_port
+from tests.support.servers import stop_process, wait_until_answering
 
 # The calls that create the test's IAM user, its key and its policy; every call after them is signed.
 _SETUP_CALLS = 3
@@ -60,11 +58,7 @@ class S3Server:
         return env
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
 
 
 def start_s3_server() -> S3Server:
@@ -79,16 +73,7 @@ def start_s3_server() -> S3Server:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("moto's S3 server did not start") from None
-            time.sleep(0.1)
+    wait_until_answering(process, f"http://127.0.0.1:{port}/moto-api/", "moto's S3 server")
     iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="setup",
                        aws_secret_access_key="setup", region_name="us-east-1")  # fmt: skip
     iam.create_user(UserName="ovgw")

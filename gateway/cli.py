@@ -86,8 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--file_system_poll_wait_seconds",
         type=float,
-        default=1.0,
-        help="seconds between checks for config and version-folder changes (0 = off)",
+        default=None,
+        help="seconds between checks for config and version-folder changes (0 = off; default 1)",
+    )
+    g.add_argument(
+        "--object_store_poll_wait_seconds",
+        type=float,
+        default=None,
+        help="seconds between listings of object-storage repositories (default: "
+        "--file_system_poll_wait_seconds where given, else 15)",
     )
     g.add_argument(
         "--register_plugin",
@@ -344,8 +351,22 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         adaptive_execution=args.adaptive_execution == "true",
         extra_plugins=_plugins(args.register_plugin),
         metrics_port=args.metrics_port,
-        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        **_poll_periods(args),
     )
+
+
+def _poll_periods(args: argparse.Namespace) -> dict[str, float]:
+    """OVMS's poll period for local folders (default 1 s); for object storage, the same when set,
+    else 15 s (docs/models.md says what a listing costs)."""
+    local = args.file_system_poll_wait_seconds
+    remote = args.object_store_poll_wait_seconds
+    if remote is None:
+        remote = local if local is not None else 15.0
+    local = 1.0 if local is None else local
+    return {
+        "file_system_poll_wait_seconds": _non_negative(local, "--file_system_poll_wait_seconds"),
+        "object_store_poll_wait_seconds": _non_negative(remote, "--object_store_poll_wait_seconds"),
+    }
 
 
 def _non_negative(value, flag: str):

@@ -139,6 +139,8 @@ class ServerSettings:
     log_level: str = "INFO"
     log_path: str | None = None
     file_system_poll_wait_seconds: float = 1.0  # config and version-folder polling; 0 = off
+    # Listing of object-storage repositories: Triton's own default repository poll, 4 listings a minute.
+    object_store_poll_wait_seconds: float = 15.0
     metrics_port: int = 0  # 0 = /metrics only on the REST port
     # OpenVINO device plugins outside the wheel (e.g. the NVIDIA plugin): device name -> shared library.
     extra_plugins: dict[str, str] = field(default_factory=dict)

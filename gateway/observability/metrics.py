@@ -42,6 +42,7 @@ class ServedVersion(Protocol):
     streams: int
     in_flight: int
     load_seconds: float
+    download: Any  # bytes and seconds fetched from object storage; None for a local folder
     stats: VersionStats
     executor: Any  # nireq and busy; an AdaptiveExecution where load-adaptive execution applies
     scheduler: Any  # queued
@@ -108,6 +109,14 @@ GATEWAY_FAMILIES = {
     "ovgw_model_cache_loads": (
         "counter",
         "Model version loads with a compiled-blob cache, by result (hit, miss).",
+    ),
+    "ovgw_model_download_bytes": (
+        "gauge",
+        "Bytes a model version's load fetched from object storage (0: the model cache had them).",
+    ),
+    "ovgw_model_download_seconds": (
+        "gauge",
+        "Time a model version's load spent fetching it from object storage.",
     ),
     "ovgw_batch_size": ("histogram", "Batch size of each OpenVINO execution."),
     "ovgw_requests_rejected": ("counter", "Requests refused because the model's queue was full."),
@@ -319,6 +328,16 @@ class Metrics:
                 if v.load_seconds:
                     metric.add_metric([v.name, str(v.version)], v.load_seconds)
             yield metric
+        for family, field in (
+            ("ovgw_model_download_bytes", "bytes"),
+            ("ovgw_model_download_seconds", "seconds"),
+        ):
+            if family in wanted:
+                metric = GaugeMetricFamily(family, GATEWAY_FAMILIES[family][1], labels=["name", "version"])
+                for v in versions:
+                    if v.download is not None:  # from object storage
+                        metric.add_metric([v.name, str(v.version)], getattr(v.download, field))
+                yield metric
         if "ovgw_model_cache_loads" in wanted:
             family = "ovgw_model_cache_loads"
             metric = Metric(family, GATEWAY_FAMILIES[family][1], "counter")

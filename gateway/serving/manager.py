@@ -19,6 +19,7 @@ from gateway.runtime.executor import check_device
 from gateway.serving.compiler import VersionCompiler
 from gateway.serving.model_version import ModelVersion, State
 from gateway.serving.repository import looks_like_model, resolve_inside
+from gateway.serving.retry import RetrySchedule
 from gateway.serving.stores import (
     VersionStore,
     default_model_cache_dir,
@@ -38,6 +39,13 @@ class ServedModel:
     settings: ModelSettings | None
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     error: str = ""  # why the model as a whole cannot be served (bad config, no versions on disk)
+    # What the load tried: the settings and the chosen versions' fingerprints (None: not listed).
+    attempt: tuple | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every chosen version serves."""
+        return not self.error and bool(self.versions) and all(v.ready for v in self.versions.values())
 
     def default_version(self) -> ModelVersion:
         """The highest ready version: what an empty version string means."""
@@ -72,6 +80,7 @@ class ModelManager:
         self._model_cache_dir = settings.model_cache_dir or default_model_cache_dir()
         self._store_errors = _StoreErrors()
         self._stores: dict[tuple[str, str], VersionStore] = {}
+        self._retries = RetrySchedule()
         self.loading_done = asyncio.Event()
         # The metrics recorder of each execution: (name, version, its times, its requests' queue times).
         self._on_execution = on_execution
@@ -101,7 +110,25 @@ class ModelManager:
         loading = [m for m in self._models.values() if m.settings is not None]
         for loaded in await asyncio.gather(*(self._load_model(m) for m in loading)):
             self._models[loaded.name] = loaded
+            self._schedule_retry(loaded)
         self.loading_done.set()
+
+    def _schedule_retry(self, model: ServedModel) -> None:
+        """After a load: forget past failures, or schedule the next try of an incomplete model."""
+        if model.complete:
+            self._retries.succeeded(model.name)
+            return
+        delay = self._retries.failed(model.name, (model.settings, model.attempt))
+        log.warning(
+            "model %s: not every chosen version loaded; tried again when its files or settings change, "
+            "or in %.0f s",
+            model.name,
+            delay,
+        )
+
+    def retries_due(self) -> bool:
+        """Some model that did not fully load is due to be tried again with the same files."""
+        return self._retries.any_due()
 
     async def _load_model(self, model: ServedModel) -> ServedModel:
         """Load the versions the model's policy selects into `model.versions` (visible, LOADING, while they
@@ -113,6 +140,7 @@ class ModelManager:
             store = self._store(settings)
             available = await self._off_the_loop(settings, store.versions)
             chosen = settings.version_policy.select(list(available))
+            model = replace(model, attempt=tuple((n, available[n]) for n in chosen))
             if not chosen:
                 raise ConfigError(
                     f"model '{settings.name}': field 'model_version_policy' = "
@@ -123,12 +151,20 @@ class ModelManager:
         except ConfigError as e:
             log.error("model %s not served: %s", settings.name, e)
             return replace(model, error=str(e))
-        chosen = [number for number in chosen if number in on_disk]
         for number in chosen:
-            model.versions[number] = ModelVersion(
-                settings.name, number, settings, str(on_disk[number]), on_execution=self._on_execution
+            local = on_disk.get(number)
+            if local is None:  # gone since the listing
+                continue
+            version = ModelVersion(
+                settings.name, number, settings, str(local.model_file or ""), on_execution=self._on_execution
             )
-        await asyncio.gather(*(self._compiler.load(v) for v in model.versions.values()))
+            version.download = local.download
+            if local.error:
+                version.fail(local.error)
+                log.error("model %s version %d: %s", settings.name, number, local.error)
+            model.versions[number] = version
+        loading = [v for v in model.versions.values() if v.state is State.LOADING]
+        await asyncio.gather(*(self._compiler.load(v) for v in loading))
         return model
 
     def _store(self, settings: ModelSettings) -> VersionStore:
@@ -187,6 +223,7 @@ class ModelManager:
         the old ones finish their in-flight requests. A failed load leaves the serving model alone."""
         name = settings.name
         candidate = await self._load_model(ServedModel(name, settings))
+        self._schedule_retry(candidate)
         ready = any(v.ready for v in candidate.versions.values())
         if not ready:
             reason = candidate._why().strip(" ()") or "no version could be loaded"
@@ -206,8 +243,9 @@ class ModelManager:
 
     # --- hot reload (config file and version folders) -------------------------------------------
 
-    def served_settings(self) -> dict[str, ModelSettings]:
-        return {name: m.settings for name, m in self._models.items() if m.settings is not None and m.versions}
+    def polled_settings(self) -> dict[str, ModelSettings]:
+        """The configured models, loaded or not: whose version folders the reloader watches."""
+        return {name: m.settings for name, m in self._models.items() if m.settings is not None}
 
     def _selected_versions(self, settings: ModelSettings) -> dict[int, tuple] | None:
         """Version number -> fingerprint, for the versions the policy would serve from the store now; None
@@ -221,12 +259,6 @@ class ModelManager:
         self._store_errors.report(settings.name, "")
         return {number: found[number] for number in settings.version_policy.select(list(found))}
 
-    def version_folders(self, settings: ModelSettings) -> tuple[int, ...] | None:
-        """The versions the policy would serve from the store now (what a reload compares); None when the
-        store cannot be listed."""
-        selected = self._selected_versions(settings)
-        return None if selected is None else tuple(selected)
-
     def version_fingerprints(self, settings: ModelSettings) -> tuple | None:
         """The selected versions with their files' sizes and times (ETags in object storage): what the
         reloader polls."""
@@ -234,10 +266,21 @@ class ModelManager:
         return None if selected is None else tuple(selected.items())
 
     def ready_version_numbers(self, name: str) -> tuple[int, ...]:
-        # A version that failed to load (a folder still being copied, say) counts as missing: the next
-        # reload tries it again, as OVMS retries failed versions.
         model = self._models.get(name)
         return tuple(sorted(n for n, v in model.versions.items() if v.ready)) if model else ()
+
+    def _needs_load(self, settings: ModelSettings) -> bool:
+        """Whether apply() loads a model whose settings are unchanged: versions came or went, or it did not
+        fully load and its retry is due (at once when its files changed since)."""
+        current = self._models[settings.name]
+        serving = any(v.ready for v in current.versions.values())
+        selected = self._selected_versions(settings)
+        if selected is None and serving:
+            return False  # the store cannot be listed now: the serving versions stay (logged by the listing)
+        if serving and tuple(sorted(selected or ())) == self.ready_version_numbers(settings.name):
+            return False
+        attempt = None if selected is None else tuple(selected.items())
+        return self._retries.due(settings.name, (settings, attempt))
 
     async def apply(self, wanted: list[ModelSettings]) -> dict[str, str]:
         """Make the serving set match `wanted`: load new or changed models (blue/green), retire removed ones,
@@ -252,16 +295,19 @@ class ModelManager:
             ):
                 self._retire(model, "removed from the configuration")
                 await self._forget_downloads([v.path for v in model.versions.values()])
+                # Kept for the index (its versions report why they stopped); no settings: not polled.
+                self._models[name] = replace(model, settings=None)
                 report[name] = "removed"
+            elif name not in wanted_by_name and model.settings is not None and not model.versions:
+                del self._models[name]  # never loaded: nothing to report as retired
+            if name not in wanted_by_name:
+                self._retries.forget(name)
         for settings in wanted:
             current = self._models.get(settings.name)
             serving = current is not None and any(v.ready for v in current.versions.values())
-            changed = current is None or not serving or current.settings != settings
-            if not changed:
-                folders = self.version_folders(settings)
-                # A store that cannot be listed now leaves the serving versions alone (logged by the listing).
-                if folders is None or folders == self.ready_version_numbers(settings.name):
-                    continue
+            changed = current is None or current.settings != settings
+            if not changed and not await asyncio.to_thread(self._needs_load, settings):
+                continue
             try:
                 await self.load_settings(settings)
                 report[settings.name] = "reloaded" if serving else "loaded"
@@ -391,7 +437,7 @@ class _StoreErrors:
         self._last[model] = error
         if error:
             log.error(
-                "model %s: its repository cannot be listed; the loaded versions keep serving: %s",
+                "model %s: its repository cannot be listed (loaded versions keep serving): %s",
                 model,
                 error,
             )

@@ -14,6 +14,7 @@ from gateway.core.errors import ConfigError, InvalidArgument, ResourceExhausted,
 from gateway.core.records import InferInput, InferOutput, RequestedOutput, TensorSpec
 from gateway.observability.statistics import ExecutionTimes, VersionStats
 from gateway.scheduling.scheduler import Executor, ModelScheduler, WhenFull
+from gateway.serving.remote_store import Download
 
 # What the model config reports as max_batch_size when the batch dimension has no upper bound: the
 # gateway takes any batch size then, and clients such as perf_analyzer only compare their -b against it.
@@ -178,6 +179,7 @@ class ModelVersion:
     in_flight: int = 0  # requests inside the gateway for this version (ovms_current_requests)
     load_seconds: float = 0.0  # read + compile (or cache import) time
     cache_result: str = ""  # "hit" (imported a compiled blob), "miss" (compiled and cached), "" (no cache)
+    download: Download | None = None  # what fetching it from object storage cost; None: a local folder
     stats: VersionStats = field(default_factory=VersionStats)
     # The metrics recorder: (name, version, times of one execution, queue time of each of its requests).
     on_execution: Callable[[str, str, ExecutionTimes, list[int]], None] | None = None

@@ -144,3 +144,24 @@ def test_model_path_in_a_bucket_has_no_local_repository_and_a_model_cache():
     settings = settings_from_args(args)
     assert settings.models[0].base_path == "s3://models/resnet"
     assert settings.model_repository_path is None and settings.model_cache_dir == "/var/cache/ovgw"
+
+
+@pytest.mark.parametrize(
+    ("flags", "local", "remote"),
+    [
+        ([], 1.0, 15.0),  # OVMS's 1 s for folders; a bucket listed 4 times a minute
+        (["--file_system_poll_wait_seconds", "0.2"], 0.2, 0.2),  # set: it applies to buckets too
+        (["--file_system_poll_wait_seconds", "0"], 0.0, 0.0),
+        (["--object_store_poll_wait_seconds", "60"], 1.0, 60.0),
+        (["--file_system_poll_wait_seconds", "2", "--object_store_poll_wait_seconds", "30"], 2.0, 30.0),
+    ],
+)
+def test_poll_periods_for_folders_and_object_storage(flags, local, remote):
+    settings = _settings("--model_name", "m", "--model_path", "/m", *flags)
+    assert settings.file_system_poll_wait_seconds == local
+    assert settings.object_store_poll_wait_seconds == remote
+
+
+def test_a_negative_poll_period_is_refused():
+    with pytest.raises(ConfigError, match="--object_store_poll_wait_seconds = -1"):
+        _settings("--model_name", "m", "--model_path", "/m", "--object_store_poll_wait_seconds", "-1")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.errors import ConfigError
-from gateway.serving.stores import LocalStore, S3Location, _credentials, _why, remote_scheme, store_for
+from gateway.serving.obstore_clients import S3Location, _azure_config, _credentials, _why
+from gateway.serving.stores import LocalStore, remote_scheme, store_for
 
 
 def test_schemes():
@@ -64,15 +65,19 @@ def test_causes_are_told_apart_and_read_the_same_each_time():
     assert first.startswith("the endpoint cannot be reached") and first == second
 
 
-def test_unsupported_schemes_say_so_and_local_paths_stay_local(tmp_path):
-    with pytest.raises(ConfigError, match="gs:// repositories are not supported yet"):
-        store_for("m", "gs://bucket/m", str(tmp_path))
+def test_azure_files_is_refused_naming_the_alternative_and_local_paths_stay_local(tmp_path):
+    with pytest.raises(ConfigError, match=r"Azure Files \(azfs://\) is not supported.*az://container"):
+        store_for("m", "azfs://share/m", str(tmp_path))
     assert isinstance(store_for("m", str(tmp_path), str(tmp_path)), LocalStore)
 
 
-def test_azure_connection_strings():
-    from gateway.serving.stores import _azure_config
+@pytest.mark.parametrize("url", ["s3://", "gs://", "az://"])
+def test_a_url_without_a_bucket_is_a_config_error_naming_the_shape(tmp_path, url):
+    with pytest.raises(ConfigError, match=r"expected (s3|gs|az)://"):
+        store_for("m", url, str(tmp_path))
 
+
+def test_azure_connection_strings():
     assert _azure_config({}) == {"skip_signature": True}
     assert _azure_config({"AZURE_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true"}) == {
         "use_emulator": True

@@ -163,6 +163,7 @@ bench: $(VENV)/.installed-test
 	$(PY) -m loadgen.bench.overload $(OVERLOAD_BENCH_ARGS)
 	$(MAKE) --no-print-directory gcc
 	$(PY) -m loadgen.bench.pipelines $(PIPELINE_BENCH_ARGS)
+	$(PY) -m loadgen.bench.object_storage $(OBJECT_STORAGE_BENCH_ARGS)
 	$(PY) -m loadgen.bench.report --latest bench-results
 
 # Longer fuzzing than make test's fixed seeds: Hypothesis on both decoders, schemathesis on the REST API.

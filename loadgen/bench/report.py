@@ -29,7 +29,16 @@ def _options(results: dict) -> dict:
 
 def _renderers() -> dict[str, tuple[str, Callable[[dict], str]]]:
     """bench -> (section title, renderer). Imported here: the benches import OpenVINO and the clients."""
-    from loadgen.bench import ceiling, cpu_split, images, overload, pipelines, scheduling, throughput
+    from loadgen.bench import (
+        ceiling,
+        cpu_split,
+        images,
+        object_storage,
+        overload,
+        pipelines,
+        scheduling,
+        throughput,
+    )
 
     return {
         "throughput": (
@@ -53,6 +62,7 @@ def _renderers() -> dict[str, tuple[str, Callable[[dict], str]]]:
         ),
         "overload": ("Overload and soak", overload.markdown),
         "pipelines": ("Pipelines", lambda r: pipelines.markdown(r, _options(r)["repetitions"])),
+        "object_storage": ("Model repositories in object storage", object_storage.markdown),
     }
 
 

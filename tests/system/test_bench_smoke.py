@@ -53,6 +53,7 @@ SMOKE_RUNS = {
         "1",
     ],
     "pipelines": ["--repetitions", "1", "--requests", "2", "--images", "1,2"],
+    "object_storage": ["--model", "dummy", "--stores", "gcs", "--repetitions", "1", "--poll-seconds", "3"],
 }
 
 
@@ -206,3 +207,13 @@ def test_pipeline_bench_writes_its_table(bench_runs):
         assert row["batch_compute_vs_client"] > 0  # the floor of the batched ratio on this machine
     table = (run / "results.md").read_text()
     assert "batched / one-by-one" in table and "the batch's own compute / one-by-one" in table
+
+
+def test_object_storage_bench_counts_what_loading_and_polling_cost(bench_runs):
+    results = json.loads((run_of(bench_runs, "object_storage") / "results.json").read_text())
+    gcs = results["stores"]["gcs"]
+    assert gcs["remote_bytes"] >= results["model_bytes"], "the first start fetched the model"
+    # the restart lists as the first start did, and fetches no file
+    assert gcs["remote_bytes"] - gcs["restart_bytes"] >= results["model_bytes"]
+    assert gcs["polls"] >= 2 and gcs["poll_requests"] <= gcs["polls"] + 1, "one listing per poll"
+    assert "Model repositories in object storage" in report.render([results])

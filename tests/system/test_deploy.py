@@ -135,7 +135,8 @@ def test_every_kustomization_renders_and_validates(rendered):
     import kubernetes_validate
 
     expected = {"base", "overlays/cpu", "overlays/intel-gpu", "overlays/nvidia", "overlays/autoscaling-hpa",
-                "overlays/autoscaling-keda", "kserve", "servicemonitor"}  # fmt: skip
+                "overlays/autoscaling-keda", "overlays/object-storage", "kserve",
+                "servicemonitor"}  # fmt: skip
     assert expected <= set(rendered)
     for name, docs in rendered.items():
         assert docs, name
@@ -237,3 +238,23 @@ def test_monitoring_files_use_metrics_the_gateway_exposes(kubectl):
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("requests", "errors", "latency", "queue", "batch", "stream"):
         assert topic in titles, topic
+
+
+def test_the_object_storage_overlay_is_ovms_recipe_without_a_models_volume(rendered, tmp_path):
+    docs = rendered["overlays/object-storage"]
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"], "models come from the bucket"
+    pod = _deployment(docs)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "/models" not in {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}, "the model cache is writable"
+    assert {v["name"] for v in pod["volumes"]} == {m["name"] for m in container["volumeMounts"]}
+    assert container["envFrom"] == [{"secretRef": {"name": "ovgw-storage", "optional": True}}]
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    (tmp_path / "config.json").write_text(config_map["data"]["config.json"])
+    args = [f"--config_path={tmp_path / 'config.json'}" if a.startswith("--config_path") else a
+            for a in container["args"]]  # fmt: skip
+    settings = settings_from_args(build_parser().parse_args(args))
+    assert settings.object_store_poll_wait_seconds == 15 and settings.file_system_poll_wait_seconds == 1
+    config = read_config_file(str(tmp_path / "config.json"))
+    assert not config.model_errors
+    assert [m.base_path for m in config.models] == ["gs://ovms-public-eu/resnet50-binary"]

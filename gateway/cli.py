@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus metrics at /metrics on the REST port (on by default; OVMS's flag, accepted bare)",
     )
     g.add_argument("--metrics_list", help="comma-separated metric families to expose (default: all)")
+    g.add_argument(
+        "--allow_client_shm",
+        nargs="?",
+        const="true",
+        default="false",
+        choices=["true", "false"],
+        help="let clients register system shared memory (Triton's extension; off by default, as in Triton)",
+    )
     g.add_argument("--metrics_port", type=int, default=0, help="also serve /metrics alone on this port")
     g.add_argument(
         "--file_system_poll_wait_seconds",
@@ -345,6 +353,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         log_level=args.log_level,
         log_path=args.log_path,
         metrics_enable=metrics_enable,
+        allow_client_shm=args.allow_client_shm == "true",
         metrics_list=metrics_list,
         shutdown_timeout=args.shutdown_timeout,
         priority_aging_ms=args.priority_aging_ms,

@@ -136,6 +136,8 @@ class ServerSettings:
     cache_dir: str | None = None
     # Where versions downloaded from object storage are kept (None: TMPDIR/ovgw-model-cache).
     model_cache_dir: str | None = None
+    # Triton's system shared memory for clients on the same host (register/unregister answer 501 while off).
+    allow_client_shm: bool = False
     log_level: str = "INFO"
     log_path: str | None = None
     file_system_poll_wait_seconds: float = 1.0  # config and version-folder polling; 0 = off

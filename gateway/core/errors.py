@@ -24,7 +24,7 @@ class Code(enum.Enum):
     PERMISSION_DENIED = (grpc.StatusCode.PERMISSION_DENIED, 403)  # a restricted API without its key
     DEADLINE_EXCEEDED = (grpc.StatusCode.DEADLINE_EXCEEDED, 504)
     UNIMPLEMENTED = (grpc.StatusCode.UNIMPLEMENTED, 501)
-    ALREADY_EXISTS = (grpc.StatusCode.ALREADY_EXISTS, 409)
+    ALREADY_EXISTS = (grpc.StatusCode.ALREADY_EXISTS, 400)  # Triton's HTTP code for it
     INTERNAL = (grpc.StatusCode.INTERNAL, 500)
 
     @property
@@ -84,6 +84,14 @@ class DeadlineExceeded(GatewayError):
 
 class InternalError(GatewayError):
     code = Code.INTERNAL
+
+
+class AlreadyExists(GatewayError):
+    code = Code.ALREADY_EXISTS
+
+
+class Unimplemented(GatewayError):
+    code = Code.UNIMPLEMENTED
 
 
 class ConfigError(Exception):

@@ -47,6 +47,7 @@ from gateway.core.records import (
 from gateway.core.version import __version__
 from gateway.dataplane.model_config import model_config, pipeline_config
 from gateway.dataplane.reloader import Reloader
+from gateway.memory.shared_memory import SystemSharedMemory
 from gateway.observability.metrics import Metrics, select_families
 from gateway.observability.statistics import Outcome
 from gateway.pipelines.executor import Pipeline, Servable
@@ -68,6 +69,8 @@ EXTENSIONS = (
     "statistics",
     "parameters",
     "schedule_policy",
+    "system_shared_memory",
+    "cuda_shared_memory",  # answered as a CPU-only Triton answers it
 )
 
 # How a GatewayError ends a request, beyond "invalid" (Outcome.FAILED).
@@ -115,6 +118,7 @@ class Gateway:
         )
         self.pipelines = PipelineRegistry(self.manager)
         self.reloader = Reloader(self.manager, self.pipelines, settings)
+        self.shared_memory = SystemSharedMemory(enabled=settings.allow_client_shm)
         self._accepting = True
 
     async def start(self) -> None:

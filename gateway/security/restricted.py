@@ -24,6 +24,7 @@ class ApiCategory(enum.Enum):
     MODEL_REPOSITORY = "model-repository"  # index, load, unload, and OVMS's POST /v1/config/reload
     STATISTICS = "statistics"
     METRICS = "metrics"  # Prometheus /metrics (REST and the metrics port)
+    SHARED_MEMORY = "shared-memory"  # Triton's system and CUDA shared-memory status, register, unregister
 
 
 @dataclass(frozen=True, slots=True)

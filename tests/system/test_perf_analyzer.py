@@ -62,3 +62,31 @@ def test_input_data_file_and_csv_report(perf_analyzer, gateway_server, tmp_path)
     for column in ("Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output"):
         assert column in row
     assert int(row["Server Compute Infer"]) > 0
+
+
+@pytest.fixture(scope="module")
+def shm_server(model_repo, tmp_path_factory):
+    from tests.support.servers import start_test_gateway
+
+    server = start_test_gateway(
+        ["--config_path", str(model_repo / "config.json"), "--allow_client_shm"],
+        tmp_path_factory.mktemp("shm-logs") / "gw.log",
+    )
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_system_shared_memory(perf_analyzer, shm_server, protocol):
+    url = shm_server.grpc_url if protocol == "grpc" else shm_server.http_url
+    output = run_pa(
+        perf_analyzer, "-m", "simple", "-u", url, "-i", protocol, "--shared-memory=system",
+        "--concurrency-range", "1:2",
+    )  # fmt: skip
+    assert_report(output, levels=2)
+    # a variable output ([-1, 10]) is written into the region perf_analyzer sized for it
+    output = run_pa(
+        perf_analyzer, "-m", "dummy", "-u", url, "-i", protocol, "--shared-memory=system",
+        "--output-shared-memory-size", "4096",
+    )  # fmt: skip
+    assert_report(output)

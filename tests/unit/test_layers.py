@@ -9,7 +9,7 @@ from pathlib import Path
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 # Bottom to top. `proto` is generated code that imports nothing of ours; the package root (cli, serve,
 # healthcheck, demo models, testing) sits above every folder.
-LAYERS = ("proto", "core", "security", "config", "codecs", "observability", "scheduling", "runtime",
+LAYERS = ("proto", "core", "security", "config", "codecs", "memory", "observability", "scheduling", "runtime",
           "serving", "pipelines", "dataplane", "transports")  # fmt: skip
 ROOT_LEVEL = len(LAYERS)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
@@ -32,6 +32,14 @@ from gateway.codecs.tensor import (
 from gateway.core.errors import GatewayError, InvalidArgument
 from gateway.core.records import InferInput, InferRequest, InferResponse, Interface, Method, RequestedOutput
 from gateway.dataplane.gateway import Gateway
+from gateway.memory.shared_memory import (
+    REGION,
+    Placement,
+    SystemSharedMemory,
+    cuda_unsupported,
+    output_placements,
+    write_outputs,
+)
 from gateway.pipelines.executor import Servable
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from gateway.scheduling.scheduler import WhenFull
@@ -72,29 +80,37 @@ class InferMessage:
     raw_input_contents: list[memoryview]
 
 
-def decode_infer_request(parsed: InferMessage, served: Servable | None = None) -> InferRequest:
+def decode_infer_request(
+    parsed: InferMessage, served: Servable | None = None, memory: SystemSharedMemory | None = None
+) -> InferRequest:
+    """The request as a record; an input in shared memory (`memory`'s regions) is a view of its region."""
     msg, raw = parsed.message, parsed.raw_input_contents
     if served is not None:
         served.check_input_count(len(msg.inputs))
-    if raw and len(raw) != len(msg.inputs):
+    parameters = [parameters_from_proto(tensor.parameters) for tensor in msg.inputs]
+    # raw_input_contents holds the inputs that are not in shared memory, in order (Triton's rule)
+    sent = sum(REGION not in p for p in parameters)
+    if raw and len(raw) != sent:
         raise InvalidArgument(
-            f"raw_input_contents has {len(raw)} entries; expected one per input ({len(msg.inputs)})"
+            f"raw_input_contents has {len(raw)} entries; expected one per input not in shared memory ({sent})"
         )
+    raw_entries = iter(raw)
     inputs = []
-    for index, tensor in enumerate(msg.inputs):
+    for tensor, params in zip(msg.inputs, parameters, strict=True):
         name = tensor.name
         dt = datatype_or_error(name, tensor.datatype)
         shape = check_declared_shape(name, tensor.shape)
         has_typed = tensor.HasField("contents")
-        if raw:
+        placement = _placement(memory, f"input '{name}'", params)
+        if placement is not None or raw:
             if has_typed:
-                raise InvalidArgument(
-                    f"input '{name}': has both raw_input_contents and typed contents; send one"
-                )
+                where = "shared memory" if placement is not None else "raw_input_contents"
+                raise InvalidArgument(f"input '{name}': has both {where} and typed contents; send one")
+            section = placement.view() if placement is not None else next(raw_entries)
             if dt.name == "BYTES" and served is not None and served.takes_images(name):
-                data = encoded_images_from_raw(name, shape, raw[index])
+                data = encoded_images_from_raw(name, shape, section)
             else:
-                data = array_from_raw(name, dt.name, shape, raw[index])
+                data = array_from_raw(name, dt.name, shape, section)
         elif has_typed:
             if dt.contents_field is None:
                 raise InvalidArgument(
@@ -108,7 +124,7 @@ def decode_infer_request(parsed: InferMessage, served: Servable | None = None) -
             raise InvalidArgument(
                 f"input '{name}': no data; send raw_input_contents or contents.{dt.contents_field}"
             )
-        inputs.append(InferInput(name, dt.name, shape, data, parameters_from_proto(tensor.parameters)))
+        inputs.append(InferInput(name, dt.name, shape, data, params))
     outputs = [RequestedOutput(o.name, parameters_from_proto(o.parameters)) for o in msg.outputs] or None
     return InferRequest(
         model_name=msg.model_name,
@@ -120,11 +136,22 @@ def decode_infer_request(parsed: InferMessage, served: Servable | None = None) -
     )
 
 
-def encode_infer_response(response: InferResponse, final: bool = False) -> list[bytes | memoryview]:
+def _placement(memory: SystemSharedMemory | None, what: str, params: dict) -> Placement | None:
+    if memory is None:
+        if REGION in params:
+            raise InvalidArgument(f"{what}: shared memory is not available here")
+        return None
+    return memory.placement(what, params)
+
+
+def encode_infer_response(
+    response: InferResponse, final: bool = False, in_shared_memory: Collection[str] = ()
+) -> list[bytes | memoryview]:
     """A serialized ModelInferResponse, as parts to join once: protobuf writes the small rest, and each
     output's raw_output_contents entry is a view of its array (copied only by the join). tritonclient
-    reads outputs only from raw_output_contents: one entry per output, in order. `final`: Triton's
-    `triton_final_response` parameter, for stream clients that asked for it."""
+    reads outputs only from raw_output_contents: one entry per output, in order; an output written to
+    shared memory has an empty entry. `final`: Triton's `triton_final_response` parameter, for stream
+    clients that asked for it."""
     msg = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
@@ -132,7 +159,10 @@ def encode_infer_response(response: InferResponse, final: bool = False) -> list[
         msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
     if final:
         msg.parameters["triton_final_response"].bool_param = True
-    contents = [raw_from_array(out.datatype, out.data) for out in response.outputs]
+    contents = [
+        b"" if out.name in in_shared_memory else raw_from_array(out.datatype, out.data)
+        for out in response.outputs
+    ]
     return [msg.SerializeToString(), *bytes_field(RAW_OUTPUT_CONTENTS, contents)]
 
 
@@ -181,8 +211,44 @@ class GrpcServicer:
         async with self.gateway.request(
             msg.model_name, msg.model_version, Interface.GRPC, deadline=deadline, received_ns=received
         ) as call:
-            response = await call.infer(decode_infer_request(request, call.servable))
-            return b"".join(encode_infer_response(response))  # the one copy of each output byte
+            memory = self.gateway.shared_memory
+            decoded = decode_infer_request(request, call.servable, memory)
+            placements = output_placements(memory, decoded.outputs)
+            response = await call.infer(decoded)
+            write_outputs(response.outputs, placements)
+            # the one copy of each output byte
+            return b"".join(encode_infer_response(response, in_shared_memory=placements))
+
+    # --- Triton's shared-memory extensions ---------------------------------------------------------
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        msg = pb.SystemSharedMemoryStatusResponse()
+        for region in self.gateway.shared_memory.status(request.name):
+            msg.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size
+                )
+            )
+        return msg
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        self.gateway.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self.gateway.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        return pb.CudaSharedMemoryStatusResponse()  # no GPU regions, ever
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        self.gateway.shared_memory.check_enabled()
+        raise cuda_unsupported(request.name)
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        self.gateway.shared_memory.check_enabled()
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     async def ModelConfig(self, request, context):
         config = self.gateway.model_config(request.name, request.version)
@@ -234,12 +300,15 @@ class GrpcServicer:
                 async with self.gateway.request(
                     msg.model_name, msg.model_version, Interface.GRPC, when_full=WhenFull.WAIT
                 ) as call:
-                    response = await call.infer(decode_infer_request(parsed, call.servable))
+                    memory = self.gateway.shared_memory
+                    decoded = decode_infer_request(parsed, call.servable, memory)
+                    placements = output_placements(memory, decoded.outputs)
+                    response = await call.infer(decoded)
+                    write_outputs(response.outputs, placements)
                     # Not decoupled: the one response is also the final one.
                     final = _parameter_is_true(msg.parameters, "triton_enable_empty_final_response")
-                    answer_bytes = b"".join(
-                        length_delimited(INFER_RESPONSE, encode_infer_response(response, final))
-                    )
+                    encoded = encode_infer_response(response, final, in_shared_memory=placements)
+                    answer_bytes = b"".join(length_delimited(INFER_RESPONSE, encoded))
                 await responses.put(answer_bytes)
             except GatewayError as e:
                 await responses.put(_stream_error(e.message, request_id))
@@ -316,6 +385,22 @@ _UNARY: dict[str, _Call] = {
     "ModelMetadata": _call(pb.ModelMetadataRequest, pb.ModelMetadataResponse),
     # The tensor bytes stay out of protobuf both ways (grpc_wire).
     "ModelInfer": _Call(parse_infer_request, "ModelInferRequest", None),
+    "SystemSharedMemoryStatus": _call(
+        pb.SystemSharedMemoryStatusRequest, pb.SystemSharedMemoryStatusResponse
+    ),
+    "SystemSharedMemoryRegister": _call(
+        pb.SystemSharedMemoryRegisterRequest, pb.SystemSharedMemoryRegisterResponse
+    ),
+    "SystemSharedMemoryUnregister": _call(
+        pb.SystemSharedMemoryUnregisterRequest, pb.SystemSharedMemoryUnregisterResponse
+    ),
+    "CudaSharedMemoryStatus": _call(pb.CudaSharedMemoryStatusRequest, pb.CudaSharedMemoryStatusResponse),
+    "CudaSharedMemoryRegister": _call(
+        pb.CudaSharedMemoryRegisterRequest, pb.CudaSharedMemoryRegisterResponse
+    ),
+    "CudaSharedMemoryUnregister": _call(
+        pb.CudaSharedMemoryUnregisterRequest, pb.CudaSharedMemoryUnregisterResponse
+    ),
 }
 
 
@@ -332,6 +417,12 @@ CATEGORIES: dict[str, ApiCategory] = {
     "RepositoryIndex": ApiCategory.MODEL_REPOSITORY,
     "RepositoryModelLoad": ApiCategory.MODEL_REPOSITORY,
     "RepositoryModelUnload": ApiCategory.MODEL_REPOSITORY,
+    "SystemSharedMemoryStatus": ApiCategory.SHARED_MEMORY,
+    "SystemSharedMemoryRegister": ApiCategory.SHARED_MEMORY,
+    "SystemSharedMemoryUnregister": ApiCategory.SHARED_MEMORY,
+    "CudaSharedMemoryStatus": ApiCategory.SHARED_MEMORY,
+    "CudaSharedMemoryRegister": ApiCategory.SHARED_MEMORY,
+    "CudaSharedMemoryUnregister": ApiCategory.SHARED_MEMORY,
 }
 
 # The calls whose requests OVMS's request metrics count.

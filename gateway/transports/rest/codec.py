@@ -7,6 +7,7 @@ from JSON `data`); responses become a JSON header and the outputs' bytes, views 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from gateway.core.datatypes import Datatype
 from gateway.core.errors import InvalidArgument
 from gateway.core.jsondoc import parse_json
 from gateway.core.records import InferInput, InferRequest, InferResponse, RequestedOutput
+from gateway.memory.shared_memory import BYTE_SIZE, OFFSET, REGION, SystemSharedMemory
 from gateway.pipelines.executor import Servable
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -58,9 +60,11 @@ def decode_infer_request(
     header: bytes | bytearray | memoryview,
     binary: memoryview,
     served: Servable | None = None,
+    memory: SystemSharedMemory | None = None,
 ) -> InferRequest:
     """A JSON (or binary-extension) infer request as a record: the inputs as numpy arrays (views of the
-    body's binary section where possible), the requested outputs, the parameters."""
+    body's binary section, or of a shared-memory region of `memory`, where possible), the requested
+    outputs, the parameters."""
     doc = json_object(parse_json(header, "the request body"), "the request body")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -69,7 +73,7 @@ def decode_infer_request(
         served.check_input_count(len(raw_inputs))
     sections = _BinarySections(binary)
     inputs = [
-        _decode_input(position, item, sections, served, only_input=len(raw_inputs) == 1)
+        _decode_input(position, item, sections, served, memory, only_input=len(raw_inputs) == 1)
         for position, item in enumerate(raw_inputs)
     ]
     if sections.remaining:
@@ -103,7 +107,12 @@ class _BinarySections:
 
 
 def _decode_input(
-    position: int, item: Any, sections: _BinarySections, served: Servable | None, only_input: bool
+    position: int,
+    item: Any,
+    sections: _BinarySections,
+    served: Servable | None,
+    memory: SystemSharedMemory | None,
+    only_input: bool,
 ) -> InferInput:
     item = json_object(item, f"inputs[{position}]")
     name = item.get("name")
@@ -122,10 +131,34 @@ def _decode_input(
         )
     shape = check_declared_shape(name, shape_value)
     params = json_object(item.get("parameters", {}), f"input '{name}': parameters")
-    if "shared_memory_region" in params:
-        raise InvalidArgument(f"input '{name}': shared memory is not supported by this server")
-    data = _input_data(name, dt, shape, item, params, sections, served, only_input)
+    if REGION in params or BYTE_SIZE in params or OFFSET in params:
+        data = _shared_memory_input(name, dt, shape, item, params, served, memory)
+    else:
+        data = _input_data(name, dt, shape, item, params, sections, served, only_input)
     return InferInput(name, dt.name, shape, data, params)
+
+
+def _shared_memory_input(
+    name: str,
+    dt: Datatype,
+    shape: tuple[int, ...],
+    item: dict,
+    params: dict,
+    served: Servable | None,
+    memory: SystemSharedMemory | None,
+) -> np.ndarray:
+    """An input in a shared-memory region: a view of it. Exactly one of `data`, binary_data_size and
+    shared_memory_region says where an input is (Triton's rule)."""
+    if "data" in item or "binary_data_size" in params:
+        other = "data" if "data" in item else "binary_data_size"
+        raise InvalidArgument(f"input '{name}': has both {REGION} and {other}; send one")
+    if memory is None:
+        raise InvalidArgument(f"input '{name}': shared memory is not available here")
+    placement = memory.placement(f"input '{name}'", params)
+    assert placement is not None  # params name a region or placement() raised
+    if dt.name == "BYTES" and served is not None and served.takes_images(name):
+        return encoded_images_from_raw(name, shape, placement.view())
+    return array_from_raw(name, dt.name, shape, placement.view())
 
 
 def _input_data(
@@ -183,8 +216,6 @@ def _requested_outputs(doc: dict) -> list[RequestedOutput] | None:
         if not isinstance(item.get("name"), str):
             raise InvalidArgument(f"outputs[{position}]: 'name' must be a string")
         out_params = json_object(item.get("parameters", {}), f"output '{item['name']}': parameters")
-        if "shared_memory_region" in out_params:
-            raise InvalidArgument(f"output '{item['name']}': shared memory is not supported by this server")
         if out_params.get("classification"):
             raise InvalidArgument(f"output '{item['name']}': the classification extension is not supported")
         outputs.append(RequestedOutput(item["name"], out_params))
@@ -247,12 +278,18 @@ class EncodedResponse:
         return sum(len(part) for part in self.binary)
 
 
-def encode_infer_response(response: InferResponse, binary_default: bool) -> EncodedResponse:
+def encode_infer_response(
+    response: InferResponse, binary_default: bool, in_shared_memory: Collection[str] = ()
+) -> EncodedResponse:
+    """The response document and its binary outputs; an output written to shared memory has neither data
+    nor a binary section."""
     outputs = []
     parts: list[bytes | memoryview] = []
     for out in response.outputs:
         entry: dict = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
-        if out.parameters.get("binary_data", binary_default):
+        if out.name in in_shared_memory:
+            pass  # the client reads it from its region
+        elif out.parameters.get("binary_data", binary_default):
             raw = raw_from_array(out.datatype, out.data)
             # Triton's C++ client rejects an output `parameters` object without binary_data_size.
             entry["parameters"] = {"binary_data_size": len(raw)}

@@ -35,6 +35,7 @@ _ERRORS = {
     "413": "the body (declared, received or inflated) is over the limit",
     "415": "a Content-Encoding the server does not undo",
     "503": "not ready, shutting down, or the model's queue is full",
+    "501": "client shared memory is off (--allow_client_shm)",
 }
 
 
@@ -264,6 +265,52 @@ def _post(operation_id: str, summary: str, body: dict | None, ok: dict, params=N
     return {"post": operation}
 
 
+def _shared_memory_paths() -> dict[str, dict]:
+    """Triton's system shared-memory extension, and the CUDA one answered as a CPU-only Triton does."""
+    region = [{"name": "region", "in": "path", "required": True, "schema": {"type": "string"}}]
+    system_region = {
+        "type": "object",
+        "required": ["name", "key", "offset", "byte_size"],
+        "properties": {
+            "name": {"type": "string"},
+            "key": {"type": "string"},
+            "offset": {"type": "integer"},
+            "byte_size": {"type": "integer"},
+        },
+    }
+    register = {
+        "type": "object",
+        "required": ["key", "byte_size"],
+        "properties": {
+            "key": {"type": "string"},
+            "byte_size": {"type": "integer"},
+            "offset": {"type": "integer"},
+        },
+    }
+    paths: dict[str, dict] = {}
+    for kind, what, item in (
+        ("systemsharedmemory", "system", system_region),
+        ("cudasharedmemory", "CUDA", {"type": "object"}),
+    ):
+        listing = _json({"type": "array", "items": item}, f"the registered {what} shared-memory regions")
+        paths[f"/v2/{kind}/status"] = _get(f"{kind}_status", f"Registered {what} regions", listing)
+        paths[f"/v2/{kind}/region/{{region}}/status"] = _get(
+            f"{kind}_region_status", f"One {what} region", listing, region, "404"
+        )
+        paths[f"/v2/{kind}/region/{{region}}/register"] = _post(
+            f"{kind}_register", f"Register a {what} region", register if kind == "systemsharedmemory"
+            else {"type": "object"}, _json(_ref("Empty"), "registered"), region, "501",
+        )  # fmt: skip
+        unregistered = _json(_ref("Empty"), "unregistered (an unknown name too)")
+        paths[f"/v2/{kind}/unregister"] = _post(
+            f"{kind}_unregister_all", f"Unregister every {what} region", None, unregistered, None, "501"
+        )
+        paths[f"/v2/{kind}/region/{{region}}/unregister"] = _post(
+            f"{kind}_unregister", f"Unregister a {what} region", None, unregistered, region, "501"
+        )
+    return paths
+
+
 def document(models: Sequence[str] = ()) -> dict:
     """The OpenAPI document; `models` (the names served now) become examples of the model parameter."""
     paths: dict[str, dict] = {
@@ -354,6 +401,7 @@ def document(models: Sequence[str] = ()) -> dict:
             "statistics" + suffix, "Model statistics", _json(_ref("Statistics"), "statistics"), params, "404"
         )
     paths["/v2/health/ready"]["get"]["responses"]["503"] = _json(_ref("Ready"), "not ready")
+    paths.update(_shared_memory_paths())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -22,6 +22,7 @@ from gateway.core.errors import GatewayError, InvalidArgument, NotFound
 from gateway.core.jsondoc import parse_json
 from gateway.core.records import InferRequest, Interface
 from gateway.dataplane.gateway import Gateway
+from gateway.memory.shared_memory import cuda_unsupported, output_placements, write_outputs
 from gateway.pipelines.executor import Servable
 from gateway.security.restricted import ApiCategory, ApiGuard
 from gateway.transports.rest import openapi
@@ -177,10 +178,12 @@ class RestHandlers:
         model, version = request.match_info["model"], request.match_info.get("version", "")
         async with self.gateway.request(model, version, Interface.REST, received_ns=received) as call:
             decoded = await self._decode(request, call.servable, model, version)
+            placements = output_placements(self.gateway.shared_memory, decoded.outputs)
             response = await call.infer(decoded)
+            write_outputs(response.outputs, placements)
             # the request's binary_data_output is the default of every output
             encoded = encode_infer_response(
-                response, bool(decoded.parameters.get("binary_data_output", False))
+                response, bool(decoded.parameters.get("binary_data_output", False)), placements
             )
         return await send_infer_response(request, encoded)
 
@@ -199,7 +202,45 @@ class RestHandlers:
         if not body:
             raise InvalidArgument("the request body is empty; expected a JSON inference request")
         header, binary = split_body(body, header_length)
-        return decode_infer_request(model, version, header, binary, served)
+        return decode_infer_request(model, version, header, binary, served, self.gateway.shared_memory)
+
+    # --- Triton's shared-memory extensions ---------------------------------------------------------
+
+    async def shm_status(self, request: web.Request) -> web.Response:
+        regions = self.gateway.shared_memory.status(request.match_info.get("region", ""))
+        return _json_response(
+            [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
+        )
+
+    async def shm_register(self, request: web.Request) -> web.Response:
+        memory = self.gateway.shared_memory
+        memory.check_enabled()  # before the body is read
+        body = await _optional_json(request, self.max_body_bytes)
+        key, offset, byte_size = body.get("key"), body.get("offset", 0), body.get("byte_size")
+        if not isinstance(key, str):
+            raise InvalidArgument("'key' must be the shared memory object's key, a string")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, byte_size)):
+            raise InvalidArgument("'offset' and 'byte_size' must be integers (byte_size is required)")
+        memory.register(request.match_info["region"], key, int(offset), int(byte_size or 0))
+        return _json_response({})
+
+    async def shm_unregister(self, request: web.Request) -> web.Response:
+        self.gateway.shared_memory.check_enabled()
+        await _optional_json(request, self.max_body_bytes)
+        self.gateway.shared_memory.unregister(request.match_info.get("region", ""))
+        return _json_response({})
+
+    async def cuda_status(self, request: web.Request) -> web.Response:
+        return _json_response([])  # no GPU regions, ever
+
+    async def cuda_register(self, request: web.Request) -> web.Response:
+        self.gateway.shared_memory.check_enabled()
+        raise cuda_unsupported(request.match_info["region"])
+
+    async def cuda_unregister(self, request: web.Request) -> web.Response:
+        self.gateway.shared_memory.check_enabled()
+        await _optional_json(request, self.max_body_bytes)
+        return _json_response({})
 
     async def config_reload(self, request: web.Request) -> web.Response:
         report = await self.gateway.reload_config()
@@ -267,6 +308,18 @@ def build_app(gateway: Gateway, max_body_bytes: int, guard: ApiGuard | None = No
         ("POST", "/v2/repository/models/{model}/load", h.repository_load, ApiCategory.MODEL_REPOSITORY),
         ("POST", "/v2/repository/models/{model}/unload", h.repository_unload, ApiCategory.MODEL_REPOSITORY),
     ]
+    shm = ApiCategory.SHARED_MEMORY
+    for kind, (status, register, unregister) in {
+        "systemsharedmemory": (h.shm_status, h.shm_register, h.shm_unregister),
+        "cudasharedmemory": (h.cuda_status, h.cuda_register, h.cuda_unregister),
+    }.items():
+        routes += [
+            ("GET", f"/v2/{kind}/status", status, shm),
+            ("GET", f"/v2/{kind}/region/{{region}}/status", status, shm),
+            ("POST", f"/v2/{kind}/region/{{region}}/register", register, shm),
+            ("POST", f"/v2/{kind}/unregister", unregister, shm),
+            ("POST", f"/v2/{kind}/region/{{region}}/unregister", unregister, shm),
+        ]
     return _app(routes, guard, max_body_bytes)
 
 

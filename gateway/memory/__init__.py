@@ -1,0 +1,1 @@
+"""Memory that requests use: Triton's shared-memory regions."""

@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--metrics_list", help="comma-separated metric families to expose (default: all)")
     g.add_argument(
+        "--max_request_memory",
+        type=_byte_count,
+        default=None,
+        help="bytes all requests in flight may hold (bodies as read and inflated, gRPC messages), e.g. 2G; "
+        "a request past it is refused with 503 / RESOURCE_EXHAUSTED (default: half the memory the process "
+        "may use, its cgroup's limit included; 0 = no bound)",
+    )
+    g.add_argument(
         "--allow_client_shm",
         nargs="?",
         const="true",
@@ -225,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(for clients that build requests from metadata, such as perf_analyzer)",
     )
     m.add_argument(
+        "--scalar_shape",
+        help="how metadata and responses show rank-0 tensors: [] (default, as OVMS) or [1] (as Triton, "
+        "which perf_analyzer needs)",
+    )
+    m.add_argument(
         "--precision",
         help="TARGET:SOURCE, e.g. U8:FP32 (clients send uint8; converted to FP32 before mean and scale) "
         "(needs --layout)",
@@ -252,6 +265,7 @@ _SINGLE_MODEL_FLAGS = (
     "color_format",
     "precision",
     "image_inputs",
+    "scalar_shape",
 )
 
 
@@ -354,6 +368,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         log_path=args.log_path,
         metrics_enable=metrics_enable,
         allow_client_shm=args.allow_client_shm == "true",
+        max_request_memory=args.max_request_memory,
         metrics_list=metrics_list,
         shutdown_timeout=args.shutdown_timeout,
         priority_aging_ms=args.priority_aging_ms,
@@ -376,6 +391,19 @@ def _poll_periods(args: argparse.Namespace) -> dict[str, float]:
         "file_system_poll_wait_seconds": _non_negative(local, "--file_system_poll_wait_seconds"),
         "object_store_poll_wait_seconds": _non_negative(remote, "--object_store_poll_wait_seconds"),
     }
+
+
+_BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _byte_count(text: str) -> int:
+    """A byte count: 1073741824, 1024M, 2G, 2GiB (binary units; a trailing B or iB is allowed)."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1] if value and value[-1] in _BYTE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a byte count (e.g. 2147483648, 2048M, 2G)")
+    return int(number) * _BYTE_UNITS[unit]
 
 
 def _non_negative(value, flag: str):

@@ -88,6 +88,9 @@ class ModelSettings:
     preprocessing: Preprocessing | None = None
     # Inputs that metadata shows as BYTES [N] (encoded images) instead of their tensor (images.py).
     image_inputs: tuple[str, ...] = ()
+    # How metadata and responses show rank-0 tensors: () as OVMS does, or (1,) as Triton serves them (its
+    # `dims: [1]` + `reshape: {shape: []}`), which perf_analyzer needs: it refuses an empty input shape.
+    scalar_shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,9 @@ class ServerSettings:
     model_cache_dir: str | None = None
     # Triton's system shared memory for clients on the same host (register/unregister answer 501 while off).
     allow_client_shm: bool = False
+    # The bytes all requests in flight may hold (memory/budget.py); None: half the memory the process may
+    # use (cgroup limit, else the machine's); 0: no bound.
+    max_request_memory: int | None = None
     log_level: str = "INFO"
     log_path: str | None = None
     file_system_poll_wait_seconds: float = 1.0  # config and version-folder polling; 0 = off
@@ -177,6 +183,7 @@ _MODEL_KEYS = {
     "color_format",
     "precision",
     "image_inputs",
+    "scalar_shape",
 }
 PRIORITY_NAMES = {"HIGH": 1, "MEDIUM": 2, "LOW": 3}
 # OVMS keys for stateful models: accepted at their defaults so OVMS configs load, refused when switched on.
@@ -251,8 +258,20 @@ def parse_model_entry(entry: Any, config_dir: Path | None = None) -> ModelSettin
         allow_cache=_optional_bool(name, "allow_cache", entry.get("allow_cache")),
         preprocessing=parse_preprocessing(name, entry),
         image_inputs=parse_names(name, "image_inputs", entry.get("image_inputs")),
+        scalar_shape=parse_scalar_shape(name, entry.get("scalar_shape")),
         **parse_scheduling(name, entry),
     )
+
+
+def parse_scalar_shape(model: str, value: Any) -> tuple[int, ...]:
+    """`[]` (the default, OVMS's) or `[1]` (Triton's); from the command line also the text of either."""
+    if isinstance(value, str):
+        value = {"[]": [], "[1]": [1]}.get(value.replace(" ", ""), value)
+    if value is None or value == []:
+        return ()
+    if value == [1]:
+        return (1,)
+    raise _fail(model, "scalar_shape", value, "[] or [1] is required")
 
 
 def parse_names(model: str, key: str, value: Any) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ from gateway.core.records import (
 from gateway.core.version import __version__
 from gateway.dataplane.model_config import model_config, pipeline_config
 from gateway.dataplane.reloader import Reloader
+from gateway.memory.budget import RequestMemoryBudget, default_budget_bytes
 from gateway.memory.shared_memory import SystemSharedMemory
 from gateway.observability.metrics import Metrics, select_families
 from gateway.observability.statistics import Outcome
@@ -112,7 +113,11 @@ class Gateway:
         TLS files there)."""
         self.settings = settings
         self._on_config_reload = on_config_reload
-        self.metrics = Metrics(select_families(settings.metrics_enable, settings.metrics_list))
+        budget = settings.max_request_memory
+        self.memory_budget = RequestMemoryBudget(default_budget_bytes() if budget is None else budget)
+        self.metrics = Metrics(
+            select_families(settings.metrics_enable, settings.metrics_list), memory=self.memory_budget
+        )
         self.manager = ModelManager(
             settings, core, on_execution=self.metrics.execution if self.metrics.enabled else None
         )

@@ -48,6 +48,14 @@ class ServedVersion(Protocol):
     scheduler: Any  # queued
 
 
+class RequestMemory(Protocol):
+    """What the metrics read of the request memory budget (memory/budget.py)."""
+
+    held_bytes: int
+    limit_bytes: int
+    refusals: int
+
+
 class ServingState(Protocol):
     """What the metrics read of the serving layer (serving/manager.py) at scrape time."""
 
@@ -109,6 +117,12 @@ GATEWAY_FAMILIES = {
     "ovgw_model_cache_loads": (
         "counter",
         "Model version loads with a compiled-blob cache, by result (hit, miss).",
+    ),
+    "ovgw_request_memory_bytes": ("gauge", "Bytes that requests in flight hold (bodies, messages)."),
+    "ovgw_request_memory_limit_bytes": ("gauge", "The bound on those bytes (--max_request_memory; 0: none)."),
+    "ovgw_request_memory_refusals": (
+        "counter",
+        "Requests refused because they would have taken the bytes requests hold past the bound.",
     ),
     "ovgw_model_download_bytes": (
         "gauge",
@@ -190,8 +204,9 @@ class Metrics:
     """Recorders for the request path, and a Prometheus collector over them and the live model state
     (the manager, handed in at scrape time)."""
 
-    def __init__(self, families: frozenset[str]):
+    def __init__(self, families: frozenset[str], memory: RequestMemory | None = None):
         self.families = families
+        self._memory = memory
         # (family, interface, method, name, version or None for no version label) -> requests
         self._requests: dict[tuple[str, Interface, Method, str, str | None], int] = {}
         self._unrouted: dict[tuple[Interface, Method], int] = {}
@@ -263,6 +278,21 @@ class Metrics:
             yield metric
         yield from self._collect_histograms(wanted)
         yield from self._collect_live(wanted, manager)
+        yield from self._collect_memory(wanted)
+
+    def _collect_memory(self, wanted):
+        if self._memory is None:
+            return
+        values = {
+            "ovgw_request_memory_bytes": self._memory.held_bytes,
+            "ovgw_request_memory_limit_bytes": self._memory.limit_bytes,
+            "ovgw_request_memory_refusals": self._memory.refusals,
+        }
+        for family, value in values.items():
+            if family in wanted:
+                metric = Metric(family, GATEWAY_FAMILIES[family][1], GATEWAY_FAMILIES[family][0])
+                metric.add_sample(family, {}, value)
+                yield metric
 
     def _collect_histograms(self, wanted):
         label_names = {

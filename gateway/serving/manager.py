@@ -381,7 +381,7 @@ class ModelManager:
             versions=tuple(str(v) for v in sorted(model.versions)),
             platform=PLATFORM,
             inputs=served.client_inputs or served.inputs,
-            outputs=served.outputs,
+            outputs=served.client_outputs or served.outputs,
         )
 
     def all_ready(self) -> bool:

@@ -74,13 +74,20 @@ def client_view(
     out = []
     for spec, how in zip(inputs, support, strict=True):
         if spec.name not in settings.image_inputs:
-            out.append(spec)
+            out.append(scalar_view(settings, spec))
         elif isinstance(how, str):
             raise ConfigError(f"model '{settings.name}': field 'image_inputs': {how}")
         else:
             low, high = how.batch
             out.append(TensorSpec(spec.name, "BYTES", (low if low == high else -1,)))
     return tuple(out)
+
+
+def scalar_view(settings: ModelSettings, spec: TensorSpec) -> TensorSpec:
+    """A rank-0 tensor as the `scalar_shape` setting shows it to clients: `[]`, or Triton's `[1]`."""
+    if spec.shape or not settings.scalar_shape:
+        return spec
+    return TensorSpec(spec.name, spec.datatype, settings.scalar_shape)
 
 
 class State(enum.Enum):
@@ -188,6 +195,7 @@ class ModelVersion:
     # The inputs as clients are told of them (metadata, Triton config): `inputs`, except that an input
     # named in the `image_inputs` setting is shown as what clients send it, BYTES [N].
     client_inputs: tuple[TensorSpec, ...] = ()
+    client_outputs: tuple[TensorSpec, ...] = ()  # `outputs`, rank-0 ones as `scalar_shape` shows them
     _input_index: dict[str, int] = field(default_factory=dict)
     _output_index: dict[str, int] = field(default_factory=dict)
     # Some input is rank 4 and not BYTES: BYTES sent to it are images (or refused saying why). For other
@@ -206,6 +214,7 @@ class ModelVersion:
             for spec, bounds, layout in zip(inputs, input_bounds, layouts, strict=True)
         )
         self.client_inputs = client_view(self.settings, inputs, self.image_support)
+        self.client_outputs = tuple(scalar_view(self.settings, spec) for spec in outputs)
         self._may_take_images = any(len(s.shape) == 4 and s.datatype != "BYTES" for s in inputs)
         self.max_batch_size = self.settings.max_batch_size or batch_capacity(inputs, input_bounds, outputs)
 
@@ -363,4 +372,6 @@ class ModelVersion:
         arrays, rows = self.order_inputs(inputs)
         picked = self.select_outputs(requested)
         results, _, _ = await scheduler.submit(arrays, rows, priority, deadline, when_full)
+        if self.settings.scalar_shape:  # rank-0 outputs as the metadata shows them
+            results = [r.reshape(self.settings.scalar_shape) if r.ndim == 0 else r for r in results]
         return picked_outputs(self.outputs, picked, [results[i] for i in picked], requested)

@@ -90,3 +90,20 @@ def test_system_shared_memory(perf_analyzer, shm_server, protocol):
         "--output-shared-memory-size", "4096",
     )  # fmt: skip
     assert_report(output)
+
+
+def test_a_scalar_input_shown_as_triton_shows_it(perf_analyzer, model_repo, tmp_path):
+    """perf_analyzer refuses an empty input shape: with `scalar_shape: [1]` the metadata shows Triton's form
+    and perf_analyzer drives the model's INT64 and BYTES scalar inputs."""
+    from tests.support.servers import start_test_gateway
+
+    entry = {"name": "scalars", "base_path": str(model_repo / "scalars"), "scalar_shape": [1]}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_config_list": [{"config": entry}]}))
+    server = start_test_gateway(["--config_path", str(config)], tmp_path / "gw.log")
+    try:
+        for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
+            output = run_pa(perf_analyzer, "-m", "scalars", "-u", url, "-i", protocol)
+            assert_report(output)
+    finally:
+        server.stop()

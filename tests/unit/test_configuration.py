@@ -165,3 +165,19 @@ def test_poll_periods_for_folders_and_object_storage(flags, local, remote):
 def test_a_negative_poll_period_is_refused():
     with pytest.raises(ConfigError, match="--object_store_poll_wait_seconds = -1"):
         _settings("--model_name", "m", "--model_path", "/m", "--object_store_poll_wait_seconds", "-1")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1073741824", 1 << 30), ("512M", 512 << 20), ("2G", 2 << 30), ("2GiB", 2 << 30), ("0", 0)],
+)
+def test_max_request_memory_takes_byte_counts(text, expected):
+    settings = _settings("--model_name", "m", "--model_path", "/m", "--max_request_memory", text)
+    assert settings.max_request_memory == expected
+
+
+def test_max_request_memory_defaults_to_none_meaning_half_the_memory():
+    from gateway.memory.budget import default_budget_bytes, memory_limit_bytes
+
+    assert _settings("--model_name", "m", "--model_path", "/m").max_request_memory is None
+    assert 0 < default_budget_bytes() <= memory_limit_bytes()

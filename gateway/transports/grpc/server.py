@@ -32,6 +32,7 @@ from gateway.codecs.tensor import (
 from gateway.core.errors import GatewayError, InvalidArgument
 from gateway.core.records import InferInput, InferRequest, InferResponse, Interface, Method, RequestedOutput
 from gateway.dataplane.gateway import Gateway
+from gateway.memory.budget import Charge, MemoryBudgetExceeded
 from gateway.memory.shared_memory import (
     REGION,
     Placement,
@@ -289,7 +290,7 @@ class GrpcServicer:
         responses: asyncio.Queue = asyncio.Queue()
         in_flight: set[asyncio.Task] = set()
 
-        async def answer(parsed: InferMessage | None) -> None:
+        async def answer(parsed: InferMessage | None, charge: Charge) -> None:
             request_id = ""
             try:
                 if parsed is None:
@@ -315,19 +316,31 @@ class GrpcServicer:
             except Exception as e:
                 log.exception("unexpected error in ModelStreamInfer")
                 await responses.put(_stream_error(f"internal error: {type(e).__name__}: {e}", request_id))
+            finally:
+                charge.release()
 
         async def read_all() -> None:
             try:
                 async for raw in raw_requests:
+                    charge = self.gateway.memory_budget.charge()
+                    try:
+                        charge.grow(len(raw), "the request message")
+                    except MemoryBudgetExceeded as e:
+                        await responses.put(_stream_error(e.message, ""))
+                        continue
                     try:
                         parsed: InferMessage | None = parse_infer_request(raw)
                     except DecodeError:
                         parsed = None
                     if parsed is not None:
-                        await self.gateway.wait_for_room(
-                            parsed.message.model_name, parsed.message.model_version
-                        )
-                    task = asyncio.create_task(answer(parsed))
+                        try:
+                            await self.gateway.wait_for_room(
+                                parsed.message.model_name, parsed.message.model_version
+                            )
+                        except BaseException:
+                            charge.release()
+                            raise
+                    task = asyncio.create_task(answer(parsed, charge))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
                 if in_flight:
@@ -366,6 +379,7 @@ class _Call:
     parse: Callable[[bytes], Any]
     request_name: str  # for the message when the request does not parse
     serialize: Callable[[Any], bytes] | None  # None: the handler returns the serialized bytes itself
+    charged: bool = False  # the message counts against the memory budget while the call runs
 
 
 def _call(request_type, response_type) -> _Call:
@@ -384,7 +398,7 @@ _UNARY: dict[str, _Call] = {
     "ServerMetadata": _call(pb.ServerMetadataRequest, pb.ServerMetadataResponse),
     "ModelMetadata": _call(pb.ModelMetadataRequest, pb.ModelMetadataResponse),
     # The tensor bytes stay out of protobuf both ways (grpc_wire).
-    "ModelInfer": _Call(parse_infer_request, "ModelInferRequest", None),
+    "ModelInfer": _Call(parse_infer_request, "ModelInferRequest", None, charged=True),
     "SystemSharedMemoryStatus": _call(
         pb.SystemSharedMemoryStatusRequest, pb.SystemSharedMemoryStatusResponse
     ),
@@ -441,9 +455,12 @@ def _guard(method: Callable[..., Awaitable], call: _Call, servicer: GrpcServicer
     restricted = servicer.guard is not None  # decided once: no restriction costs nothing per call
 
     async def handler(raw: bytes, context: aio.ServicerContext):
+        charge = gateway.memory_budget.charge() if call.charged else None
         try:
             if restricted:
                 servicer.check_restriction(name, context)
+            if charge is not None:  # grpc has received it: refuse it before anything else holds it
+                charge.grow(len(raw), "the request message")
             try:
                 request = call.parse(raw)
             except DecodeError:
@@ -458,6 +475,9 @@ def _guard(method: Callable[..., Awaitable], call: _Call, servicer: GrpcServicer
         except Exception as e:
             log.exception("unexpected error in %s", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+        finally:
+            if charge is not None:
+                charge.release()
 
     return handler
 

@@ -40,7 +40,9 @@ def json_object(value, what: str) -> dict:
     return value
 
 
-def split_body(body: bytearray, header_length: str | None) -> tuple[bytearray | memoryview, memoryview]:
+def split_body(
+    body: bytearray | memoryview, header_length: str | None
+) -> tuple[bytearray | memoryview, memoryview]:
     """Split a request body into its JSON header and its binary section."""
     if header_length is None:
         return body, memoryview(b"")

@@ -22,6 +22,7 @@ from gateway.core.errors import GatewayError, InvalidArgument, NotFound
 from gateway.core.jsondoc import parse_json
 from gateway.core.records import InferRequest, Interface
 from gateway.dataplane.gateway import Gateway
+from gateway.memory.budget import Charge, MemoryBudgetExceeded
 from gateway.memory.shared_memory import cuda_unsupported, output_placements, write_outputs
 from gateway.pipelines.executor import Servable
 from gateway.security.restricted import ApiCategory, ApiGuard
@@ -59,7 +60,7 @@ async def errors_middleware(request: web.Request, handler):
         return await handler(request)
     except GatewayError as e:
         response = error_response(e)
-        if isinstance(e, UnreadableBody | BodyTooLarge | UnsupportedEncoding):
+        if isinstance(e, UnreadableBody | BodyTooLarge | UnsupportedEncoding | MemoryBudgetExceeded):
             response.force_close()
         return response
     except (RequestPayloadError, BadHttpMessage) as e:  # e.g. a body that is not the gzip it claims
@@ -176,20 +177,24 @@ class RestHandlers:
     async def infer(self, request: web.Request) -> web.StreamResponse:
         received = perf_counter_ns()
         model, version = request.match_info["model"], request.match_info.get("version", "")
-        async with self.gateway.request(model, version, Interface.REST, received_ns=received) as call:
-            decoded = await self._decode(request, call.servable, model, version)
-            placements = output_placements(self.gateway.shared_memory, decoded.outputs)
-            response = await call.infer(decoded)
-            write_outputs(response.outputs, placements)
-            # the request's binary_data_output is the default of every output
-            encoded = encode_infer_response(
-                response, bool(decoded.parameters.get("binary_data_output", False)), placements
-            )
-        return await send_infer_response(request, encoded)
+        # the body's bytes count against the memory budget until the response has been sent
+        with self.gateway.memory_budget.charge() as charge:
+            async with self.gateway.request(model, version, Interface.REST, received_ns=received) as call:
+                decoded = await self._decode(request, call.servable, model, version, charge)
+                placements = output_placements(self.gateway.shared_memory, decoded.outputs)
+                response = await call.infer(decoded)
+                write_outputs(response.outputs, placements)
+                # the request's binary_data_output is the default of every output
+                encoded = encode_infer_response(
+                    response, bool(decoded.parameters.get("binary_data_output", False)), placements
+                )
+            return await send_infer_response(request, encoded)
 
-    async def _decode(self, request: web.Request, served: Servable, model: str, version: str) -> InferRequest:
+    async def _decode(
+        self, request: web.Request, served: Servable, model: str, version: str, charge: Charge
+    ) -> InferRequest:
         # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
-        body = await read_body(request, self.max_body_bytes)
+        body = await read_body(request, self.max_body_bytes, charge)
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None and header_length.strip() == "0" and body:
             if request.content_type == "application/json":

@@ -1,0 +1,49 @@
+"""The request memory budget: charges grow as bytes arrive, refusals past the bound, charges returned."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.memory.budget import MemoryBudgetExceeded, RequestMemoryBudget
+
+
+def test_charges_share_the_bound_and_are_returned():
+    budget = RequestMemoryBudget(100)
+    with budget.charge() as first:
+        first.grow(60)
+        second = budget.charge()
+        second.grow(40)
+        assert budget.held_bytes == 100
+        with pytest.raises(MemoryBudgetExceeded, match="already hold 100 of the 100 bytes"):
+            second.grow(1, "the request body")
+        assert budget.refusals == 1 and budget.held_bytes == 100
+        second.release()
+    assert budget.held_bytes == 0 and first.held == 0
+
+
+def test_bytes_charged_ahead_can_be_given_back():
+    budget = RequestMemoryBudget(100)
+    charge = budget.charge()
+    charge.grow(50)
+    charge.give_back(30)
+    assert budget.held_bytes == 20 == charge.held
+    charge.give_back(1000)  # never below what the charge holds
+    assert budget.held_bytes == 0
+
+
+def test_no_bound_refuses_nothing():
+    budget = RequestMemoryBudget(0)
+    charge = budget.charge()
+    charge.grow(1 << 50)
+    assert budget.refusals == 0 and budget.held_bytes == 1 << 50
+
+
+def test_a_reserve_keeps_room_for_small_requests_when_large_ones_fill_the_rest():
+    budget = RequestMemoryBudget(80 << 20)  # reserve: an eighth, 10 MiB
+    large = budget.charge()
+    large.grow(70 << 20)
+    with pytest.raises(MemoryBudgetExceeded):
+        large.grow(1)  # past a small request's size, only the bound less the reserve
+    small = budget.charge()
+    small.grow(512 << 10)  # the reserve is for requests like this one
+    assert budget.held_bytes == (70 << 20) + (512 << 10)

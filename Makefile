@@ -164,6 +164,8 @@ bench: $(VENV)/.installed-test
 	$(MAKE) --no-print-directory gcc
 	$(PY) -m loadgen.bench.pipelines $(PIPELINE_BENCH_ARGS)
 	$(PY) -m loadgen.bench.object_storage $(OBJECT_STORAGE_BENCH_ARGS)
+	$(MAKE) --no-print-directory perf-analyzer
+	PERF_ANALYZER=$(PERF_ANALYZER_DIR)/perf_analyzer $(PY) -m loadgen.bench.shared_memory $(SHM_BENCH_ARGS)
 	$(PY) -m loadgen.bench.report --latest bench-results
 
 # Longer fuzzing than make test's fixed seeds: Hypothesis on both decoders, schemathesis on the REST API.

@@ -37,6 +37,7 @@ def _renderers() -> dict[str, tuple[str, Callable[[dict], str]]]:
         overload,
         pipelines,
         scheduling,
+        shared_memory,
         throughput,
     )
 
@@ -63,6 +64,7 @@ def _renderers() -> dict[str, tuple[str, Callable[[dict], str]]]:
         "overload": ("Overload and soak", overload.markdown),
         "pipelines": ("Pipelines", lambda r: pipelines.markdown(r, _options(r)["repetitions"])),
         "object_storage": ("Model repositories in object storage", object_storage.markdown),
+        "shared_memory": ("Shared memory against the socket", shared_memory.markdown),
     }
 
 

@@ -217,3 +217,13 @@ def test_object_storage_bench_counts_what_loading_and_polling_cost(bench_runs):
     assert gcs["remote_bytes"] - gcs["restart_bytes"] >= results["model_bytes"]
     assert gcs["polls"] >= 2 and gcs["poll_requests"] <= gcs["polls"] + 1, "one listing per poll"
     assert "Model repositories in object storage" in report.render([results])
+
+
+def test_shared_memory_bench_writes_its_table(perf_analyzer, tmp_path, monkeypatch):
+    monkeypatch.setenv("PERF_ANALYZER", perf_analyzer)
+    args = ["--models", "segmentation", "--repetitions", "1", "--window-ms", "500",
+            "--benchmark-seconds", "1", "--concurrency", "1"]  # fmt: skip
+    run = _run_bench(tmp_path, "shared_memory", args)
+    segmentation = json.loads((run / "results.json").read_text())["models"]["segmentation"]
+    assert segmentation["shm_throughput"] > 0 and segmentation["socket_throughput"] > 0
+    assert 0 < segmentation["shm_ceiling"] <= 1

@@ -93,11 +93,14 @@ class InferCall:
         self._deadline = deadline
         self._when_full = when_full
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Validate, queue and run a decoded request; its `priority` and `timeout` parameters apply."""
+    async def infer(
+        self, request: InferRequest, into: Mapping[str, memoryview] | None = None
+    ) -> InferResponse:
+        """Validate, queue and run a decoded request; its `priority` and `timeout` parameters apply.
+        `into`: output name -> memory the client wants it in (shared memory), where OpenVINO can write it."""
         priority, deadline = schedule_policy(request.parameters, self._deadline)
         outputs = await self.servable.infer(
-            request.inputs, request.outputs, priority, deadline, self._when_full
+            request.inputs, request.outputs, priority, deadline, self._when_full, into
         )
         return InferResponse(request.model_name, str(self.servable.version), outputs, id=request.id)
 

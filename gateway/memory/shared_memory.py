@@ -192,12 +192,22 @@ def output_placements(
     return placements
 
 
+def output_targets(placements: Mapping[str, Placement]) -> dict[str, memoryview]:
+    """Output name -> its region's bytes, for OpenVINO to write the output into where it can."""
+    return {name: placement.view() for name, placement in placements.items()}
+
+
 def write_outputs(outputs: Sequence[InferOutput], placements: Mapping[str, Placement]) -> None:
-    """Copy each placed output into its region (the output's one copy: it is not sent)."""
+    """Each placed output in its region: already there when OpenVINO wrote it in place, else copied in
+    (the output's one copy: it is not sent)."""
     for output in outputs:
         placement = placements.get(output.name)
         if placement is None:
             continue
+        region = np.frombuffer(placement.view(), np.uint8)
+        data = output.data
+        if isinstance(data, np.ndarray) and data.size and _starts_at(data, region):
+            continue  # written in place
         raw = raw_from_array(output.datatype, output.data)
         size = memoryview(raw).nbytes
         if size > placement.byte_size:
@@ -206,5 +216,8 @@ def write_outputs(outputs: Sequence[InferOutput], placements: Mapping[str, Place
                 f"output '{output.name}': {size} bytes do not fit shared memory region '{status.name}' "
                 f"({BYTE_SIZE} {placement.byte_size} at {OFFSET} {placement.offset})"
             )
-        target = np.frombuffer(placement.view(), np.uint8, count=size)
-        target[:] = np.frombuffer(raw, np.uint8)
+        region[:size] = np.frombuffer(raw, np.uint8)
+
+
+def _starts_at(array: np.ndarray, region: np.ndarray) -> bool:
+    return bool(array.__array_interface__["data"][0] == region.__array_interface__["data"][0])

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -154,7 +154,10 @@ class Pipeline:
         priority: int = 0,
         deadline: float | None = None,
         when_full: WhenFull = WhenFull.REFUSE,
+        into: Mapping[str, memoryview] | None = None,
     ) -> list[InferOutput]:
+        """`into` (where the client wants outputs) is not used: a pipeline's outputs come from its nodes,
+        and the transport copies them into the client's memory."""
         graph = self.graph  # a reload may replace it while this request runs
         if graph is None:
             raise Unavailable(f"pipeline '{self.name}' is not ready: {self.reason}")

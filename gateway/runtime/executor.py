@@ -13,7 +13,7 @@ import asyncio
 import math
 import re
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter_ns
@@ -255,6 +255,8 @@ class _OutputBinding:
 
 
 def _output_binding(port, datatype: str, batch_rows: bool) -> _OutputBinding | None:
+    """How an output can be allocated before the run: its shape is static, or `[rows, ...]` with batching
+    on; None when it cannot (or its type is not numpy memory)."""
     if datatype in ("BYTES", "BF16"):
         return None  # string tensors are not numpy memory; BF16 has no numpy type to share
     dtype = _numpy_dtype(port)
@@ -263,12 +265,15 @@ def _output_binding(port, datatype: str, batch_rows: bool) -> _OutputBinding | N
         return None
     dims = [d.get_length() if d.is_static else -1 for d in pshape]
     if -1 not in dims:
-        size = math.prod(dims) * dtype.itemsize
-        return _OutputBinding(dtype, tuple(dims), False) if size >= BIND_OUTPUT_BYTES else None
+        return _OutputBinding(dtype, tuple(dims), False)
     if batch_rows and dims and dims[0] == -1 and -1 not in dims[1:]:
-        row = math.prod(dims[1:]) * dtype.itemsize
-        return _OutputBinding(dtype, tuple(dims[1:]), True) if row >= BIND_OUTPUT_BYTES else None
+        return _OutputBinding(dtype, tuple(dims[1:]), True)
     return None
+
+
+def _worth_binding(binding: _OutputBinding) -> bool:
+    """A fresh array is bound only for a large output (see BIND_OUTPUT_BYTES); a client's region always."""
+    return math.prod(binding.shape) * binding.dtype.itemsize >= BIND_OUTPUT_BYTES
 
 
 class InferExecutor:
@@ -311,6 +316,7 @@ class InferExecutor:
             _output_binding(port, datatype, batch_rows)
             for port, datatype in zip(compiled.outputs, output_types, strict=True)
         )
+        self._worth = tuple(b is not None and _worth_binding(b) for b in self._bindings)
         # Only batches use threads: their inputs are copied into one array off the event loop.
         self._threads = ThreadPoolExecutor(max_workers=nireq, thread_name_prefix=f"batch-{label}")
         self._sweep_timer: asyncio.TimerHandle | None = None
@@ -338,18 +344,27 @@ class InferExecutor:
         return {i: _to_tensor(a, t, d) for i, (a, t, d) in enumerate(types)}
 
     async def execute(
-        self, request: ov.InferRequest, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None = None
+        self,
+        request: ov.InferRequest,
+        parts: Sequence[Sequence[np.ndarray]],
+        pad_to: int | None = None,
+        into: Mapping[int, memoryview] | None = None,
     ) -> tuple[list[np.ndarray], ExecutionTimes]:
         """Infer the concatenation of `parts` (each a request's inputs, in model input order) along
-        dimension 0, padded to `pad_to` rows for a static-batch model; outputs in model output order."""
+        dimension 0, padded to `pad_to` rows for a static-batch model; outputs in model output order.
+        `into`: output index -> memory the output is wanted in (a client's shared-memory region): bound for
+        OpenVINO to write into where the shape is known before the run, else the output is copied there
+        once; the output array returned is then a view of that memory."""
         started = perf_counter_ns()
         try:
             if len(parts) == 1:
                 feeds = self._feeds(parts, pad_to)
             else:
                 feeds = await self._loop.run_in_executor(self._threads, self._feeds, parts, pad_to)
-            bound = self._bind_outputs(request, parts, pad_to)
-            run = _Run(self._loop.create_future(), request, feeds, bound, started, perf_counter_ns())
+            bound = self._bind_outputs(request, parts, pad_to, into)
+            run = _Run(
+                self._loop.create_future(), request, feeds, bound, into or {}, started, perf_counter_ns()
+            )
             self._runs[id(request)] = run
             start_with_tensors(request, feeds)
         except Exception as e:
@@ -363,23 +378,40 @@ class InferExecutor:
             self._runs.pop(id(request), None)
 
     def _bind_outputs(
-        self, request: ov.InferRequest, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None
+        self,
+        request: ov.InferRequest,
+        parts: Sequence[Sequence[np.ndarray]],
+        pad_to: int | None,
+        into: Mapping[int, memoryview] | None = None,
     ) -> dict[int, np.ndarray]:
-        """Fresh arrays for the outputs OpenVINO can write into directly (see BIND_OUTPUT_BYTES)."""
+        """Arrays for the outputs OpenVINO can write into directly: the memory `into` names for them when
+        it is large enough, else fresh ones for large outputs (see BIND_OUTPUT_BYTES)."""
         bound: dict[int, np.ndarray] = {}
         rows = 0
         for index, binding in enumerate(self._bindings):
             if binding is None:
                 continue
+            target = into.get(index) if into else None
+            if target is None and not self._worth[index]:
+                continue
             if binding.batched and not rows:
                 rows = pad_to or sum(p[0].shape[0] for p in parts)
-            array = binding.allocate(rows)
+            shape = (rows, *binding.shape) if binding.batched else binding.shape
+            array = _view_of(target, binding.dtype, shape) if target is not None else None
+            if array is None:
+                if not self._worth[index]:
+                    continue
+                array = binding.allocate(rows)
             request.set_output_tensor(index, ov.Tensor(array, shared_memory=True))
             bound[index] = array
         return bound
 
     def run_inline(
-        self, request: ov.InferRequest, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None = None
+        self,
+        request: ov.InferRequest,
+        parts: Sequence[Sequence[np.ndarray]],
+        pad_to: int | None = None,
+        into: Mapping[int, memoryview] | None = None,
     ) -> tuple[list[np.ndarray], ExecutionTimes]:
         """Infer one request's inputs on the calling thread (the event loop), which waits while OpenVINO
         runs: for a tiny model, whose inference costs less than the hand-over to OpenVINO's threads and
@@ -387,11 +419,11 @@ class InferExecutor:
         started = perf_counter_ns()
         try:
             feeds = self._feeds(parts, pad_to)
-            bound = self._bind_outputs(request, parts, pad_to)
+            bound = self._bind_outputs(request, parts, pad_to, into)
             prepared = perf_counter_ns()
             infer_with_tensors(request, feeds)
             inferred = perf_counter_ns()
-            outputs = self._outputs(request, bound)
+            outputs = self._outputs(request, bound, into or {})
         except Exception as e:
             raise _inference_failed(e) from e
         times = ExecutionTimes(
@@ -399,12 +431,15 @@ class InferExecutor:
         )
         return outputs, times
 
-    def _outputs(self, request: ov.InferRequest, bound: dict[int, np.ndarray]) -> list[np.ndarray]:
-        """The outputs of the run that just ended on `request`, as arrays of ours (the request is reused)."""
+    def _outputs(
+        self, request: ov.InferRequest, bound: dict[int, np.ndarray], into: Mapping[int, memoryview]
+    ) -> list[np.ndarray]:
+        """The outputs of the run that just ended on `request`, as arrays of ours (the request is reused):
+        the bound arrays, or copies out of the request, straight into `into`'s memory where it is given."""
         return [
             _bound_output(request.get_output_tensor(i), bound[i])
             if i in bound
-            else _read_output(request.get_output_tensor(i), datatype)
+            else _read_output(request.get_output_tensor(i), datatype, into.get(i))
             for i, datatype in enumerate(self._output_types)
         ]
 
@@ -416,7 +451,7 @@ class InferExecutor:
             return
         inferred = perf_counter_ns()
         try:
-            outputs = self._outputs(run.request, run.bound)
+            outputs = self._outputs(run.request, run.bound, run.into)
             result: tuple | InternalError = (
                 outputs,
                 ExecutionTimes(
@@ -459,6 +494,7 @@ class _Run:
     request: ov.InferRequest
     feeds: dict  # tensors may share the arrays' memory: they must live until the run ends
     bound: dict[int, np.ndarray]  # outputs OpenVINO writes into directly, by output index
+    into: Mapping[int, memoryview]  # where the client wants outputs (shared memory), by output index
     started_ns: int
     prepared_ns: int
 
@@ -582,7 +618,21 @@ def _bound_output(tensor: ov.Tensor, array: np.ndarray) -> np.ndarray:
     return data.copy()
 
 
-def _read_output(tensor: ov.Tensor, datatype: str) -> np.ndarray:
+def _view_of(memory: memoryview, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
+    """`memory` as an array of `shape`, or None when it is too small (the caller then reports that)."""
+    count = math.prod(shape)
+    if count * dtype.itemsize > memory.nbytes:
+        return None
+    return np.frombuffer(memory, dtype, count=count).reshape(shape)
+
+
+def _read_output(tensor: ov.Tensor, datatype: str, into: memoryview | None = None) -> np.ndarray:
+    if into is not None and datatype not in ("BYTES", "BF16"):
+        data = tensor.data
+        target = _view_of(into, data.dtype, data.shape)
+        if target is not None:  # the one copy, into the client's memory
+            np.copyto(target, data)
+            return target
     if datatype == "BYTES":
         shape = tuple(tensor.shape)
         out = np.empty(int(np.prod(shape)), dtype=object)

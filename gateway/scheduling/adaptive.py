@@ -24,7 +24,7 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -78,7 +78,11 @@ class InlineExecutor(Executor, Protocol):
     (runtime.executor.InferExecutor.run_inline)."""
 
     def run_inline(
-        self, slot: Any, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None
+        self,
+        slot: Any,
+        parts: Sequence[Sequence[np.ndarray]],
+        pad_to: int | None,
+        into: Mapping[int, memoryview] | None = None,
     ) -> tuple[list[np.ndarray], ExecutionTimes]: ...
 
 
@@ -214,15 +218,19 @@ class LoadAdaptiveExecutor:
         executor.give_back(inner)
 
     async def execute(
-        self, slot: Slot, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None
+        self,
+        slot: Slot,
+        parts: Sequence[Sequence[np.ndarray]],
+        pad_to: int | None,
+        into: Mapping[int, memoryview] | None = None,
     ) -> tuple[list[np.ndarray], ExecutionTimes]:
         kind, role, inner = slot
         self.runs[kind] += 1
         if kind is Execution.INLINE:
             assert self._inline is not None
-            outputs, times = self._inline.run_inline(inner, parts, pad_to)
+            outputs, times = self._inline.run_inline(inner, parts, pad_to, into)
         else:
-            outputs, times = await self._executions[kind].execute(inner, parts, pad_to)
+            outputs, times = await self._executions[kind].execute(inner, parts, pad_to, into)
         if kind not in self._warm:
             self._warm.add(kind)
             return outputs, times

@@ -40,7 +40,7 @@ import enum
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -79,7 +79,11 @@ class Executor(Protocol):
     def give_back(self, slot: Any) -> None: ...
 
     async def execute(
-        self, slot: Any, parts: Sequence[Sequence[np.ndarray]], pad_to: int | None
+        self,
+        slot: Any,
+        parts: Sequence[Sequence[np.ndarray]],
+        pad_to: int | None,
+        into: Mapping[int, memoryview] | None = None,
     ) -> tuple[list[np.ndarray], ExecutionTimes]: ...
 
 
@@ -108,6 +112,7 @@ class _Waiting:
     deadline: float | None  # clock time
     future: asyncio.Future
     timer: Timer | None = None
+    into: Mapping[int, memoryview] | None = None  # output index -> where the client wants it (one request)
 
 
 # What the scheduler hands back to the waiting request: its outputs (views into the batch's
@@ -202,8 +207,10 @@ class ModelScheduler:
         priority: int = 0,
         deadline: float | None = None,
         when_full: WhenFull = WhenFull.REFUSE,
+        into: Mapping[int, memoryview] | None = None,
     ) -> Result:
-        """Queue one request's inputs (model input order) and wait for its outputs.
+        """Queue one request's inputs (model input order) and wait for its outputs. `into`: output index ->
+        memory the client wants it in, used when the request runs alone (a batch's outputs are one array).
 
         Invariant (ModelVersion validated it before this call): when batching is on, every array has
         dimension 0 equal to `rows`, 1 <= rows <= max_batch_size. The batching key, the row counts, the
@@ -224,6 +231,7 @@ class ModelScheduler:
             self._clock.now(),
             deadline,
             self._loop.create_future(),
+            into=into,
         )
         bisect.insort(self._waiting, waiting, key=lambda w: w.order)
         if deadline is not None:
@@ -308,7 +316,8 @@ class ModelScheduler:
         pad_to = self.batching.pad_to if self.batching else None
         rows = sum(w.rows for w in group)
         try:
-            outputs, times = await self.executor.execute(slot, [w.arrays for w in group], pad_to)
+            into = group[0].into if len(group) == 1 and pad_to is None else None
+            outputs, times = await self.executor.execute(slot, [w.arrays for w in group], pad_to, into)
         except Exception as e:
             # Only the requests of this batch fail; the next batch runs on the same executor.
             if isinstance(e, GatewayError):

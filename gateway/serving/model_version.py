@@ -361,9 +361,11 @@ class ModelVersion:
         priority: int = 0,
         deadline: float | None = None,
         when_full: WhenFull = WhenFull.REFUSE,
+        into: Mapping[str, memoryview] | None = None,
     ) -> list[InferOutput]:
         """Validate, queue and run one request. `priority`: Triton's level (1 highest, 0 default);
-        `deadline`: time.monotonic after which the request is dropped if it is still queued."""
+        `deadline`: time.monotonic after which the request is dropped if it is still queued; `into`: output
+        name -> memory the client wants it written in (its shared-memory region), where it can be."""
         scheduler = self.scheduler  # an unload may clear it while this request runs
         if scheduler is None:
             raise Unavailable(f"model '{self.name}' version {self.version} is not ready: {self.reason}")
@@ -371,7 +373,10 @@ class ModelVersion:
             inputs = await self.decode_encoded_images(inputs)
         arrays, rows = self.order_inputs(inputs)
         picked = self.select_outputs(requested)
-        results, _, _ = await scheduler.submit(arrays, rows, priority, deadline, when_full)
+        targets = (
+            {self._output_index[n]: m for n, m in into.items() if n in self._output_index} if into else None
+        )
+        results, _, _ = await scheduler.submit(arrays, rows, priority, deadline, when_full, targets)
         if self.settings.scalar_shape:  # rank-0 outputs as the metadata shows them
             results = [r.reshape(self.settings.scalar_shape) if r.ndim == 0 else r for r in results]
         return picked_outputs(self.outputs, picked, [results[i] for i in picked], requested)

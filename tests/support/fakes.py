@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +61,7 @@ class FakeRun:
     parts: Sequence[Sequence[np.ndarray]]
     pad_to: int | None
     future: asyncio.Future = field(repr=False)
+    into: Mapping[int, memoryview] | None = None
 
     @property
     def rows(self) -> list[int]:
@@ -104,8 +105,8 @@ class FakeExecutor:
     def give_back(self, slot: int) -> None:
         self._idle.append(slot)
 
-    async def execute(self, slot, parts, pad_to):
-        run = FakeRun(slot, parts, pad_to, asyncio.get_running_loop().create_future())
+    async def execute(self, slot, parts, pad_to, into=None):
+        run = FakeRun(slot, parts, pad_to, asyncio.get_running_loop().create_future(), into)
         self.runs.append(run)
         return await run.future
 
@@ -129,6 +130,6 @@ class FakeInlineExecutor(FakeExecutor):
         self.infer_ns = infer_ns
         self.inline_runs = 0
 
-    def run_inline(self, slot, parts, pad_to):
+    def run_inline(self, slot, parts, pad_to, into=None):
         self.inline_runs += 1
         return [np.asarray(parts[0][0]) * 10], ExecutionTimes(input_ns=1, infer_ns=self.infer_ns, output_ns=3)

@@ -85,7 +85,9 @@ async def test_large_outputs_are_written_into_fresh_arrays_and_never_reused(
 ):
     copies = []
     real_read = openvino_runtime._read_output
-    monkeypatch.setattr(openvino_runtime, "_read_output", lambda t, d: copies.append(d) or real_read(t, d))
+    monkeypatch.setattr(
+        openvino_runtime, "_read_output", lambda t, d, into=None: copies.append(d) or real_read(t, d, into)
+    )
     compiled = ov.Core().compile_model(_doubling_model(shape), "CPU")
     executor = openvino_runtime.InferExecutor(compiled, 1, ["FP32"], ["FP32"], "test", batch_rows=batch_rows)
     dims = [rows if d == -1 else d for d in shape]
@@ -99,3 +101,35 @@ async def test_large_outputs_are_written_into_fresh_arrays_and_never_reused(
         assert output.shape == tuple(dims)
         np.testing.assert_array_equal(output, np.full(dims, 2 * value, np.float32))
     assert len(copies) == (0 if bound else 3)
+
+
+@pytest.mark.parametrize(
+    "shape, batch_rows",
+    [
+        ([1, 16], False),  # static, even small: OpenVINO writes into the client's memory
+        ([-1, 16], True),  # [rows, ...] with batching on
+        ([-1, 16], False),  # known only after the run: copied once, into the client's memory
+    ],
+    ids=["static", "batched", "dynamic"],
+)
+async def test_an_output_wanted_in_client_memory_arrives_there(shape, batch_rows):
+    compiled = ov.Core().compile_model(_doubling_model(shape), "CPU")
+    executor = openvino_runtime.InferExecutor(compiled, 1, ["FP32"], ["FP32"], "test", batch_rows=batch_rows)
+    region = bytearray(16 * 4 + 8)
+    slot = executor.take()
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)
+    outputs, _ = await executor.execute(slot, [[x]], None, {0: memoryview(region)[8:]})
+    executor.give_back(slot)
+    np.testing.assert_array_equal(np.frombuffer(region, np.float32, offset=8).reshape(1, 16), x * 2)
+    assert np.shares_memory(outputs[0], np.frombuffer(region, np.uint8))
+    np.testing.assert_array_equal(outputs[0], x * 2)
+
+
+async def test_client_memory_too_small_for_an_output_leaves_it_to_the_caller():
+    compiled = ov.Core().compile_model(_doubling_model([1, 16]), "CPU")
+    executor = openvino_runtime.InferExecutor(compiled, 1, ["FP32"], ["FP32"], "test")
+    region = bytearray(8)
+    slot = executor.take()
+    outputs, _ = await executor.execute(slot, [[np.ones((1, 16), np.float32)]], None, {0: memoryview(region)})
+    executor.give_back(slot)
+    assert outputs[0].shape == (1, 16) and not np.shares_memory(outputs[0], np.frombuffer(region, np.uint8))

@@ -39,6 +39,7 @@ from gateway.memory.shared_memory import (
     SystemSharedMemory,
     cuda_unsupported,
     output_placements,
+    output_targets,
     write_outputs,
 )
 from gateway.pipelines.executor import Servable
@@ -215,7 +216,7 @@ class GrpcServicer:
             memory = self.gateway.shared_memory
             decoded = decode_infer_request(request, call.servable, memory)
             placements = output_placements(memory, decoded.outputs)
-            response = await call.infer(decoded)
+            response = await call.infer(decoded, output_targets(placements))
             write_outputs(response.outputs, placements)
             # the one copy of each output byte
             return b"".join(encode_infer_response(response, in_shared_memory=placements))
@@ -304,7 +305,7 @@ class GrpcServicer:
                     memory = self.gateway.shared_memory
                     decoded = decode_infer_request(parsed, call.servable, memory)
                     placements = output_placements(memory, decoded.outputs)
-                    response = await call.infer(decoded)
+                    response = await call.infer(decoded, output_targets(placements))
                     write_outputs(response.outputs, placements)
                     # Not decoupled: the one response is also the final one.
                     final = _parameter_is_true(msg.parameters, "triton_enable_empty_final_response")

@@ -23,7 +23,7 @@ from gateway.core.jsondoc import parse_json
 from gateway.core.records import InferRequest, Interface
 from gateway.dataplane.gateway import Gateway
 from gateway.memory.budget import Charge, MemoryBudgetExceeded
-from gateway.memory.shared_memory import cuda_unsupported, output_placements, write_outputs
+from gateway.memory.shared_memory import cuda_unsupported, output_placements, output_targets, write_outputs
 from gateway.pipelines.executor import Servable
 from gateway.security.restricted import ApiCategory, ApiGuard
 from gateway.transports.rest import openapi
@@ -182,7 +182,7 @@ class RestHandlers:
             async with self.gateway.request(model, version, Interface.REST, received_ns=received) as call:
                 decoded = await self._decode(request, call.servable, model, version, charge)
                 placements = output_placements(self.gateway.shared_memory, decoded.outputs)
-                response = await call.infer(decoded)
+                response = await call.infer(decoded, output_targets(placements))
                 write_outputs(response.outputs, placements)
                 # the request's binary_data_output is the default of every output
                 encoded = encode_infer_response(

@@ -1,8 +1,9 @@
 """One bound on the bytes that requests in flight hold: REST bodies as they are read and inflated, gRPC
-messages once received. A request is charged as its bytes arrive and refused (RESOURCE_EXHAUSTED; REST 503
-with Retry-After) the moment it would take the total past the bound, before it allocates more; its charge is
-returned when its response has been sent. Refusing at once rather than waiting for room keeps a flood of
-large requests from holding memory while they wait, and tells the client to come back.
+messages once received, and the tensors decoded from them that are not views of them. A request is charged
+as its bytes arrive and refused (RESOURCE_EXHAUSTED; REST 503 with Retry-After) the moment it would take the
+total past the bound, before it allocates more; its charge is returned when its response has been sent.
+Refusing at once rather than waiting for room keeps a flood of large requests from holding memory while
+they wait, and tells the client to come back.
 
 Without it each request is bounded by the body and message limits, but nothing bounds their sum: twenty
 gzip bombs of 1 GiB each end in the OOM killer, and every accepted request with them.
@@ -10,7 +11,10 @@ gzip bombs of 1 GiB each end in the OOM killer, and every accepted request with 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 from gateway.core.errors import ResourceExhausted
 
@@ -81,6 +85,19 @@ class Charge:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def decoded_bytes(arrays: Iterable[np.ndarray]) -> int:
+    """What decoded tensors hold beyond the bytes they came in: arrays built from JSON `data` or typed gRPC
+    contents (a view of a body, a message or a region holds nothing more), BYTES elements included."""
+    total = 0
+    for array in arrays:
+        if not array.flags.owndata:
+            continue
+        total += array.nbytes
+        if array.dtype == object:
+            total += sum(len(item) for item in array.ravel() if isinstance(item, bytes | str))
+    return total
 
 
 def memory_limit_bytes() -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -26,7 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.testing import GatewayProcess, start_gateway
+import tritonclient.grpc as grpcclient
+
+from gateway.testing import GatewayProcess, free_port, start_gateway
 from loadgen.bench.runs import write_results
 from loadgen.bench.throughput import (
     CACHE,
@@ -44,19 +47,59 @@ TARGET = 0.9
 OUTPUT_REGION_BYTES = 6 << 20
 
 
+class ShmFloor:
+    """loadgen/bench/shm_floor.py in its own process: the least a grpcio server spends on these requests."""
+
+    def __init__(self, model: BenchModel, log: Path):
+        self.port = free_port()
+        self.grpc_url = f"127.0.0.1:{self.port}"
+        self.model = model
+        cmd = [sys.executable, "-m", "loadgen.bench.shm_floor", "--port", str(self.port),
+               "--model_name", model.name, "--model_path", str(model.path),
+               "--shape", model.benchmark_shape]  # fmt: skip
+        self.process = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if grpcclient.InferenceServerClient(self.grpc_url).is_server_live():
+                    return
+            except Exception:
+                time.sleep(0.2)
+        raise RuntimeError(f"the shared-memory floor did not start: {log.read_text()[-1500:]}")
+
+    def answered(self) -> int:
+        stats = grpcclient.InferenceServerClient(self.grpc_url).get_inference_statistics(self.model.name)
+        return stats.model_stats[0].inference_stats.success.count
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def _answered(served: GatewayProcess | ShmFloor, model: BenchModel) -> int:
+    if isinstance(served, ShmFloor):
+        return served.answered()
+    return success_count(served.http_url, model.name)
+
+
 def perf_analyzer_run(
-    gw: GatewayProcess, model: BenchModel, memory: str, args: argparse.Namespace, out: Path
+    gw: GatewayProcess | ShmFloor, model: BenchModel, memory: str, args: argparse.Namespace, out: Path
 ) -> dict:
     report = out / f"{model.name}-{memory}-{time.time_ns()}.csv"
+    shapes = []
+    if isinstance(gw, ShmFloor):  # no batch dimension in its config: whole shapes, as benchmark_app's
+        shapes = [
+            f"--shape={name}:{dims}" for name, dims in re.findall(r"(\w+)\[([\d,]+)\]", model.benchmark_shape)
+        ]
     cmd = [str(PERF_ANALYZER), "-m", model.name, "-u", gw.grpc_url, "-i", "grpc",
            "--concurrency-range", str(args.concurrency), "--measurement-interval", str(args.window_ms),
-           "-s", "100", "-r", "6", f"--shared-memory={memory}",
+           "-s", "100", "-r", "6", f"--shared-memory={memory}", *shapes,
            "--output-shared-memory-size", str(OUTPUT_REGION_BYTES), "-f", str(report)]  # fmt: skip
-    cpu0, count0 = process_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    cpu0, count0 = process_cpu_s(gw.process.pid), _answered(gw, model)
     client0 = _children_cpu_s()
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=args.window_ms / 1000 * 10 + 120)
     client_s = _children_cpu_s() - client0  # perf_analyzer's own CPU time, reaped by run()
-    cpu1, count1 = process_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    cpu1, count1 = process_cpu_s(gw.process.pid), _answered(gw, model)
     if result.returncode != 0:
         raise RuntimeError(f"perf_analyzer failed: {(result.stdout + result.stderr)[-2000:]}")
     requests = max(1, count1 - count0)
@@ -95,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             ["--model_name", model.name, "--model_path", str(model.path.parent.parent), "--allow_client_shm"],
             out / f"{model.name}.log", timeout=600,
         )  # fmt: skip
+        floor = ShmFloor(model, out / f"{model.name}-floor.log")
         rounds = []
         try:
             for rep in range(args.repetitions):
                 ceiling = benchmark_app(model, "throughput", args.benchmark_seconds)
                 socket = perf_analyzer_run(gw, model, "none", args, out)
                 shared = perf_analyzer_run(gw, model, "system", args, out)
+                least = perf_analyzer_run(floor, model, "system", args, out)
                 row = {
                     "benchmark_app_fps": ceiling["fps"],
                     "benchmark_app_cpu_us_per_image": ceiling["cpu_us_per_image"],
@@ -117,11 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                     # per image over that plus the client's CPU per request (they share the cores).
                     "shm_ceiling": ceiling["cpu_us_per_image"]
                     / (ceiling["cpu_us_per_image"] + shared["client_cpu_us_per_request"]),
+                    # The least a grpcio server spends on the same requests (shm_floor.py), and so how
+                    # close to benchmark_app any Python grpcio server comes here.
+                    "floor_ratio": least["throughput"] / ceiling["fps"],
+                    "floor_server_cpu_us": least["server_cpu_us_per_request"],
                 }
                 rounds.append(row)
                 print(f"{model.name} {rep}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()), flush=True)
         finally:
             gw.stop()
+            floor.stop()
         summary = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
         summary["rounds"] = rounds
         results["models"][model.name] = summary
@@ -135,15 +185,17 @@ def markdown(results: dict) -> str:
         "# Shared memory: perf_analyzer over gRPC, tensors in shared memory against the socket (medians)",
         "",
         "| model | benchmark_app, FPS | socket: throughput (x benchmark_app) | shared memory: throughput "
-        f"(x benchmark_app; target >= {TARGET} for segmentation) | ceiling with this client | server CPU per "
-        "request, socket / shared memory, us | shared / socket CPU | perf_analyzer CPU per request, us |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"(x benchmark_app; target >= {TARGET} for segmentation) | grpcio floor, shared memory (x "
+        "benchmark_app) | ceiling with this client | server CPU per request, socket / shared memory / floor, "
+        "us | shared / socket CPU | perf_analyzer CPU per request, us |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in results["models"].items():
         lines.append(
             f"| {name} | {m['benchmark_app_fps']:.1f} | {m['socket_throughput']:.1f} "
             f"({m['socket_ratio']:.2f}) | {m['shm_throughput']:.1f} ({m['shm_ratio']:.2f}) | "
-            f"{m['shm_ceiling']:.2f} | {m['socket_server_cpu_us']:.0f} / {m['shm_server_cpu_us']:.0f} | "
+            f"{m['floor_ratio']:.2f} | {m['shm_ceiling']:.2f} | {m['socket_server_cpu_us']:.0f} / "
+            f"{m['shm_server_cpu_us']:.0f} / {m['floor_server_cpu_us']:.0f} | "
             f"{m['shm_cpu_vs_socket']:.2f} | {m['shm_client_cpu_us']:.0f} |"
         )
     lines += [
@@ -151,7 +203,9 @@ def markdown(results: dict) -> str:
         "benchmark_app, the socket run and the shared-memory run take turns within each repetition; each "
         "ratio is that repetition's, then the median. perf_analyzer runs on the same cores as the server: "
         "the ceiling is the most any server could reach with it, benchmark_app's CPU per image over that "
-        "plus perf_analyzer's CPU per request.",
+        "plus perf_analyzer's CPU per request. The grpcio floor (loadgen/bench/shm_floor.py) serves the same "
+        "requests with nothing but their shared memory and OpenVINO: how close any Python grpcio server "
+        "comes here.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -302,3 +302,29 @@ def test_the_shared_memory_category_can_be_restricted(model_repo, tmp_path, key)
         assert set(status.regions) == {"r"}
     finally:
         server.stop()
+
+
+def test_pipelines_and_statistics_work_the_same_from_shared_memory(gw, key):
+    """dummy_twice (a pipeline of two dummy nodes: b + 2) with its input and output in one region; the
+    statistics count the request whatever memory its tensors came from."""
+    path = _object(key, 80)
+    b = np.arange(10, dtype=np.float32).reshape(1, 10)
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 80) as m:
+        m[:40] = b.tobytes()
+    name = key[1:]
+    client = grpcclient.InferenceServerClient(gw.grpc_url)
+    client.register_system_shared_memory(name, key, 80)
+    try:
+        before = client.get_inference_statistics("dummy_twice").model_stats[0].inference_stats.success.count
+        x = grpcclient.InferInput("b", [1, 10], "FP32")
+        x.set_shared_memory(name, 40)
+        out = grpcclient.InferRequestedOutput("a")
+        out.set_shared_memory(name, 40, offset=40)
+        result = client.infer("dummy_twice", [x], outputs=[out])
+        assert list(result.get_output("a").shape) == [1, 10]
+        with open(path, "rb") as f:
+            np.testing.assert_array_equal(np.frombuffer(f.read()[40:80], np.float32).reshape(1, 10), b + 2)
+        after = client.get_inference_statistics("dummy_twice").model_stats[0].inference_stats.success.count
+        assert after - before == 1
+    finally:
+        client.unregister_system_shared_memory(name)

@@ -47,3 +47,17 @@ def test_a_reserve_keeps_room_for_small_requests_when_large_ones_fill_the_rest()
     small = budget.charge()
     small.grow(512 << 10)  # the reserve is for requests like this one
     assert budget.held_bytes == (70 << 20) + (512 << 10)
+
+
+def test_decoded_tensors_count_only_what_is_not_a_view():
+    import numpy as np
+
+    from gateway.memory.budget import decoded_bytes
+
+    body = bytearray(400)
+    view = np.frombuffer(body, np.float32)  # a view of the body: charged with the body
+    built = np.arange(25, dtype=np.float64)  # from JSON: new memory
+    strings = np.array([b"abc", b"de"], dtype=object)
+    assert decoded_bytes([view]) == 0
+    assert decoded_bytes([built]) == 200
+    assert decoded_bytes([strings]) == strings.nbytes + 5

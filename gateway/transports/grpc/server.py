@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter_ns
 from typing import Any
 
@@ -32,7 +32,7 @@ from gateway.codecs.tensor import (
 from gateway.core.errors import GatewayError, InvalidArgument
 from gateway.core.records import InferInput, InferRequest, InferResponse, Interface, Method, RequestedOutput
 from gateway.dataplane.gateway import Gateway
-from gateway.memory.budget import Charge, MemoryBudgetExceeded
+from gateway.memory.budget import Charge, MemoryBudgetExceeded, decoded_bytes
 from gateway.memory.shared_memory import (
     REGION,
     Placement,
@@ -80,6 +80,7 @@ def parse_infer_request(message: bytes) -> InferMessage:
 class InferMessage:
     message: pb.ModelInferRequest  # without raw_input_contents
     raw_input_contents: list[memoryview]
+    charge: Charge | None = None  # the call's account with the memory budget
 
 
 def decode_infer_request(
@@ -215,6 +216,8 @@ class GrpcServicer:
         ) as call:
             memory = self.gateway.shared_memory
             decoded = decode_infer_request(request, call.servable, memory)
+            if request.charge is not None:
+                request.charge.grow(decoded_bytes(i.data for i in decoded.inputs), "the decoded inputs")
             placements = output_placements(memory, decoded.outputs)
             response = await call.infer(decoded, output_targets(placements))
             write_outputs(response.outputs, placements)
@@ -304,6 +307,7 @@ class GrpcServicer:
                 ) as call:
                     memory = self.gateway.shared_memory
                     decoded = decode_infer_request(parsed, call.servable, memory)
+                    charge.grow(decoded_bytes(i.data for i in decoded.inputs), "the decoded inputs")
                     placements = output_placements(memory, decoded.outputs)
                     response = await call.infer(decoded, output_targets(placements))
                     write_outputs(response.outputs, placements)
@@ -464,6 +468,8 @@ def _guard(method: Callable[..., Awaitable], call: _Call, servicer: GrpcServicer
                 charge.grow(len(raw), "the request message")
             try:
                 request = call.parse(raw)
+                if charge is not None:
+                    request = replace(request, charge=charge)
             except DecodeError:
                 if counted is not None:
                     gateway.count_unrouted(Interface.GRPC, counted)

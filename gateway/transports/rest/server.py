@@ -22,7 +22,7 @@ from gateway.core.errors import GatewayError, InvalidArgument, NotFound
 from gateway.core.jsondoc import parse_json
 from gateway.core.records import InferRequest, Interface
 from gateway.dataplane.gateway import Gateway
-from gateway.memory.budget import Charge, MemoryBudgetExceeded
+from gateway.memory.budget import Charge, MemoryBudgetExceeded, decoded_bytes
 from gateway.memory.shared_memory import cuda_unsupported, output_placements, output_targets, write_outputs
 from gateway.pipelines.executor import Servable
 from gateway.security.restricted import ApiCategory, ApiGuard
@@ -181,6 +181,7 @@ class RestHandlers:
         with self.gateway.memory_budget.charge() as charge:
             async with self.gateway.request(model, version, Interface.REST, received_ns=received) as call:
                 decoded = await self._decode(request, call.servable, model, version, charge)
+                charge.grow(decoded_bytes(i.data for i in decoded.inputs), "the decoded inputs")
                 placements = output_placements(self.gateway.shared_memory, decoded.outputs)
                 response = await call.infer(decoded, output_targets(placements))
                 write_outputs(response.outputs, placements)

@@ -122,7 +122,10 @@ class Gateway:
             select_families(settings.metrics_enable, settings.metrics_list), memory=self.memory_budget
         )
         self.manager = ModelManager(
-            settings, core, on_execution=self.metrics.execution if self.metrics.enabled else None
+            settings,
+            core,
+            on_execution=self.metrics.execution if self.metrics.enabled else None,
+            memory=self.memory_budget,
         )
         self.pipelines = PipelineRegistry(self.manager)
         self.reloader = Reloader(self.manager, self.pipelines, settings)

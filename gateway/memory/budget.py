@@ -1,9 +1,9 @@
 """One bound on the bytes that requests in flight hold: REST bodies as they are read and inflated, gRPC
-messages once received, and the tensors decoded from them that are not views of them. A request is charged
-as its bytes arrive and refused (RESOURCE_EXHAUSTED; REST 503 with Retry-After) the moment it would take the
-total past the bound, before it allocates more; its charge is returned when its response has been sent.
-Refusing at once rather than waiting for room keeps a flood of large requests from holding memory while
-they wait, and tells the client to come back.
+messages once received, the tensors decoded from them that are not views of them, and batches' copies. A
+request is charged as its bytes arrive and refused (RESOURCE_EXHAUSTED; REST 503 with Retry-After) the moment
+it would take the total past the bound, before it allocates more; its charge is returned when its response
+has been sent. Refusing at once rather than waiting for room keeps a flood of large requests from holding
+memory while they wait, and tells the client to come back.
 
 Without it each request is bounded by the body and message limits, but nothing bounds their sum: twenty
 gzip bombs of 1 GiB each end in the OOM killer, and every accepted request with them.
@@ -69,6 +69,12 @@ class Charge:
         if count > 0:
             self._budget._take(count, what, self.held + count)
             self.held += count
+
+    def add(self, count: int) -> None:
+        """Account for `count` bytes that must be allocated whatever the bound (the copy a batch makes of
+        requests already admitted): later requests see the room they took."""
+        self._budget.held_bytes += count
+        self.held += count
 
     def give_back(self, count: int) -> None:
         """Return `count` bytes charged ahead of need."""

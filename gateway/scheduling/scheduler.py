@@ -47,6 +47,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from gateway.core.errors import DeadlineExceeded, GatewayError, InternalError, ResourceExhausted
+from gateway.memory.budget import RequestMemoryBudget
 from gateway.observability.statistics import ExecutionTimes
 from gateway.scheduling.clock import Clock, LoopClock, Timer
 
@@ -138,8 +139,12 @@ class ModelScheduler:
         gate: DeviceGate | None = None,
         on_execution: ExecutionRecorder | None = None,
         clock: Clock | None = None,
+        memory: RequestMemoryBudget | None = None,
     ):
+        """`memory`: the request memory budget, charged with the copy a batch of several requests makes
+        of their inputs while it runs."""
         self.executor = executor
+        self._memory = memory
         self.label = label  # "model 'x' version N", for messages
         self.max_queue_size = max_queue_size  # 0 = unbounded
         self.batching = batching
@@ -315,6 +320,10 @@ class ModelScheduler:
     async def _execute(self, slot: Any, group: list[_Waiting], queue_ns: list[int], ticket: Ticket) -> None:
         pad_to = self.batching.pad_to if self.batching else None
         rows = sum(w.rows for w in group)
+        batch_copy = None
+        if self._memory is not None and (len(group) > 1 or pad_to is not None):
+            batch_copy = self._memory.charge()  # the batch array the executor stacks the inputs into
+            batch_copy.add(sum(a.nbytes for w in group for a in w.arrays))
         try:
             into = group[0].into if len(group) == 1 and pad_to is None else None
             outputs, times = await self.executor.execute(slot, [w.arrays for w in group], pad_to, into)
@@ -349,6 +358,8 @@ class ModelScheduler:
                 if not waiting.future.done():  # a client that left has a cancelled future
                     waiting.future.set_result((mine, times, queued))
         finally:
+            if batch_copy is not None:
+                batch_copy.release()
             self.executor.give_back(slot)
             if ticket is not Ticket.UNCOUNTED and self._gate is not None:
                 self._gate.release(self, ticket)

@@ -13,6 +13,7 @@ import openvino as ov
 from gateway.config.settings import ModelSettings
 from gateway.core.errors import ConfigError
 from gateway.core.records import TensorSpec
+from gateway.memory.budget import RequestMemoryBudget
 from gateway.runtime.executor import InferExecutor, port_layouts, port_specs, read_model
 from gateway.scheduling.adaptive import LoadAdaptiveExecutor
 from gateway.scheduling.scheduler import (
@@ -47,9 +48,16 @@ class VersionCompiler:
     compiled-blob cache hits."""
 
     def __init__(
-        self, *, core: ov.Core, cache_dir: str | None, adaptive_execution: bool, priority_aging_s: float
+        self,
+        *,
+        core: ov.Core,
+        cache_dir: str | None,
+        adaptive_execution: bool,
+        priority_aging_s: float,
+        memory: RequestMemoryBudget | None = None,
     ):
         self.core = core
+        self._memory = memory
         self._cache_dir = cache_dir
         self._adaptive_execution = adaptive_execution
         self._priority_aging_s = priority_aging_s
@@ -189,6 +197,7 @@ class VersionCompiler:
             streams=loaded.streams,
             gate=self._gate(settings.target_device),
             on_execution=version.record_execution,
+            memory=self._memory,
         )
 
     def _adaptive(self, settings: ModelSettings) -> bool:

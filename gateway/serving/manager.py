@@ -14,6 +14,7 @@ import openvino as ov
 from gateway.config.settings import ModelSettings, ServerSettings, parse_model_entry
 from gateway.core.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from gateway.core.records import ModelMetadata, VersionStatus
+from gateway.memory.budget import RequestMemoryBudget
 from gateway.observability.statistics import ExecutionTimes
 from gateway.runtime.executor import check_device
 from gateway.serving.compiler import VersionCompiler
@@ -67,7 +68,9 @@ class ModelManager:
         settings: ServerSettings,
         core: ov.Core | None = None,
         on_execution: Callable[[str, str, ExecutionTimes, list[int]], None] | None = None,
+        memory: RequestMemoryBudget | None = None,
     ):
+        """`memory`: the request memory budget, which the schedulers charge with their batches' copies."""
         self._settings = settings
         self._core = core or ov.Core()
         for device, library in settings.extra_plugins.items():
@@ -89,6 +92,7 @@ class ModelManager:
             cache_dir=settings.cache_dir,
             adaptive_execution=settings.adaptive_execution,
             priority_aging_s=settings.priority_aging_ms / 1000,
+            memory=memory,
         )
 
     @property

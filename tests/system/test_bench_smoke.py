@@ -77,10 +77,10 @@ def _run_bench(out: Path, bench: str, args: list[str]) -> Path:
 
 @pytest.fixture(scope="module")
 def bench_runs(tmp_path_factory):
-    """The smoke runs start with the module's first test, two at a time: a run is mostly fixed windows,
-    sleeps and process start-ups, so two share the machine without starving each other's windows and the
-    module takes little more than half the time. Each test then checks its own run's output."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    """The smoke runs start with the module's first test, three at a time: a run is mostly fixed windows,
+    sleeps and process start-ups, so three share the machine without starving each other's windows, and
+    the module takes far less than their sum. Each test then checks its own run's output."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
         yield {
             bench: pool.submit(_run_bench, tmp_path_factory.mktemp(bench), bench, args)
             for bench, args in SMOKE_RUNS.items()

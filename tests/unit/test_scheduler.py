@@ -813,3 +813,24 @@ async def test_a_lone_run_that_another_request_started_beside_is_no_sample():
     # A lone run that nothing joins is a sample again.
     await _lone_requests(scheduler, latency, throughput, 1, 18_000_000, 40_000_000)
     assert adaptive.solo_s[Execution.LATENCY] == 0.018
+
+
+async def test_a_batch_s_copy_of_its_requests_inputs_counts_against_the_memory_budget_while_it_runs():
+    from gateway.memory.budget import RequestMemoryBudget
+
+    clock = ManualClock()
+    memory = RequestMemoryBudget(1 << 20)
+    scheduler, executor, _ = make(clock, batching=BatchingPolicy(max_batch_size=8), memory=memory)
+    first = submit(scheduler, 1, 1)
+    await settle()
+    assert memory.held_bytes == 0  # a request alone runs on its own arrays: no copy
+    queued = [submit(scheduler, 2, 2), submit(scheduler, 3, 3)]
+    await settle()
+    executor.runs[0].finish()
+    await settle()
+    assert executor.runs[1].rows == [2, 3]
+    assert memory.held_bytes == 5 * 2 * 4  # five rows of two FP32 values, stacked into one batch
+    executor.runs[1].finish()
+    await settle()
+    assert memory.held_bytes == 0
+    await asyncio.gather(first, *queued)

@@ -171,12 +171,20 @@ def _statistics(name: str):
     return answer
 
 
-async def serve(port: int, name: str, canned: dict[str, bytes], infer_model: str | None = None) -> None:
+async def run_server(port: int, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    """Serve `handlers` under the inference service's wire name on loopback until cancelled."""
     # the gateway's message limit (1 GiB), not grpc's default 4 MB: large models' answers are larger
     limit = 1 << 30
     server = aio.server(
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def serve(port: int, name: str, canned: dict[str, bytes], infer_model: str | None = None) -> None:
     handlers = {method: _handler(body) for method, body in canned.items()}
     if infer_model is None:
         handlers["ModelInfer"] = _handler(canned["ModelInfer"], counted=True)
@@ -186,10 +194,7 @@ async def serve(port: int, name: str, canned: dict[str, bytes], infer_model: str
         floor = InferringFloor(infer_model, header.SerializeToString())
         handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(floor.answer)
     handlers["ModelStatistics"] = grpc.unary_unary_rpc_method_handler(_statistics(name))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
+    await run_server(port, handlers)
 
 
 def main() -> None:

@@ -24,11 +24,17 @@ prefer_iomgr_listener()  # before grpc is imported, as the gateway does
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from grpc import aio  # noqa: E402
 
 from gateway.malloc_tuning import tune_malloc  # noqa: E402
 from gateway.proto import ovgw_grpc_service_pb2 as pb  # noqa: E402
-from loadgen.bench.grpc_floor import SERVICE, _Answered, _canned, _handler, _statistics, model_answers  # noqa: E402
+from loadgen.bench.grpc_floor import (  # noqa: E402
+    _Answered,
+    _canned,
+    _handler,
+    _statistics,
+    model_answers,
+    run_server,
+)
 
 SHM_ROOT = "/dev/shm"
 
@@ -126,11 +132,7 @@ async def serve(port: int, name: str, model_path: str, shape: str) -> None:
     handlers["SystemSharedMemoryRegister"] = grpc.unary_unary_rpc_method_handler(floor.register)
     handlers["SystemSharedMemoryUnregister"] = grpc.unary_unary_rpc_method_handler(floor.unregister)
     handlers["CudaSharedMemoryUnregister"] = _handler(b"")
-    server = aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
+    await run_server(port, handlers)
 
 
 def main() -> None:

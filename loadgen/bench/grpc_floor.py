@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 
 # The floor runs grpc as the gateway does (grpc_tuning's listener), which must be chosen before grpc is
 # imported.
@@ -115,21 +117,21 @@ def _handler(response: bytes, counted: bool = False):
     return grpc.unary_unary_rpc_method_handler(answer)  # bytes in, bytes out: no (de)serialisation
 
 
-class InferringFloor:
-    """--infer: ModelInfer runs the model (see the module's docstring). The answer's header is canned for
-    the bench's shape; the outputs' bytes are the inference's."""
+class InferPool:
+    """A model compiled as the gateway compiles it by default (THROUGHPUT hint) and OpenVINO's optimal
+    number of infer requests, each run with start_async and awaited on the event loop: what the floors
+    that run the model share."""
 
-    def __init__(self, model_path: str, header: bytes):
+    def __init__(self, model_path: str):
         import openvino as ov
 
         core = ov.Core()
         compiled = core.compile_model(core.read_model(model_path), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
-        self._tensor = ov.Tensor
+        self.tensor = ov.Tensor
+        self.inputs = {port.get_any_name(): i for i, port in enumerate(compiled.inputs)}
+        self.outputs = {port.get_any_name(): i for i, port in enumerate(compiled.outputs)}
+        self.dtypes = [np.dtype(port.get_element_type().to_dtype()) for port in compiled.inputs]
         self._loop = asyncio.get_running_loop()
-        self._header = header
-        self._inputs = {port.get_any_name(): i for i, port in enumerate(compiled.inputs)}
-        self._dtypes = [np.dtype(port.get_element_type().to_dtype()) for port in compiled.inputs]
-        self._outputs = len(compiled.outputs)
         self._idle: asyncio.Queue = asyncio.Queue()
         self._done: dict[int, asyncio.Future] = {}
         for _ in range(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))):
@@ -138,27 +140,42 @@ class InferringFloor:
             self._idle.put_nowait(request)
 
     def _completed(self, key: int) -> None:  # on an OpenVINO thread
-        future = self._done[key]
-        self._loop.call_soon_threadsafe(future.set_result, None)
+        self._loop.call_soon_threadsafe(self._done[key].set_result, None)
 
-    async def answer(self, message: bytes, context) -> bytes:
-        rest, raws = grpc_wire.split_bytes_field(message, grpc_wire.RAW_INPUT_CONTENTS)
-        tensors = pb.ModelInferRequest.FromString(rest).inputs
-        feeds = {}
-        for tensor, raw in zip(tensors, raws, strict=True):
-            index = self._inputs[tensor.name]
-            array = np.frombuffer(raw, self._dtypes[index]).reshape(tuple(tensor.shape))
-            feeds[index] = self._tensor(array)  # read-only message bytes: OpenVINO copies them once
+    @contextlib.asynccontextmanager
+    async def run(self, feeds: dict) -> AsyncIterator:
+        """An idle infer request, run on `feeds`: its outputs are readable inside the block."""
         request = await self._idle.get()
         try:
             self._done[id(request)] = self._loop.create_future()
             request.start_async(feeds)
             await self._done[id(request)]
-            outputs = [request.get_output_tensor(i).data.data.cast("B") for i in range(self._outputs)]
-            _Answered.count += 1
-            return b"".join([self._header, *grpc_wire.bytes_field(grpc_wire.RAW_OUTPUT_CONTENTS, outputs)])
+            yield request
         finally:
             self._idle.put_nowait(request)
+
+
+class InferringFloor:
+    """--infer: ModelInfer runs the model (see the module's docstring). The answer's header is canned for
+    the bench's shape; the outputs' bytes are the inference's."""
+
+    def __init__(self, model_path: str, header: bytes):
+        self._pool = InferPool(model_path)
+        self._header = header
+
+    async def answer(self, message: bytes, context) -> bytes:
+        rest, raws = grpc_wire.split_bytes_field(message, grpc_wire.RAW_INPUT_CONTENTS)
+        tensors = pb.ModelInferRequest.FromString(rest).inputs
+        pool = self._pool
+        feeds = {}
+        for tensor, raw in zip(tensors, raws, strict=True):
+            index = pool.inputs[tensor.name]
+            array = np.frombuffer(raw, pool.dtypes[index]).reshape(tuple(tensor.shape))
+            feeds[index] = pool.tensor(array)  # read-only message bytes: OpenVINO copies them once
+        async with pool.run(feeds) as request:
+            outputs = [request.get_output_tensor(i).data.data.cast("B") for i in range(len(pool.outputs))]
+            _Answered.count += 1
+            return b"".join([self._header, *grpc_wire.bytes_field(grpc_wire.RAW_OUTPUT_CONTENTS, outputs)])
 
 
 def _statistics(name: str):

@@ -14,7 +14,6 @@ benchmark_app's is how close any such server comes on this machine with this cli
 from __future__ import annotations
 
 import argparse
-import asyncio
 import mmap
 import os
 
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 from gateway.malloc_tuning import tune_malloc  # noqa: E402
 from gateway.proto import ovgw_grpc_service_pb2 as pb  # noqa: E402
 from loadgen.bench.grpc_floor import (  # noqa: E402
+    InferPool,
     _Answered,
     _canned,
     _handler,
@@ -41,27 +41,10 @@ SHM_ROOT = "/dev/shm"
 
 class SharedMemoryFloor:
     def __init__(self, model_path: str, name: str, datatypes: dict[str, str]):
-        import openvino as ov
-
-        core = ov.Core()
-        compiled = core.compile_model(core.read_model(model_path), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
-        self._tensor = ov.Tensor
-        self._loop = asyncio.get_running_loop()
+        self._pool = InferPool(model_path)
         self._name = name
         self._datatypes = datatypes  # output name -> its protocol datatype
-        self._inputs = {port.get_any_name(): i for i, port in enumerate(compiled.inputs)}
-        self._outputs = {port.get_any_name(): i for i, port in enumerate(compiled.outputs)}
-        self._dtypes = [np.dtype(port.get_element_type().to_dtype()) for port in compiled.inputs]
         self._regions: dict[str, tuple[mmap.mmap, int]] = {}  # name -> (mapping, offset)
-        self._idle: asyncio.Queue = asyncio.Queue()
-        self._done: dict[int, asyncio.Future] = {}
-        for _ in range(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))):
-            request = compiled.create_infer_request()
-            request.set_callback(self._completed, id(request))
-            self._idle.put_nowait(request)
-
-    def _completed(self, key: int) -> None:  # on an OpenVINO thread
-        self._loop.call_soon_threadsafe(self._done[key].set_result, None)
 
     def _view(self, params) -> memoryview:
         mapping, base = self._regions[params["shared_memory_region"].string_param]
@@ -88,21 +71,18 @@ class SharedMemoryFloor:
 
     async def infer(self, message: bytes, context) -> bytes:
         msg = pb.ModelInferRequest.FromString(message)
+        pool = self._pool
         feeds = {}
         for tensor in msg.inputs:
-            index = self._inputs[tensor.name]
-            array = np.frombuffer(self._view(tensor.parameters), self._dtypes[index]).reshape(
+            index = pool.inputs[tensor.name]
+            array = np.frombuffer(self._view(tensor.parameters), pool.dtypes[index]).reshape(
                 tuple(tensor.shape)
             )
-            feeds[index] = self._tensor(array, shared_memory=True)
-        request = await self._idle.get()
-        try:
-            self._done[id(request)] = self._loop.create_future()
-            request.start_async(feeds)
-            await self._done[id(request)]
+            feeds[index] = pool.tensor(array, shared_memory=True)
+        async with pool.run(feeds) as request:
             answer = pb.ModelInferResponse(model_name=self._name, model_version="1")
             for output in msg.outputs:
-                data = request.get_output_tensor(self._outputs[output.name]).data
+                data = request.get_output_tensor(pool.outputs[output.name]).data
                 target = np.frombuffer(self._view(output.parameters), np.uint8, count=data.nbytes)
                 target[:] = data.reshape(-1).view(np.uint8)  # the one copy, into the client's region
                 answer.outputs.add(
@@ -111,8 +91,6 @@ class SharedMemoryFloor:
                 answer.raw_output_contents.append(b"")
             _Answered.count += 1
             return answer.SerializeToString()
-        finally:
-            self._idle.put_nowait(request)
 
 
 async def serve(port: int, name: str, model_path: str, shape: str) -> None:

@@ -151,6 +151,11 @@ class LoadAdaptiveExecutor:
 
     @property
     def idle(self) -> int:
+        inline = self._inline
+        if inline is not None and self._favoured is Execution.INLINE:
+            # An inline run takes the loop for less than a hand-over to the streams costs it: requests
+            # that overlap wait their turn on the loop (docs/design/adaptive-execution.md).
+            return inline.idle
         return max(0, self._executions[Execution.THROUGHPUT].idle - self._lone_busy())
 
     @property

@@ -133,6 +133,13 @@ gcc:
 	gcc --version | head -1
 
 # perf_analyzer's install may fail on a machine without the registries; its tests then skip and say why.
+# The protocol test classes, run a second time with worker processes (gateway/testing.py's
+# OVGW_TEST_WORKERS); the whole e2e layer passes that way too, except the per-process bounds
+# (connections, request memory), but takes 5 minutes.
+WORKER_E2E = tests/e2e/test_tritonclient_grpc.py tests/e2e/test_tritonclient_http.py \
+	tests/e2e/test_error_table.py tests/e2e/test_triton_extensions.py tests/e2e/test_kserve_sdk.py \
+	tests/e2e/test_shared_memory.py tests/e2e/test_scheduling.py
+
 test: $(VENV)/.installed-test
 	@mkdir -p $(CACHE_DIR)
 	-@$(MAKE) --no-print-directory perf-analyzer > $(CACHE_DIR)/perf_analyzer_install.log 2>&1 \
@@ -147,6 +154,9 @@ test: $(VENV)/.installed-test
 		|| echo "Azurite could not be installed; see $(CACHE_DIR)/azurite_install.log"
 	PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer \
 	PROMETHEUS=$(abspath $(PROMETHEUS_DIR))/usr/bin/prometheus $(PY) -m pytest -q --durations=25 tests
+	@echo "the protocol tests again, every gateway with 2 worker processes per transport:"
+	OVGW_TEST_WORKERS=2 PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer \
+		$(PY) -m pytest -q $(WORKER_E2E)
 
 # The inner loop: in-process tests of one module with fake neighbours; no servers, sockets or tools.
 test-fast: $(VENV)/.installed-test

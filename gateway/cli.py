@@ -26,6 +26,7 @@ from gateway.observability.metrics import select_families
 from gateway.security.restricted import ApiGuard, parse_restriction
 from gateway.security.tls import TlsCredentials, TlsSettings
 
+MAX_WORKERS = 256  # worker processes per transport (gateway/workers)
 LOG_LEVELS = {
     "TRACE": logging.DEBUG,
     "DEBUG": logging.DEBUG,
@@ -59,9 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--grpc_workers",
         type=int,
         default=1,
-        help="accepted for OVMS compatibility; one event loop serves all",
+        help="processes that serve gRPC (decode, validate, encode); 1 = the process that runs the models "
+        "serves it too (docs/configuration.md, Worker processes)",
     )
-    g.add_argument("--rest_workers", type=int, default=None, help="accepted for OVMS compatibility")
+    g.add_argument(
+        "--rest_workers",
+        type=int,
+        default=None,
+        help="processes that serve REST, as --grpc_workers (default 1)",
+    )
     g.add_argument("--cache_dir", help="OpenVINO compiled-blob cache folder")
     g.add_argument(
         "--model_cache_dir",
@@ -313,6 +320,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     for flag, value in (("--port", grpc_port), ("--rest_port", rest_port)):
         if not 0 <= value <= 65535:
             raise ConfigError(f"{flag} = {value}: must be 0..65535")
+    for flag, value in (("--grpc_workers", args.grpc_workers), ("--rest_workers", args.rest_workers)):
+        if value is not None and not 1 <= value <= MAX_WORKERS:
+            raise ConfigError(f"{flag} = {value}: must be 1..{MAX_WORKERS}")
     if not 0 <= args.metrics_port <= 65535 or (
         args.metrics_port and args.metrics_port in (grpc_port, rest_port)
     ):
@@ -362,10 +372,12 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         grpc_max_message_bytes=args.grpc_max_message_bytes,
         rest_max_body_bytes=args.rest_max_body_bytes,
         grpc_workers=args.grpc_workers,
+        rest_workers=1 if args.rest_workers is None else args.rest_workers,
         cache_dir=cache_dir,
         model_cache_dir=args.model_cache_dir,
         log_level=args.log_level,
         log_path=args.log_path,
+        log_format=args.log_format,
         metrics_enable=metrics_enable,
         allow_client_shm=args.allow_client_shm == "true",
         max_request_memory=args.max_request_memory,

@@ -1,21 +1,94 @@
-"""Run the gateway: both transports on one event loop, models loading behind them, clean shutdown."""
+"""Run the gateway: the transports on one event loop with the models loading behind them (or in worker
+processes, gateway/workers), clean shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from grpc import aio
 
 from gateway.config.settings import ServerSettings
 from gateway.core.errors import ConfigError
+from gateway.dataplane.api import GatewayApi
 from gateway.dataplane.gateway import Gateway
 from gateway.security.restricted import ApiGuard
 from gateway.security.tls import TlsCredentials
 from gateway.transports.grpc.server import start_grpc_server
 from gateway.transports.rest.server import start_metrics_server, start_rest_server
+from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 REFUSE_LINGER_S = 0.25  # after the drain, how long new requests still get UNAVAILABLE before the ports close
+
+
+@dataclass
+class Transports:
+    """The servers one process runs."""
+
+    grpc_server: aio.Server | None = None
+    runners: list[web.AppRunner] = field(default_factory=list)
+
+    async def close(self) -> None:
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=1)
+        for runner in self.runners:
+            await runner.cleanup()
+
+
+async def start_transports(
+    api: GatewayApi,
+    settings: ServerSettings,
+    tls: TlsCredentials | None,
+    guard: ApiGuard,
+    *,
+    grpc_port: int,
+    rest_port: int,
+    metrics_port: int = 0,
+    reuse_port: bool = False,
+) -> Transports:
+    """Start the servers whose port is not 0, on `api` (a Gateway, or a worker's GatewayClient)."""
+    transports = Transports()
+    scheme = "TLS" if tls is None or not tls.mutual else "mutual TLS"
+    secured = f" ({scheme})" if tls is not None else ""
+    if grpc_port:
+        transports.grpc_server, port = await start_grpc_server(
+            api,
+            settings.grpc_bind_address,
+            grpc_port,
+            settings.grpc_max_message_bytes,
+            max_concurrent_streams=settings.grpc_max_concurrent_streams,
+            max_connections=settings.grpc_max_connections,
+            max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+            credentials=tls.grpc_credentials() if tls is not None else None,
+            guard=guard,
+            reuse_port=reuse_port,
+        )
+        log.info("gRPC server listening on %s:%d%s", settings.grpc_bind_address, port, secured)
+    rest_tls = tls.server_context() if tls is not None else None
+    if rest_port:
+        runner, port = await start_rest_server(
+            api,
+            settings.rest_bind_address,
+            rest_port,
+            settings.rest_max_body_bytes,
+            settings.rest_limits,
+            rest_tls,
+            guard,
+            reuse_port=reuse_port,
+        )
+        transports.runners.append(runner)
+        log.info("REST server listening on %s:%d%s", settings.rest_bind_address, port, secured)
+    if metrics_port:
+        runner, port = await start_metrics_server(
+            api, settings.rest_bind_address, metrics_port, settings.rest_limits, rest_tls, guard
+        )
+        transports.runners.append(runner)
+        log.info("metrics on %s:%d/metrics%s", settings.rest_bind_address, port, secured)
+    return transports
 
 
 async def serve(
@@ -30,49 +103,40 @@ async def serve(
         except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
             pass
 
+    pool: WorkerPool | None = None
+
+    def on_config_reload() -> None:
+        # OVMS's config reload re-reads the TLS files too (rotation with the poll turned off), in every
+        # process that serves.
+        if tls is not None:
+            tls.refresh()
+        if pool is not None:
+            pool.notify_all("refresh_tls")
+
     try:
         tls = TlsCredentials(settings.tls) if settings.tls is not None else None
         guard = ApiGuard(settings.restricted_apis)
-        # OVMS's config reload re-reads the TLS files too (rotation with the poll turned off).
-        gateway = Gateway(settings, on_config_reload=tls.refresh if tls is not None else None)
+        gateway = Gateway(settings, on_config_reload=on_config_reload)
     except ConfigError as e:  # e.g. a plugin library that OpenVINO cannot register
         log.error("configuration error: %s", e)
         return 2
-    scheme = "TLS" if tls is None or not tls.mutual else "mutual TLS"
-    secured = f" ({scheme})" if tls is not None else ""
-    grpc_server = rest_runner = None
+    pool = WorkerPool(gateway, settings, gateway.memory_budget.limit_bytes)
     # Transports first, so health probes answer (not ready) while models compile.
-    if settings.grpc_port:
-        grpc_server, port = await start_grpc_server(
-            gateway,
-            settings.grpc_bind_address,
-            settings.grpc_port,
-            settings.grpc_max_message_bytes,
-            max_concurrent_streams=settings.grpc_max_concurrent_streams,
-            max_connections=settings.grpc_max_connections,
-            max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
-            credentials=tls.grpc_credentials() if tls is not None else None,
-            guard=guard,
-        )
-        log.info("gRPC server listening on %s:%d%s", settings.grpc_bind_address, port, secured)
-    rest_tls = tls.server_context() if tls is not None else None
-    if settings.rest_port:
-        rest_runner, port = await start_rest_server(
-            gateway,
-            settings.rest_bind_address,
-            settings.rest_port,
-            settings.rest_max_body_bytes,
-            settings.rest_limits,
-            rest_tls,
-            guard,
-        )
-        log.info("REST server listening on %s:%d%s", settings.rest_bind_address, port, secured)
-    metrics_runner = None
-    if settings.metrics_port:
-        metrics_runner, port = await start_metrics_server(
-            gateway, settings.rest_bind_address, settings.metrics_port, settings.rest_limits, rest_tls, guard
-        )
-        log.info("metrics on %s:%d/metrics%s", settings.rest_bind_address, port, secured)
+    try:
+        await pool.start()
+    except (OSError, TimeoutError) as e:
+        log.error("the worker processes could not start: %s", e)
+        await pool.stop()
+        return 2
+    transports = await start_transports(
+        gateway,
+        settings,
+        tls,
+        guard,
+        grpc_port=0 if pool.grpc_workers else settings.grpc_port,
+        rest_port=0 if pool.rest_workers else settings.rest_port,
+        metrics_port=settings.metrics_port,
+    )
     if guard.active:
         log.info("restricted APIs: %s", ", ".join(guard.describe()))
 
@@ -83,7 +147,7 @@ async def serve(
     watcher = tls_watcher = None
     if loading in done:
         loading.result()
-        _log_summary(gateway)
+        await _log_summary(gateway)
         if settings.file_system_poll_wait_seconds > 0:
             watcher = asyncio.create_task(gateway.reloader.watch(settings.file_system_poll_wait_seconds))
             if tls is not None:
@@ -107,24 +171,23 @@ async def serve(
         in_flight,
         settings.shutdown_timeout,
     )
-    drained = await gateway.stop(settings.shutdown_timeout)
+    drained = all(
+        await asyncio.gather(gateway.stop(settings.shutdown_timeout), pool.drain(settings.shutdown_timeout))
+    )
     if not drained:
         log.warning("drain timeout: %d request(s) still in flight are cut off", gateway.in_flight())
     # The clients answered last in the drain send their next request at once. Closing the transports at
     # that instant makes grpc core cancel it (CANCELLED, which clients do not retry, and a test saw it);
     # refusing a moment longer gives them UNAVAILABLE, the answer that tells them to go elsewhere.
     await asyncio.sleep(min(REFUSE_LINGER_S, settings.shutdown_timeout))
-    if grpc_server is not None:
-        await grpc_server.stop(grace=1)
-    for runner in (rest_runner, metrics_runner):
-        if runner is not None:
-            await runner.cleanup()
+    await pool.stop()
+    await transports.close()
     log.info("stopped")
     return exit_code
 
 
-def _log_summary(gateway: Gateway) -> None:
-    for row in gateway.repository_index():
+async def _log_summary(gateway: Gateway) -> None:
+    for row in await gateway.repository_index():
         if row.reason == "not loaded":  # a folder in the repository that no configuration asked for
             continue
         level = logging.INFO if row.state == "READY" else logging.ERROR

@@ -53,6 +53,11 @@ class GatewayProcess:
         return self.process.returncode
 
 
+# Set to N, every gateway started here serves both transports from N worker processes (make test runs
+# the protocol tests once that way), unless its arguments choose.
+TEST_WORKERS_ENV = "OVGW_TEST_WORKERS"
+
+
 def start_gateway(
     args: list[str],
     log_path: Path,
@@ -64,6 +69,9 @@ def start_gateway(
     """`python -m gateway args` on two free loopback ports, its output in `log_path`, in `env` (default: this
     process's environment); once `wait_ready`, its /v2/health/ready answers 200."""
     grpc_port, rest_port = free_port(), free_port()
+    workers = os.environ.get(TEST_WORKERS_ENV)
+    if workers and not any(a in args for a in ("--grpc_workers", "--rest_workers")):
+        args = [*args, "--grpc_workers", workers, "--rest_workers", workers]
     cmd = [
         sys.executable, "-m", "gateway",
         "--port", str(grpc_port), "--rest_port", str(rest_port),

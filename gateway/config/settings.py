@@ -129,7 +129,9 @@ class ServerSettings:
     rest_bind_address: str = "0.0.0.0"
     grpc_max_message_bytes: int = ONE_GIB
     rest_max_body_bytes: int = ONE_GIB
+    # Worker processes that serve each transport (gateway/workers); 1 = the owner process serves it.
     grpc_workers: int = 1
+    rest_workers: int = 1
     rest_limits: ConnectionLimits = ConnectionLimits()
     grpc_max_concurrent_streams: int = 1024  # per connection; 0 = grpc's default (unbounded)
     grpc_max_connections: int = 0  # 0 = unbounded
@@ -146,6 +148,7 @@ class ServerSettings:
     max_request_memory: int | None = None
     log_level: str = "INFO"
     log_path: str | None = None
+    log_format: str = "text"  # or "json"
     file_system_poll_wait_seconds: float = 1.0  # config and version-folder polling; 0 = off
     # Listing of object-storage repositories: Triton's own default repository poll, 4 listings a minute.
     object_store_poll_wait_seconds: float = 15.0

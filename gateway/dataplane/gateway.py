@@ -30,6 +30,7 @@ from gateway.core.errors import (
     GatewayError,
     InternalError,
     InvalidArgument,
+    NotFound,
     Unavailable,
 )
 from gateway.core.jsondoc import parse_json
@@ -48,7 +49,7 @@ from gateway.core.version import __version__
 from gateway.dataplane.model_config import model_config, pipeline_config
 from gateway.dataplane.reloader import Reloader
 from gateway.memory.budget import RequestMemoryBudget, default_budget_bytes
-from gateway.memory.shared_memory import SystemSharedMemory
+from gateway.memory.shared_memory import RegionStatus, SystemSharedMemory
 from gateway.observability.metrics import Metrics, select_families
 from gateway.observability.statistics import Outcome
 from gateway.pipelines.executor import Pipeline, Servable
@@ -80,6 +81,11 @@ _OUTCOMES = {
     Code.DEADLINE_EXCEEDED: Outcome.TIMED_OUT,
     Code.INTERNAL: Outcome.BACKEND_FAILED,
 }
+
+
+def outcome_of(error: GatewayError) -> Outcome:
+    """How a request that failed with `error` is counted in the statistics."""
+    return _OUTCOMES.get(error.code, Outcome.FAILED)
 
 
 class InferCall:
@@ -153,21 +159,39 @@ class Gateway:
         # a pipeline request counts itself: between its nodes no model version holds it
         return sum(v.in_flight for v in self.manager.versions()) + sum(p.in_flight for p in self.pipelines)
 
-    def render_metrics(self) -> str:
+    async def render_metrics(self) -> str:
+        """Prometheus's text format; NOT_FOUND when metrics are off (`--metrics_enable false`)."""
+        if not self.metrics.enabled:
+            raise NotFound("metrics are disabled (--metrics_enable false)")
         return self.metrics.render(self.manager)
+
+    async def served_names(self) -> list[str]:
+        """Every model and pipeline name the gateway knows, sorted."""
+        return sorted({v.name for v in self.manager.versions()} | {p.name for p in self.pipelines})
+
+    # --- Triton's system shared memory: the region registry (decoding looks regions up in it) -----
+
+    async def shared_memory_status(self, name: str = "") -> list[RegionStatus]:
+        return self.shared_memory.status(name)
+
+    async def register_shared_memory(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shared_memory.register(name, key, offset, byte_size)
+
+    async def unregister_shared_memory(self, name: str = "") -> None:
+        self.shared_memory.unregister(name)
 
     # --- health and metadata -------------------------------------------------------------------
 
-    def live(self) -> bool:
+    async def live(self) -> bool:
         return True
 
-    def ready(self) -> bool:
+    async def ready(self) -> bool:
         return self._accepting and self.manager.all_ready()
 
-    def server_metadata(self) -> ServerMetadata:
+    async def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)
 
-    def model_ready(self, name: str, version: str = "", interface: Interface | None = None) -> bool:
+    async def model_ready(self, name: str, version: str = "", interface: Interface | None = None) -> bool:
         """Readiness of a model (version). An unknown name or version is NOT_FOUND, as the protocol says."""
         try:
             if not self.manager.knows(name) and self.pipelines.knows(name):
@@ -183,7 +207,7 @@ class Gateway:
             self.metrics.request(True, interface, Method.MODEL_READY, name, None)
         return ready
 
-    def model_metadata(
+    async def model_metadata(
         self, name: str, version: str = "", interface: Interface | None = None
     ) -> ModelMetadata:
         served = self._route(name, version, interface, Method.MODEL_METADATA)
@@ -197,14 +221,14 @@ class Gateway:
             self.metrics.request(True, interface, Method.MODEL_METADATA, name, str(served.version))
         return meta
 
-    def model_config(self, name: str, version: str = "") -> dict:
+    async def model_config(self, name: str, version: str = "") -> dict:
         """Triton's model configuration, derived from the served version (model_configuration extension)."""
         served = self._servable(name, version)
         if isinstance(served, Pipeline):
             return pipeline_config(served)
         return model_config(served, served.settings.version_policy)
 
-    def statistics(self, name: str = "", version: str = "") -> list[dict]:
+    async def statistics(self, name: str = "", version: str = "") -> list[dict]:
         if name and not self.manager.knows(name) and self.pipelines.knows(name):
             pipeline = self.pipelines.get(name)
             return [pipeline.stats.to_dict(name, str(pipeline.version))] if pipeline else []
@@ -215,7 +239,7 @@ class Gateway:
             served += [p.stats.to_dict(p.name, str(p.version)) for p in self.pipelines]
         return served
 
-    def repository_index(self, ready_only: bool = False) -> list[VersionStatus]:
+    async def repository_index(self, ready_only: bool = False) -> list[VersionStatus]:
         rows = self.manager.index(ready_only) + self.pipelines.index(ready_only)
         return sorted(rows, key=lambda r: (r.name, int(r.version or 0)))
 
@@ -281,7 +305,7 @@ class Gateway:
             yield InferCall(servable, deadline, when_full)
             outcome = Outcome.SUCCEEDED
         except GatewayError as e:
-            outcome = _OUTCOMES.get(e.code, Outcome.FAILED)
+            outcome = outcome_of(e)
             raise
         except asyncio.CancelledError:
             outcome = Outcome.CANCELLED  # the client went away
@@ -293,6 +317,44 @@ class Gateway:
         finally:
             servable.in_flight -= 1
             self._account(servable, interface, outcome, perf_counter_ns() - received_ns)
+
+    async def infer_admitted(
+        self,
+        request: InferRequest,
+        *,
+        deadline: float | None,
+        when_full: WhenFull,
+        into: Mapping[str, memoryview] | None = None,
+    ) -> InferResponse:
+        """The inference of a request that a worker process accepted, decoded and accounts for
+        (`account`): routed, queued and run here, in the process that owns the devices. It runs even
+        while this process drains, since the worker accepted it before."""
+        servable = self._servable(request.model_name, request.model_version)
+        servable.in_flight += 1
+        try:
+            if when_full is WhenFull.REFUSE:
+                servable.refuse_if_full()
+            return await InferCall(servable, deadline, when_full).infer(request, into)
+        finally:
+            servable.in_flight -= 1
+
+    def account(
+        self, name: str, version: str, interface: Interface | None, outcome: Outcome, ns: int
+    ) -> None:
+        """Count a request that a worker process served, once, as `request` counts its own: under the
+        version it was routed to, or as unrouted when that version is gone."""
+        known: Servable | None = self.manager.existing_version(name, version)
+        if known is None and not self.manager.knows(name):
+            known = self.pipelines.get(name)
+        if known is None:
+            self.count_unrouted(interface, Method.MODEL_INFER)
+        else:
+            self._account(known, interface, outcome, ns)
+
+    async def route(self, name: str, version: str, interface: Interface | None) -> Servable:
+        """The servable an inference request names, counted as `request` counts a routing failure (a
+        worker process decodes against what this returns)."""
+        return self._route(name, version, interface, Method.MODEL_INFER)
 
     async def wait_for_room(self, model_name: str, model_version: str) -> None:
         """Until the queue of the version a request names can take it (at once when the name resolves to

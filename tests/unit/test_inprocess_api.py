@@ -31,7 +31,7 @@ async def gateway(model_repo):
 
 
 async def test_infer_numpy(gateway):
-    assert gateway.ready() and gateway.model_ready("simple")
+    assert await gateway.ready() and await gateway.model_ready("simple")
     a = np.arange(16, dtype=np.int32).reshape(1, 16)
     out = await gateway.infer_numpy("simple", {"INPUT0": a, "INPUT1": a})
     np.testing.assert_array_equal(out["OUTPUT0"], 2 * a)
@@ -56,5 +56,5 @@ async def test_errors_are_gateway_errors(gateway):
         await gateway.infer_numpy(
             "simple", {"INPUT0": np.zeros((1, 16), np.float32), "INPUT1": np.zeros((1, 16))}
         )
-    meta = gateway.model_metadata("simple")
+    meta = await gateway.model_metadata("simple")
     assert [i.name for i in meta.inputs] == ["INPUT0", "INPUT1"]

@@ -10,7 +10,7 @@ GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 # Bottom to top. `proto` is generated code that imports nothing of ours; the package root (cli, serve,
 # healthcheck, demo models, testing) sits above every folder.
 LAYERS = ("proto", "core", "security", "config", "codecs", "memory", "observability", "scheduling", "runtime",
-          "serving", "pipelines", "dataplane", "transports")  # fmt: skip
+          "serving", "pipelines", "dataplane", "transports", "workers")  # fmt: skip
 ROOT_LEVEL = len(LAYERS)
 
 

@@ -31,7 +31,7 @@ from gateway.codecs.tensor import (
 )
 from gateway.core.errors import GatewayError, InvalidArgument
 from gateway.core.records import InferInput, InferRequest, InferResponse, Interface, Method, RequestedOutput
-from gateway.dataplane.gateway import Gateway
+from gateway.dataplane.api import DecodeTarget, GatewayApi
 from gateway.memory.budget import Charge, MemoryBudgetExceeded, decoded_bytes
 from gateway.memory.shared_memory import (
     REGION,
@@ -42,7 +42,6 @@ from gateway.memory.shared_memory import (
     output_targets,
     write_outputs,
 )
-from gateway.pipelines.executor import Servable
 from gateway.proto import ovgw_grpc_service_pb2 as pb
 from gateway.scheduling.scheduler import WhenFull
 from gateway.security.restricted import ApiCategory, ApiGuard
@@ -84,7 +83,7 @@ class InferMessage:
 
 
 def decode_infer_request(
-    parsed: InferMessage, served: Servable | None = None, memory: SystemSharedMemory | None = None
+    parsed: InferMessage, served: DecodeTarget | None = None, memory: SystemSharedMemory | None = None
 ) -> InferRequest:
     """The request as a record; an input in shared memory (`memory`'s regions) is a view of its region."""
     msg, raw = parsed.message, parsed.raw_input_contents
@@ -175,7 +174,7 @@ def _tensor_metadata(target, specs) -> None:
 
 
 class GrpcServicer:
-    def __init__(self, gateway: Gateway, guard: ApiGuard | None = None):
+    def __init__(self, gateway: GatewayApi, guard: ApiGuard | None = None):
         self.gateway = gateway
         self.guard = guard if guard is not None and guard.active else None
 
@@ -186,21 +185,21 @@ class GrpcServicer:
             self.guard.check(CATEGORIES[method], metadata.get)
 
     async def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=self.gateway.live())
+        return pb.ServerLiveResponse(live=await self.gateway.live())
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.gateway.ready())
+        return pb.ServerReadyResponse(ready=await self.gateway.ready())
 
     async def ModelReady(self, request, context):
-        ready = self.gateway.model_ready(request.name, request.version, Interface.GRPC)
+        ready = await self.gateway.model_ready(request.name, request.version, Interface.GRPC)
         return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request, context):
-        meta = self.gateway.server_metadata()
+        meta = await self.gateway.server_metadata()
         return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
 
     async def ModelMetadata(self, request, context):
-        meta = self.gateway.model_metadata(request.name, request.version, Interface.GRPC)
+        meta = await self.gateway.model_metadata(request.name, request.version, Interface.GRPC)
         msg = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
         _tensor_metadata(msg.inputs, meta.inputs)
         _tensor_metadata(msg.outputs, meta.outputs)
@@ -228,7 +227,7 @@ class GrpcServicer:
 
     async def SystemSharedMemoryStatus(self, request, context):
         msg = pb.SystemSharedMemoryStatusResponse()
-        for region in self.gateway.shared_memory.status(request.name):
+        for region in await self.gateway.shared_memory_status(request.name):
             msg.regions[region.name].CopyFrom(
                 pb.SystemSharedMemoryStatusResponse.RegionStatus(
                     name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size
@@ -237,11 +236,13 @@ class GrpcServicer:
         return msg
 
     async def SystemSharedMemoryRegister(self, request, context):
-        self.gateway.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        await self.gateway.register_shared_memory(
+            request.name, request.key, request.offset, request.byte_size
+        )
         return pb.SystemSharedMemoryRegisterResponse()
 
     async def SystemSharedMemoryUnregister(self, request, context):
-        self.gateway.shared_memory.unregister(request.name)
+        await self.gateway.unregister_shared_memory(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request, context):
@@ -256,18 +257,18 @@ class GrpcServicer:
         return pb.CudaSharedMemoryUnregisterResponse()
 
     async def ModelConfig(self, request, context):
-        config = self.gateway.model_config(request.name, request.version)
+        config = await self.gateway.model_config(request.name, request.version)
         return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
 
     async def ModelStatistics(self, request, context):
-        stats = self.gateway.statistics(request.name, request.version)
+        stats = await self.gateway.statistics(request.name, request.version)
         return json_format.ParseDict(
             {"model_stats": stats}, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
         )
 
     async def RepositoryIndex(self, request, context):
         msg = pb.RepositoryIndexResponse()
-        for row in self.gateway.repository_index(ready_only=request.ready):
+        for row in await self.gateway.repository_index(ready_only=request.ready):
             msg.models.add(name=row.name, version=row.version, state=row.state, reason=row.reason)
         return msg
 
@@ -502,7 +503,7 @@ def build_handlers(servicer: GrpcServicer) -> dict[str, grpc.RpcMethodHandler]:
 
 
 async def start_grpc_server(
-    gateway: Gateway,
+    gateway: GatewayApi,
     host: str,
     port: int,
     max_message_bytes: int,
@@ -512,12 +513,15 @@ async def start_grpc_server(
     max_concurrent_rpcs: int = 0,
     credentials: grpc.ServerCredentials | None = None,
     guard: ApiGuard | None = None,
+    reuse_port: bool = False,
 ) -> tuple[aio.Server, int]:
-    """Start the gRPC server; returns it and the port it bound (useful when port is 0 in tests)."""
+    """Start the gRPC server; returns it and the port it bound (useful when port is 0 in tests).
+    `reuse_port`: share the port with the other worker processes (SO_REUSEPORT); otherwise a port in
+    use is an error."""
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
     if max_concurrent_streams:
         options.append(("grpc.max_concurrent_streams", max_concurrent_streams))

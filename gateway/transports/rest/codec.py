@@ -27,8 +27,8 @@ from gateway.core.datatypes import Datatype
 from gateway.core.errors import InvalidArgument
 from gateway.core.jsondoc import parse_json
 from gateway.core.records import InferInput, InferRequest, InferResponse, RequestedOutput
+from gateway.dataplane.api import DecodeTarget
 from gateway.memory.shared_memory import BYTE_SIZE, OFFSET, REGION, SystemSharedMemory
-from gateway.pipelines.executor import Servable
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -61,7 +61,7 @@ def decode_infer_request(
     version: str,
     header: bytes | bytearray | memoryview,
     binary: memoryview,
-    served: Servable | None = None,
+    served: DecodeTarget | None = None,
     memory: SystemSharedMemory | None = None,
 ) -> InferRequest:
     """A JSON (or binary-extension) infer request as a record: the inputs as numpy arrays (views of the
@@ -112,7 +112,7 @@ def _decode_input(
     position: int,
     item: Any,
     sections: _BinarySections,
-    served: Servable | None,
+    served: DecodeTarget | None,
     memory: SystemSharedMemory | None,
     only_input: bool,
 ) -> InferInput:
@@ -146,7 +146,7 @@ def _shared_memory_input(
     shape: tuple[int, ...],
     item: dict,
     params: dict,
-    served: Servable | None,
+    served: DecodeTarget | None,
     memory: SystemSharedMemory | None,
 ) -> np.ndarray:
     """An input in a shared-memory region: a view of it. Exactly one of `data`, binary_data_size and
@@ -170,7 +170,7 @@ def _input_data(
     item: dict,
     params: dict,
     sections: _BinarySections,
-    served: Servable | None,
+    served: DecodeTarget | None,
     only_input: bool,
 ) -> np.ndarray:
     """An input's array, from wherever the request put it: a declared binary section, JSON `data`, or
@@ -224,7 +224,9 @@ def _requested_outputs(doc: dict) -> list[RequestedOutput] | None:
     return outputs or None
 
 
-def single_raw_input_request(served: Servable, model: str, version: str, body: memoryview) -> InferRequest:
+def single_raw_input_request(
+    served: DecodeTarget, model: str, version: str, body: memoryview
+) -> InferRequest:
     """`Inference-Header-Content-Length: 0`: the whole body is the one input of a one-input model, and
     the outputs come back binary."""
     if len(served.inputs) != 1:

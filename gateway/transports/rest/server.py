@@ -18,13 +18,12 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.config.settings import ConnectionLimits
-from gateway.core.errors import GatewayError, InvalidArgument, NotFound
+from gateway.core.errors import GatewayError, InvalidArgument
 from gateway.core.jsondoc import parse_json
 from gateway.core.records import InferRequest, Interface
-from gateway.dataplane.gateway import Gateway
+from gateway.dataplane.api import DecodeTarget, GatewayApi
 from gateway.memory.budget import Charge, MemoryBudgetExceeded, decoded_bytes
 from gateway.memory.shared_memory import cuda_unsupported, output_placements, output_targets, write_outputs
-from gateway.pipelines.executor import Servable
 from gateway.security.restricted import ApiCategory, ApiGuard
 from gateway.transports.rest import openapi
 from gateway.transports.rest.body import BodyTooLarge, UnreadableBody, UnsupportedEncoding, read_body
@@ -104,26 +103,26 @@ async def send_infer_response(request: web.Request, encoded: EncodedResponse) ->
 
 
 class RestHandlers:
-    def __init__(self, gateway: Gateway, max_body_bytes: int):
+    def __init__(self, gateway: GatewayApi, max_body_bytes: int):
         self.gateway = gateway
         self.max_body_bytes = max_body_bytes
 
     async def live(self, request: web.Request) -> web.Response:
-        return _json_response({"live": self.gateway.live()})
+        return _json_response({"live": await self.gateway.live()})
 
     async def ready(self, request: web.Request) -> web.Response:
-        ready = self.gateway.ready()
+        ready = await self.gateway.ready()
         return _json_response({"ready": ready}, 200 if ready else 503)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        meta = self.gateway.server_metadata()
+        meta = await self.gateway.server_metadata()
         return _json_response(
             {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
         )
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         model, version = request.match_info["model"], request.match_info.get("version", "")
-        meta = self.gateway.model_metadata(model, version, Interface.REST)
+        meta = await self.gateway.model_metadata(model, version, Interface.REST)
 
         def tensors(specs):
             return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
@@ -140,25 +139,25 @@ class RestHandlers:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         model, version = request.match_info["model"], request.match_info.get("version", "")
-        if self.gateway.model_ready(model, version, Interface.REST):
+        if await self.gateway.model_ready(model, version, Interface.REST):
             return _json_response({"name": model, "ready": True})
         what = f"model '{model}'" + (f" version {version}" if version else "")
         return _json_response({"name": model, "ready": False, "error": f"{what} is not ready"}, 503)
 
     async def model_config(self, request: web.Request) -> web.Response:
         model, version = request.match_info["model"], request.match_info.get("version", "")
-        return _json_response(self.gateway.model_config(model, version))
+        return _json_response(await self.gateway.model_config(model, version))
 
     async def statistics(self, request: web.Request) -> web.Response:
         model, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-        return _json_response({"model_stats": self.gateway.statistics(model, version)})
+        return _json_response({"model_stats": await self.gateway.statistics(model, version)})
 
     async def repository_index(self, request: web.Request) -> web.Response:
         body = await _optional_json(request, self.max_body_bytes)
         ready = body.get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidArgument("'ready' must be true or false")
-        rows = self.gateway.repository_index(ready_only=ready)
+        rows = await self.gateway.repository_index(ready_only=ready)
         return _json_response(
             [{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows]
         )
@@ -192,7 +191,7 @@ class RestHandlers:
             return await send_infer_response(request, encoded)
 
     async def _decode(
-        self, request: web.Request, served: Servable, model: str, version: str, charge: Charge
+        self, request: web.Request, served: DecodeTarget, model: str, version: str, charge: Charge
     ) -> InferRequest:
         # Whatever the Content-Type (tritonclient sends none): the body is JSON, optionally + binary.
         body = await read_body(request, self.max_body_bytes, charge)
@@ -213,7 +212,7 @@ class RestHandlers:
     # --- Triton's shared-memory extensions ---------------------------------------------------------
 
     async def shm_status(self, request: web.Request) -> web.Response:
-        regions = self.gateway.shared_memory.status(request.match_info.get("region", ""))
+        regions = await self.gateway.shared_memory_status(request.match_info.get("region", ""))
         return _json_response(
             [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
         )
@@ -227,13 +226,15 @@ class RestHandlers:
             raise InvalidArgument("'key' must be the shared memory object's key, a string")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, byte_size)):
             raise InvalidArgument("'offset' and 'byte_size' must be integers (byte_size is required)")
-        memory.register(request.match_info["region"], key, int(offset), int(byte_size or 0))
+        await self.gateway.register_shared_memory(
+            request.match_info["region"], key, int(offset), int(byte_size or 0)
+        )
         return _json_response({})
 
     async def shm_unregister(self, request: web.Request) -> web.Response:
         self.gateway.shared_memory.check_enabled()
         await _optional_json(request, self.max_body_bytes)
-        self.gateway.shared_memory.unregister(request.match_info.get("region", ""))
+        await self.gateway.unregister_shared_memory(request.match_info.get("region", ""))
         return _json_response({})
 
     async def cuda_status(self, request: web.Request) -> web.Response:
@@ -253,16 +254,11 @@ class RestHandlers:
         return _json_response({"status": "reloaded", "models": report})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        models = sorted(
-            {v.name for v in self.gateway.manager.versions()} | {p.name for p in self.gateway.pipelines}
-        )
-        return _json_response(openapi.document(models))
+        return _json_response(openapi.document(await self.gateway.served_names()))
 
     async def metrics(self, request: web.Request) -> web.Response:
-        if not self.gateway.metrics.enabled:
-            raise NotFound("metrics are disabled (--metrics_enable false)")
         return web.Response(
-            text=self.gateway.render_metrics(),
+            text=await self.gateway.render_metrics(),
             content_type="text/plain",
             charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},
@@ -289,7 +285,7 @@ def restriction_middleware(guard: ApiGuard, categories: dict):
     return check
 
 
-def build_app(gateway: Gateway, max_body_bytes: int, guard: ApiGuard | None = None) -> web.Application:
+def build_app(gateway: GatewayApi, max_body_bytes: int, guard: ApiGuard | None = None) -> web.Application:
     h = RestHandlers(gateway, max_body_bytes)
     routes: list[tuple[str, str, Any, ApiCategory]] = [
         ("GET", "/v2/health/live", h.live, ApiCategory.HEALTH),
@@ -340,7 +336,7 @@ def _app(routes, guard: ApiGuard | None, max_body_bytes: int) -> web.Application
 
 
 async def start_metrics_server(
-    gateway: Gateway,
+    gateway: GatewayApi,
     host: str,
     port: int,
     limits: ConnectionLimits,
@@ -353,19 +349,26 @@ async def start_metrics_server(
 
 
 async def start_rest_server(
-    gateway: Gateway,
+    gateway: GatewayApi,
     host: str,
     port: int,
     max_body_bytes: int,
     limits: ConnectionLimits,
     tls: ssl.SSLContext | None = None,
     guard: ApiGuard | None = None,
+    reuse_port: bool = False,
 ) -> tuple[web.AppRunner, int]:
-    return await _start(build_app(gateway, max_body_bytes, guard), host, port, limits, tls)
+    """`reuse_port`: share the port with the other worker processes (SO_REUSEPORT)."""
+    return await _start(build_app(gateway, max_body_bytes, guard), host, port, limits, tls, reuse_port)
 
 
 async def _start(
-    app: web.Application, host: str, port: int, limits: ConnectionLimits, tls: ssl.SSLContext | None
+    app: web.Application,
+    host: str,
+    port: int,
+    limits: ConnectionLimits,
+    tls: ssl.SSLContext | None,
+    reuse_port: bool = False,
 ) -> tuple[web.AppRunner, int]:
     runner = GatewayAppRunner(
         app,
@@ -376,7 +379,7 @@ async def _start(
         auto_decompress=False,  # rest_body undoes Content-Encoding within the size limit
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None, ssl_context=tls)
     await site.start()
     bound = runner.addresses[0][1] if port == 0 else port
     return runner, bound

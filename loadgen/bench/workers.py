@@ -1,0 +1,226 @@
+"""make bench, worker processes: one gateway process against the same gateway with worker processes, taking
+turns under perf_analyzer.
+
+Per round, for each protocol and concurrency, perf_analyzer measures the single process and then the
+gateway with `--grpc_workers N --rest_workers N` (the order alternating between rounds). Server CPU is the
+owner's and its workers' together, from /proc, over the statistics' request count. Reported, as medians of
+per-round ratios:
+
+- `simple` (protocol work dominates): workers / single throughput and server CPU per request, at c = 16
+  and 64 (targets: >= 1.2 x throughput, <= 1.15 x CPU); and, for each contender, c = 64's throughput over the
+  best concurrency's (target >= 0.95: throughput does not fall past saturation);
+- the ResNet-50-shaped model (compute dominates): workers / single throughput at c = 4 and p50 at c = 1
+  (target 0.98-1.02).
+
+    python -m loadgen.bench.workers [--workers 2] [--rounds 3] [--window-ms 3000]
+        [--concurrency 2,4,16,64] [--protocols grpc,http] [--models simple,resnet50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway.testing import GatewayProcess, start_gateway
+from loadgen.bench.runs import write_results
+from loadgen.bench.throughput import ROOT, BenchModel, prepare_models, process_cpu_s, success_count
+
+CACHE = ROOT / ".cache"
+PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", CACHE / "perf_analyzer" / "perf_analyzer"))
+CONTENDERS = ("single", "workers")
+TARGET_THROUGHPUT = 1.2
+TARGET_CPU = 1.15
+TARGET_SATURATION = 0.95
+COMPUTE_BOUND = (0.98, 1.02)
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (the owner and its workers)."""
+    total = process_cpu_s(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in children:
+            try:
+                total += process_cpu_s(int(child))
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # a worker that just exited
+    return total
+
+
+def perf_analyzer_run(
+    gw: GatewayProcess, model: BenchModel, protocol: str, concurrency: int, window_ms: int, out: Path
+) -> dict:
+    report = out / f"{model.name}-{protocol}-{concurrency}-{time.time_ns()}.csv"
+    url = gw.grpc_url if protocol == "grpc" else gw.http_url
+    cmd = [str(PERF_ANALYZER), "-m", model.name, "-u", url, "-i", protocol,
+           "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms),
+           "-s", "100", "-r", "6", "-f", str(report)]  # fmt: skip
+    cpu0, count0 = tree_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=window_ms / 1000 * 10 + 120)
+    cpu1, count1 = tree_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    if result.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed: {(result.stdout + result.stderr)[-2000:]}")
+    row = next(csv.DictReader(report.open()))
+    return {
+        "throughput": float(row["Inferences/Second"]),
+        "p50_us": float(row["p50 latency"]),
+        "server_cpu_us": (cpu1 - cpu0) / max(1, count1 - count0) * 1e6,
+    }
+
+
+def start(model: BenchModel, workers: int, log: Path) -> GatewayProcess:
+    flags = ["--grpc_workers", str(workers), "--rest_workers", str(workers)] if workers > 1 else []
+    return start_gateway(
+        ["--model_name", model.name, "--model_path", str(model.path.parent.parent), *flags], log, timeout=600
+    )
+
+
+def measure_model(
+    model: BenchModel, points: list[tuple[str, int]], args: argparse.Namespace, out: Path
+) -> dict:
+    servers = {
+        "single": start(model, 1, out / f"{model.name}-single.log"),
+        "workers": start(model, args.workers, out / f"{model.name}-workers.log"),
+    }
+    rounds: list[dict] = []
+    try:
+        for rep in range(args.rounds):
+            order = CONTENDERS if rep % 2 == 0 else CONTENDERS[::-1]
+            row: dict = {}
+            for protocol, concurrency in points:
+                for contender in order:
+                    key = f"{contender}-{protocol}-c{concurrency}"
+                    row[key] = perf_analyzer_run(
+                        servers[contender], model, protocol, concurrency, args.window_ms, out
+                    )
+                    print(f"{model.name} round {rep} {key}: {row[key]}", flush=True)
+            rounds.append(row)
+    finally:
+        for gw in servers.values():
+            gw.stop()
+    return {"rounds": rounds}
+
+
+def summarize(model: str, rounds: list[dict], points: list[tuple[str, int]]) -> dict:
+    def median(values) -> float:
+        return statistics.median(list(values))
+
+    summary: dict = {}
+    for protocol, concurrency in points:
+        point = f"{protocol}-c{concurrency}"
+        summary[point] = {
+            "single_throughput": median(r[f"single-{point}"]["throughput"] for r in rounds),
+            "workers_throughput": median(r[f"workers-{point}"]["throughput"] for r in rounds),
+            "single_cpu_us": median(r[f"single-{point}"]["server_cpu_us"] for r in rounds),
+            "workers_cpu_us": median(r[f"workers-{point}"]["server_cpu_us"] for r in rounds),
+            "throughput_ratio": median(
+                r[f"workers-{point}"]["throughput"] / r[f"single-{point}"]["throughput"] for r in rounds
+            ),
+            "cpu_ratio": median(
+                r[f"workers-{point}"]["server_cpu_us"] / r[f"single-{point}"]["server_cpu_us"] for r in rounds
+            ),
+            "p50_ratio": median(
+                r[f"workers-{point}"]["p50_us"] / r[f"single-{point}"]["p50_us"] for r in rounds
+            ),
+        }
+    # Throughput past saturation: the highest concurrency's rate over the best one's, per round.
+    for protocol in sorted({p for p, _ in points}):
+        levels = sorted(c for p, c in points if p == protocol)
+        if len(levels) < 2:
+            continue
+        for contender in CONTENDERS:
+            summary[f"{contender}-{protocol}-saturation"] = median(
+                r[f"{contender}-{protocol}-c{levels[-1]}"]["throughput"]
+                / max(r[f"{contender}-{protocol}-c{c}"]["throughput"] for c in levels)
+                for r in rounds
+            )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--window-ms", type=int, default=3000)
+    parser.add_argument("--concurrency", default="2,4,16,64", help="for simple")
+    parser.add_argument("--protocols", default="grpc,http")
+    parser.add_argument("--models", default="simple,resnet50")
+    parser.add_argument("--output", default=str(ROOT / "bench-results"))
+    args = parser.parse_args(argv)
+    if not PERF_ANALYZER.exists():
+        print(f"perf_analyzer is not at {PERF_ANALYZER}: run `make perf-analyzer`", file=sys.stderr)
+        return 2
+    out = Path(args.output) / (time.strftime("%Y%m%d-%H%M%S") + "-workers")
+    out.mkdir(parents=True, exist_ok=True)
+    protocols = args.protocols.split(",")
+    results: dict = {"workers": args.workers, "cores": len(os.sched_getaffinity(0)), "models": {}}
+    for model in prepare_models(args.models.split(",")):
+        if model.name == "simple":
+            points = [(p, int(c)) for p in protocols for c in args.concurrency.split(",")]
+        else:  # compute-bound: the latency of a lone request, and throughput with a few in flight
+            points = [(p, c) for p in protocols for c in (1, 4)]
+        measured = measure_model(model, points, args, out)
+        results["models"][model.name] = {
+            **summarize(model.name, measured["rounds"], points),
+            "rounds": measured["rounds"],
+        }
+    write_results(out, results, markdown(results), bench="workers", args=args)
+    print((out / "results.md").read_text())
+    return 0
+
+
+def markdown(results: dict) -> str:
+    n = results["workers"]
+    lines = [
+        f"# Worker processes: one process against {n} worker processes on {results['cores']} cores "
+        "(perf_analyzer, medians of per-round ratios)",
+        "",
+        "| model | protocol | concurrency | single: infer/s, server CPU us | workers: infer/s, server CPU "
+        "us | "
+        f"throughput workers / single (target >= {TARGET_THROUGHPUT} on simple at c >= 16) | CPU per request "
+        f"workers / single (target <= {TARGET_CPU}) | p50 workers / single |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    saturation = []
+    for name, m in results["models"].items():
+        for point, v in m.items():
+            if not isinstance(v, dict) or "throughput_ratio" not in v:
+                if point.endswith("-saturation"):
+                    saturation.append(f"| {name} | {point.removesuffix('-saturation')} | {v:.2f} |")
+                continue
+            protocol, concurrency = point.split("-c")
+            lines.append(
+                f"| {name} | {protocol} | {concurrency} | {v['single_throughput']:.0f}, "
+                f"{v['single_cpu_us']:.0f} | "
+                f"{v['workers_throughput']:.0f}, {v['workers_cpu_us']:.0f} | {v['throughput_ratio']:.2f} | "
+                f"{v['cpu_ratio']:.2f} | {v['p50_ratio']:.2f} |"
+            )
+    if saturation:
+        lines += [
+            "",
+            f"Past saturation: the highest concurrency's throughput over the best concurrency's (target >= "
+            f"{TARGET_SATURATION}).",
+            "",
+            "| model | contender-protocol | c=max / best |",
+            "| --- | --- | --- |",
+            *saturation,
+        ]
+    lines += [
+        "",
+        "The two gateways run side by side and take turns, one perf_analyzer run each per point, the order "
+        "alternating by round; each ratio is a round's, then the median. perf_analyzer shares the cores with "
+        f"the server. On the ResNet-50-shaped model the target is {COMPUTE_BOUND[0]}-{COMPUTE_BOUND[1]} x.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -134,11 +134,11 @@ gcc:
 
 # perf_analyzer's install may fail on a machine without the registries; its tests then skip and say why.
 # The protocol test classes, run a second time with worker processes (gateway/testing.py's
-# OVGW_TEST_WORKERS); the whole e2e layer passes that way too, except the per-process bounds
-# (connections, request memory), but takes 5 minutes.
+# OVGW_TEST_WORKERS), and the memory bound, which covers every process; the whole e2e layer passes
+# that way too, except the connection bounds (per process), but takes 5 minutes.
 WORKER_E2E = tests/e2e/test_tritonclient_grpc.py tests/e2e/test_tritonclient_http.py \
 	tests/e2e/test_error_table.py tests/e2e/test_triton_extensions.py tests/e2e/test_kserve_sdk.py \
-	tests/e2e/test_shared_memory.py tests/e2e/test_scheduling.py
+	tests/e2e/test_shared_memory.py tests/e2e/test_scheduling.py tests/e2e/test_request_memory.py
 
 test: $(VENV)/.installed-test
 	@mkdir -p $(CACHE_DIR)

@@ -15,11 +15,12 @@ from gateway.config.settings import ServerSettings
 from gateway.core.errors import ConfigError
 from gateway.dataplane.api import GatewayApi
 from gateway.dataplane.gateway import Gateway
+from gateway.memory.ledger import SharedLedger
 from gateway.security.restricted import ApiGuard
 from gateway.security.tls import TlsCredentials
 from gateway.transports.grpc.server import start_grpc_server
 from gateway.transports.rest.server import start_metrics_server, start_rest_server
-from gateway.workers.pool import WorkerPool
+from gateway.workers.pool import WorkerPool, worker_counts
 
 log = logging.getLogger(__name__)
 REFUSE_LINGER_S = 0.25  # after the drain, how long new requests still get UNAVAILABLE before the ports close
@@ -116,11 +117,13 @@ async def serve(
     try:
         tls = TlsCredentials(settings.tls) if settings.tls is not None else None
         guard = ApiGuard(settings.restricted_apis)
-        gateway = Gateway(settings, on_config_reload=on_config_reload)
+        workers = max(worker_counts(settings))
+        ledger = SharedLedger.create(workers + 1) if workers else None
+        gateway = Gateway(settings, on_config_reload=on_config_reload, memory_ledger=ledger)
     except ConfigError as e:  # e.g. a plugin library that OpenVINO cannot register
         log.error("configuration error: %s", e)
         return 2
-    pool = WorkerPool(gateway, settings, gateway.memory_budget.limit_bytes)
+    pool = WorkerPool(gateway, settings, ledger)
     # Transports first, so health probes answer (not ready) while models compile.
     try:
         await pool.start()

@@ -1,6 +1,7 @@
 """A worker process: the transports, on a GatewayClient that the owner process answers (gateway/workers).
 
-    python -m gateway.worker FD        (started by the owner, FD its end of a socket pair)
+    python -m gateway.worker CHANNEL_FD LEDGER_FD
+        (started by the owner: its end of a socket pair, and the request-memory ledger all processes share)
 
 It serves until the owner says `stop`. When the owner is gone it answers UNAVAILABLE / 503 for a moment
 and exits non-zero; the owner's supervisor (or Kubernetes, when the owner died) starts things again.
@@ -16,6 +17,8 @@ import sys
 import time
 
 from gateway.cli import configure_logging
+from gateway.memory.budget import RequestMemoryBudget
+from gateway.memory.ledger import SharedLedger
 from gateway.security.restricted import ApiGuard
 from gateway.security.tls import TlsCredentials
 from gateway.serve import start_transports
@@ -66,7 +69,7 @@ class WorkerEndpoint:
             self.tls.refresh()
 
 
-async def run_worker(fd: int) -> int:
+async def run_worker(fd: int, ledger_fd: int) -> int:
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     owner_gone = False
@@ -93,7 +96,11 @@ async def run_worker(fd: int) -> int:
     settings = setup.settings
     configure_logging(settings.log_level, settings.log_path, settings.log_format)
     client = GatewayClient(
-        channel, memory_limit_bytes=setup.memory_limit_bytes, allow_client_shm=settings.allow_client_shm
+        channel,
+        memory_budget=RequestMemoryBudget(
+            setup.memory_limit_bytes, SharedLedger.attach(ledger_fd, setup.index + 1, setup.memory_slots)
+        ),
+        allow_client_shm=settings.allow_client_shm,
     )
     for region in setup.regions:
         client.shared_memory.register(region.name, region.key, region.offset, region.byte_size)
@@ -124,9 +131,9 @@ def main() -> int:
     try:
         import uvloop
 
-        return uvloop.run(run_worker(int(sys.argv[1])))
+        return uvloop.run(run_worker(int(sys.argv[1]), int(sys.argv[2])))
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(run_worker(int(sys.argv[1])))
+        return asyncio.run(run_worker(int(sys.argv[1]), int(sys.argv[2])))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from gateway.core.version import __version__
 from gateway.dataplane.model_config import model_config, pipeline_config
 from gateway.dataplane.reloader import Reloader
 from gateway.memory.budget import RequestMemoryBudget, default_budget_bytes
+from gateway.memory.ledger import SharedLedger
 from gateway.memory.shared_memory import RegionStatus, SystemSharedMemory
 from gateway.observability.metrics import Metrics, select_families
 from gateway.observability.statistics import Outcome
@@ -117,13 +118,14 @@ class Gateway:
         settings: ServerSettings,
         core: ov.Core | None = None,
         on_config_reload: Callable[[], object] | None = None,
+        memory_ledger: SharedLedger | None = None,
     ):
         """`on_config_reload`: called on OVMS's config reload besides the models (the server re-reads its
-        TLS files there)."""
+        TLS files there). `memory_ledger`: the request memory of the worker processes too, which the
+        bound then covers."""
         self.settings = settings
         self._on_config_reload = on_config_reload
-        budget = settings.max_request_memory
-        self.memory_budget = RequestMemoryBudget(default_budget_bytes() if budget is None else budget)
+        self.memory_budget = RequestMemoryBudget(memory_bound(settings), memory_ledger)
         self.metrics = Metrics(
             select_families(settings.metrics_enable, settings.metrics_list), memory=self.memory_budget
         )
@@ -426,6 +428,11 @@ class Gateway:
         requested = [RequestedOutput(n) for n in outputs] if outputs is not None else None
         response = await self.infer(InferRequest(model_name, request_inputs, version, outputs=requested))
         return {o.name: o.data for o in response.outputs}
+
+
+def memory_bound(settings: ServerSettings) -> int:
+    """The bytes all requests in flight may hold (`--max_request_memory`; 0 = no bound)."""
+    return default_budget_bytes() if settings.max_request_memory is None else settings.max_request_memory
 
 
 def repository_config(parameters: Mapping[str, Any]) -> dict | None:

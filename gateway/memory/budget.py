@@ -11,12 +11,14 @@ gzip bombs of 1 GiB each end in the OOM killer, and every accepted request with 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from gateway.core.errors import ResourceExhausted
+from gateway.memory.ledger import SharedLedger
 
 # The default bound: this share of the memory the process may use (its cgroup's limit, else the machine's).
 DEFAULT_SHARE = 0.5
@@ -32,12 +34,24 @@ class MemoryBudgetExceeded(ResourceExhausted):
 
 
 class RequestMemoryBudget:
-    def __init__(self, limit_bytes: int):
-        """`limit_bytes`: the bound (0 = none, nothing charged is ever refused)."""
+    def __init__(self, limit_bytes: int, shared: SharedLedger | None = None):
+        """`limit_bytes`: the bound (0 = none, nothing charged is ever refused). `shared`: the ledger of all
+        the gateway's processes (worker processes), whose sum the bound applies to; None: this process
+        alone."""
         self.limit_bytes = limit_bytes
         self._large_limit = limit_bytes - min(limit_bytes // 8, RESERVE_BYTES)
-        self.held_bytes = 0
-        self.refusals = 0
+        self._shared = shared
+        self._held = 0  # this process's
+        self._refusals = 0
+
+    @property
+    def held_bytes(self) -> int:
+        """What requests hold now, in every process of the gateway."""
+        return self._held if self._shared is None else self._shared.held_bytes()
+
+    @property
+    def refusals(self) -> int:
+        return self._refusals if self._shared is None else self._shared.refusals()
 
     def charge(self) -> Charge:
         """A request's account: grown as its bytes arrive, returned with `release()` (or `with`)."""
@@ -45,14 +59,26 @@ class RequestMemoryBudget:
 
     def _take(self, count: int, what: str, request_bytes: int) -> None:
         """Take `count` bytes for a request that then holds `request_bytes`."""
+        if not self.limit_bytes:
+            self._adjust(count)
+            return
         limit = self.limit_bytes if request_bytes <= SMALL_REQUEST_BYTES else self._large_limit
-        if self.limit_bytes and self.held_bytes + count > limit:
-            self.refusals += 1
-            raise MemoryBudgetExceeded(
-                f"{what}: the server's requests already hold {self.held_bytes} of the "
-                f"{self.limit_bytes} bytes they may (--max_request_memory); retry later"
-            )
-        self.held_bytes += count
+        with contextlib.nullcontext() if self._shared is None else self._shared.locked():
+            held = self.held_bytes
+            if held + count > limit:
+                self._refusals += 1
+                if self._shared is not None:
+                    self._shared.set_refusals(self._refusals)
+                raise MemoryBudgetExceeded(
+                    f"{what}: the server's requests already hold {held} of the "
+                    f"{self.limit_bytes} bytes they may (--max_request_memory); retry later"
+                )
+            self._adjust(count)
+
+    def _adjust(self, count: int) -> None:
+        self._held += count
+        if self._shared is not None:
+            self._shared.set_held(self._held)
 
 
 class Charge:
@@ -73,17 +99,17 @@ class Charge:
     def add(self, count: int) -> None:
         """Account for `count` bytes that must be allocated whatever the bound (the copy a batch makes of
         requests already admitted): later requests see the room they took."""
-        self._budget.held_bytes += count
+        self._budget._adjust(count)
         self.held += count
 
     def give_back(self, count: int) -> None:
         """Return `count` bytes charged ahead of need."""
         count = min(count, self.held)
-        self._budget.held_bytes -= count
+        self._budget._adjust(-count)
         self.held -= count
 
     def release(self) -> None:
-        self._budget.held_bytes -= self.held
+        self._budget._adjust(-self.held)
         self.held = 0
 
     def __enter__(self) -> Charge:

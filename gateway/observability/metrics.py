@@ -51,9 +51,14 @@ class ServedVersion(Protocol):
 class RequestMemory(Protocol):
     """What the metrics read of the request memory budget (memory/budget.py)."""
 
-    held_bytes: int
-    limit_bytes: int
-    refusals: int
+    @property
+    def held_bytes(self) -> int: ...
+
+    @property
+    def limit_bytes(self) -> int: ...
+
+    @property
+    def refusals(self) -> int: ...
 
 
 class ServingState(Protocol):

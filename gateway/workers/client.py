@@ -71,9 +71,9 @@ class RemoteCall:
 class GatewayClient:
     """What the transports call in a worker process (see Gateway for each call)."""
 
-    def __init__(self, channel: Channel, *, memory_limit_bytes: int, allow_client_shm: bool):
+    def __init__(self, channel: Channel, *, memory_budget: RequestMemoryBudget, allow_client_shm: bool):
         self.channel = channel
-        self.memory_budget = RequestMemoryBudget(memory_limit_bytes)
+        self.memory_budget = memory_budget
         self.shared_memory = SystemSharedMemory(enabled=allow_client_shm)
         self._routes: dict[tuple[str, str], tuple[ServableView, float]] = {}
         self._accepting = True

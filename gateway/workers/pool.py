@@ -20,6 +20,7 @@ from gateway.core.errors import Unavailable
 from gateway.core.records import Interface, Method
 from gateway.dataplane.gateway import Gateway
 from gateway.dataplane.servable_view import ServableView
+from gateway.memory.ledger import SharedLedger
 from gateway.memory.shared_memory import RegionStatus
 from gateway.observability.statistics import Outcome
 from gateway.scheduling.scheduler import WhenFull
@@ -49,6 +50,7 @@ class WorkerSetup:
     grpc_port: int  # 0: this worker does not serve gRPC
     rest_port: int  # 0: this worker does not serve REST
     memory_limit_bytes: int
+    memory_slots: int  # processes sharing the request memory bound: the owner in slot 0, worker i in i + 1
     regions: tuple[RegionStatus, ...]  # Triton's system shared-memory regions registered so far
 
 
@@ -160,10 +162,11 @@ class _Worker:
 
 
 class WorkerPool:
-    def __init__(self, gateway: Gateway, settings: ServerSettings, memory_limit_bytes: int):
+    def __init__(self, gateway: Gateway, settings: ServerSettings, ledger: SharedLedger | None):
+        """`ledger`: the request memory of the owner and every worker (None when there are no workers)."""
         self.gateway = gateway
         self.settings = settings
-        self._memory_limit_bytes = memory_limit_bytes
+        self._ledger = ledger
         self.grpc_workers, self.rest_workers = worker_counts(settings)
         self._workers: list[_Worker] = []
         self._placeholders: list[socket.socket] = []
@@ -210,7 +213,8 @@ class WorkerPool:
             index=index,
             grpc_port=self.grpc_port if index < self.grpc_workers else 0,
             rest_port=self.rest_port if index < self.rest_workers else 0,
-            memory_limit_bytes=self._memory_limit_bytes,
+            memory_limit_bytes=self.gateway.memory_budget.limit_bytes,
+            memory_slots=self.size + 1,
             regions=tuple(self.gateway.shared_memory.status()),
         )
 
@@ -223,9 +227,12 @@ class WorkerPool:
     async def _spawn(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        assert self._ledger is not None  # a pool with workers has one
+        self._ledger.clear(worker.index + 1)  # what a dead predecessor's requests held is gone
+        fds = (theirs.fileno(), self._ledger.fd)
         with theirs:
             worker.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.worker", str(theirs.fileno()), pass_fds=(theirs.fileno(),)
+                sys.executable, "-m", "gateway.worker", *map(str, fds), pass_fds=fds
             )
         _, channel = await loop.create_unix_connection(
             lambda: Channel(
@@ -305,3 +312,5 @@ class WorkerPool:
             task.cancel()
         for sock in self._placeholders:
             sock.close()
+        if self._ledger is not None:
+            self._ledger.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from gateway.memory.budget import MemoryBudgetExceeded, RequestMemoryBudget
+from gateway.memory.ledger import SharedLedger
 
 
 def test_charges_share_the_bound_and_are_returned():
@@ -61,3 +64,25 @@ def test_decoded_tensors_count_only_what_is_not_a_view():
     assert decoded_bytes([view]) == 0
     assert decoded_bytes([built]) == 200
     assert decoded_bytes([strings]) == strings.nbytes + 5
+
+
+def test_processes_sharing_a_ledger_are_bound_by_their_sum():
+    owner_ledger = SharedLedger.create(3)
+    worker_ledger = SharedLedger.attach(os.dup(owner_ledger.fd), 1, 3)  # as a worker opens it
+    owner, worker = RequestMemoryBudget(1000, owner_ledger), RequestMemoryBudget(1000, worker_ledger)
+    held = worker.charge()
+    held.grow(700)
+    assert owner.held_bytes == worker.held_bytes == 700
+    with pytest.raises(MemoryBudgetExceeded, match="already hold 700 of the 1000"):
+        owner.charge().grow(400)
+    assert worker.refusals == owner.refusals == 1
+    with owner.charge() as fits:
+        fits.grow(300)
+        assert worker.held_bytes == 1000
+    held.release()
+    assert owner.held_bytes == 0
+    held.grow(500)
+    owner_ledger.clear(1)  # the worker died: what it held is gone with it
+    assert owner.held_bytes == 0
+    worker_ledger.close()
+    owner_ledger.close()

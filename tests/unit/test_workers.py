@@ -20,6 +20,7 @@ from gateway.core.records import (
     TensorSpec,
 )
 from gateway.dataplane.servable_view import ServableView
+from gateway.memory.budget import RequestMemoryBudget
 from gateway.observability.statistics import Outcome
 from gateway.workers.channel import Channel
 from gateway.workers.client import GatewayClient
@@ -186,7 +187,7 @@ class FakeOwner:
 async def _client() -> tuple[GatewayClient, FakeOwner]:
     owner = FakeOwner()
     worker, _, _ = await _pair(owner, ("route", "infer_admitted", "account"))
-    return GatewayClient(worker, memory_limit_bytes=0, allow_client_shm=False), owner
+    return GatewayClient(worker, memory_budget=RequestMemoryBudget(0), allow_client_shm=False), owner
 
 
 async def _settle_accounting(owner: FakeOwner, count: int) -> None:

@@ -17,6 +17,7 @@ import sys
 import time
 
 from gateway.cli import configure_logging
+from gateway.malloc_tuning import tune_malloc
 from gateway.memory.budget import RequestMemoryBudget
 from gateway.memory.ledger import SharedLedger
 from gateway.security.restricted import ApiGuard
@@ -128,6 +129,7 @@ async def run_worker(fd: int, ledger_fd: int) -> int:
 
 
 def main() -> int:
+    tune_malloc()  # as the owner does: requests' buffers of a few MB must not each be a fresh mmap
     try:
         import uvloop
 

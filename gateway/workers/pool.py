@@ -187,11 +187,12 @@ class WorkerPool:
         if self.size > cores:
             log.warning("%d worker processes on %d cores: more processes than cores only add overhead",
                         self.size, cores)  # fmt: skip
-        # A port given as 0 is chosen once, here, and shared: every worker binds the one it was told.
-        if self.grpc_port == 0 and self.grpc_workers:
-            self.grpc_port = self._reserve(self.settings.grpc_bind_address)
-        if self.rest_port == 0 and self.rest_workers:
-            self.rest_port = self._reserve(self.settings.rest_bind_address)
+        # The ports are bound here first: one in use by another program fails now, with its address, and a
+        # port given as 0 is chosen once and shared (every worker binds the one it was told).
+        if self.grpc_workers:
+            self.grpc_port = self._reserve(self.settings.grpc_bind_address, self.grpc_port)
+        if self.rest_workers:
+            self.rest_port = self._reserve(self.settings.rest_bind_address, self.rest_port)
         self._workers = [_Worker(i) for i in range(self.size)]
         for worker in self._workers:
             await self._spawn(worker)
@@ -200,10 +201,14 @@ class WorkerPool:
             "%d worker process(es): gRPC in %d, REST in %d", self.size, self.grpc_workers, self.rest_workers
         )
 
-    def _reserve(self, host: str) -> int:
+    def _reserve(self, host: str, port: int) -> int:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, 0))
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            sock.close()
+            raise OSError(f"cannot bind {host}:{port}: {e.strerror}") from e
         self._placeholders.append(sock)  # bound, never listening: it takes no connection
         return sock.getsockname()[1]
 
@@ -251,6 +256,10 @@ class WorkerPool:
     async def _supervise(self, worker: _Worker, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
         if self._stopping:
+            return
+        if not worker.serving.done():  # it never served: starting again would fail the same way
+            failed = OSError(f"worker process {worker.index} exited with {code} at start")
+            worker.serving.set_exception(failed)
             return
         delay = RESTART_BACKOFF_S[min(worker.restarts, len(RESTART_BACKOFF_S) - 1)]
         log.error("worker process %d (pid %d) exited with %d; restarting it in %.1f s",

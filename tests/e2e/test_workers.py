@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -20,7 +21,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.demo_models import save
-from gateway.testing import GatewayProcess
+from gateway.testing import GatewayProcess, start_gateway
 from tests.support.metrics import scrape, value
 from tests.support.model_builders import busy_model, busy_model_taking
 from tests.support.servers import start_test_gateway
@@ -254,3 +255,15 @@ def test_when_the_owner_dies_the_workers_answer_unavailable_and_exit(tmp_path):
         time.sleep(0.1)
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "workers outlived their owner"
     assert "the owner process is gone" in gw.log()
+
+
+def test_a_port_in_use_fails_the_start_naming_it(tmp_path):
+    save(busy_model(2), tmp_path / "dyn" / "1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--model_name", "dyn", "--model_path", str(tmp_path / "dyn"), "--rest_port", str(port)]
+        gw = start_gateway([*args, *WORKERS], tmp_path / "gw.log", wait_ready=False)
+        assert gw.process.wait(60) == 2, gw.log()[-2000:]
+    assert f"cannot bind 127.0.0.1:{port}" in gw.log()

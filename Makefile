@@ -176,6 +176,8 @@ bench: $(VENV)/.installed-test
 	$(PY) -m loadgen.bench.object_storage $(OBJECT_STORAGE_BENCH_ARGS)
 	$(MAKE) --no-print-directory perf-analyzer
 	PERF_ANALYZER=$(PERF_ANALYZER_DIR)/perf_analyzer $(PY) -m loadgen.bench.shared_memory $(SHM_BENCH_ARGS)
+	PERF_ANALYZER=$(PERF_ANALYZER_DIR)/perf_analyzer $(PY) -m loadgen.bench.workers $(WORKERS_BENCH_ARGS)
+	$(PY) -m loadgen.bench.scheduling --workers 2 $(SCHED_BENCH_ARGS)
 	$(PY) -m loadgen.bench.report --latest bench-results
 
 # Longer fuzzing than make test's fixed seeds: Hypothesis on both decoders, schemathesis on the REST API.

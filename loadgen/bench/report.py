@@ -39,6 +39,7 @@ def _renderers() -> dict[str, tuple[str, Callable[[dict], str]]]:
         scheduling,
         shared_memory,
         throughput,
+        workers,
     )
 
     return {
@@ -57,6 +58,7 @@ def _renderers() -> dict[str, tuple[str, Callable[[dict], str]]]:
             ),
         ),
         "scheduling": ("Scheduling: batching and model priorities", scheduling.markdown),
+        "scheduling_workers": ("Scheduling with worker processes", scheduling.markdown),
         "images": (
             "Images: JPEG against float tensors",
             lambda r: images.markdown(r, _options(r)["repetitions"]),
@@ -65,6 +67,7 @@ def _renderers() -> dict[str, tuple[str, Callable[[dict], str]]]:
         "pipelines": ("Pipelines", lambda r: pipelines.markdown(r, _options(r)["repetitions"])),
         "object_storage": ("Model repositories in object storage", object_storage.markdown),
         "shared_memory": ("Shared memory against the socket", shared_memory.markdown),
+        "workers": ("Worker processes", workers.markdown),
     }
 
 

@@ -41,9 +41,12 @@ CLIENTS = 16
 MODEL_TITLES = {"resnet50": "ResNet-50-shaped", "simple": "Triton's `simple`"}
 
 
-def _serve(out_dir: Path, tag: str, entries: list[dict], extra: Sequence[str] = ()):
+def _serve(out_dir: Path, tag: str, entries: list[dict], extra: Sequence[str] = (), workers: int = 1):
+    """A gateway on `entries`; `workers` > 1: with that many worker processes per transport."""
     config = out_dir / f"config-{tag}.json"
     config.write_text(json.dumps({"model_config_list": [{"config": e} for e in entries]}))
+    if workers > 1:
+        extra = [*extra, "--grpc_workers", str(workers), "--rest_workers", str(workers)]
     return start_gateway(["--config_path", str(config), *extra], out_dir / f"gateway-{tag}.log", timeout=300)
 
 
@@ -56,7 +59,9 @@ def _runs(gw, model: BenchModel, concurrency: int, window_ms: int, repetitions: 
     }
 
 
-def batching_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repetitions: int, seconds: int):
+def batching_benchmark(
+    model: BenchModel, out_dir: Path, window_ms: int, repetitions: int, seconds: int, workers: int = 1
+):
     raw = out_dir / "raw"
     result = {
         "benchmark_app_batch1": benchmark_app(model, "throughput", seconds),
@@ -71,7 +76,7 @@ def batching_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repetit
         ("off", base),
         ("on", {**base, "max_batch_size": BATCH, "max_queue_delay_microseconds": DELAY_US}),
     ):
-        gw = _serve(out_dir, f"batching-{tag}", [entry])
+        gw = _serve(out_dir, f"batching-{tag}", [entry], workers=workers)
         try:
             result[tag] = _runs(gw, model, CLIENTS, window_ms, repetitions, raw)
             result[f"{tag}_c1"] = _runs(gw, model, 1, window_ms, repetitions, raw)
@@ -117,7 +122,9 @@ CONTENTION_SETS = (
 LOW_CLIENTS = 8
 
 
-def contention_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repetitions: int, high_load: int):
+def contention_benchmark(
+    model: BenchModel, out_dir: Path, window_ms: int, repetitions: int, high_load: int, workers: int = 1
+):
     """HIGH at `high_load` clients alone and while LOW_CLIENTS closed-loop clients saturate LOW; LOW's
     answers per second counted from its statistics over each HIGH window, and LOW alone for its cost."""
     raw = out_dir / "raw"
@@ -132,6 +139,7 @@ def contention_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repet
                 {"name": "low", "base_path": path, "priority": low_priority},
             ],
             [] if aging_ms is None else ["--priority_aging_ms", str(aging_ms)],
+            workers,
         )
         high, low = replace(model, name="high"), replace(model, name="low")
         try:
@@ -170,19 +178,29 @@ def contention_benchmark(model: BenchModel, out_dir: Path, window_ms: int, repet
     return result
 
 
-def run(out_dir: Path, window_ms: int, repetitions: int, seconds: int, model_name: str = "resnet50") -> dict:
+def run(
+    out_dir: Path,
+    window_ms: int,
+    repetitions: int,
+    seconds: int,
+    model_name: str = "resnet50",
+    workers: int = 1,
+) -> dict:
     (out_dir / "raw").mkdir(parents=True, exist_ok=True)
     (model,) = prepare_models([model_name])
     return {
         "model": model_name,
-        "batching": batching_benchmark(model, out_dir, window_ms, repetitions, seconds),
-        "contention": contention_benchmark(model, out_dir, window_ms, repetitions, high_load=1),
+        "workers": workers,
+        "batching": batching_benchmark(model, out_dir, window_ms, repetitions, seconds, workers),
+        "contention": contention_benchmark(model, out_dir, window_ms, repetitions, 1, workers),
     }
 
 
 def markdown(results: dict) -> str:
     b, c = results["batching"], results["contention"]
     title = MODEL_TITLES[results.get("model", "resnet50")]
+    if results.get("workers", 1) > 1:
+        title += f", {results['workers']} worker processes per transport"
     lines = [
         f"## Dynamic batching ({title}, {CLIENTS} concurrent batch-1 gRPC clients)",
         "",
@@ -238,13 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benchmark-seconds", type=int, default=10)
     # The smoke test runs the harness on Triton's tiny `simple` model; the figures are ResNet's.
     p.add_argument("--model", choices=sorted(MODEL_TITLES), default="resnet50")
+    p.add_argument("--workers", type=int, default=1, help="worker processes per transport (1: none)")
     p.add_argument("--output", default=str(ROOT / "bench-results"))
     args = p.parse_args(argv)
-    out_dir = Path(args.output) / (time.strftime("%Y%m%d-%H%M%S") + "-scheduling")
-    results = run(out_dir, args.window_ms, args.repetitions, args.benchmark_seconds, args.model)
+    bench = "scheduling" if args.workers <= 1 else "scheduling_workers"
+    out_dir = Path(args.output) / (time.strftime("%Y%m%d-%H%M%S") + f"-{bench}")
+    results = run(out_dir, args.window_ms, args.repetitions, args.benchmark_seconds, args.model, args.workers)
     results["loadavg_end"] = os.getloadavg()
     table = markdown(results)
-    write_results(out_dir, results, table, bench="scheduling", args=args)
+    write_results(out_dir, results, table, bench=bench, args=args)
     print(table)
     print(f"written to {out_dir}; medians of {args.repetitions}")
     return 0

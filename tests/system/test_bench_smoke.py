@@ -227,3 +227,21 @@ def test_shared_memory_bench_writes_its_table(perf_analyzer, tmp_path, monkeypat
     segmentation = json.loads((run / "results.json").read_text())["models"]["segmentation"]
     assert segmentation["shm_throughput"] > 0 and segmentation["socket_throughput"] > 0
     assert 0 < segmentation["shm_ceiling"] <= 1
+
+
+def test_workers_bench_takes_turns_and_writes_its_table(perf_analyzer, tmp_path, monkeypatch):
+    monkeypatch.setenv("PERF_ANALYZER", perf_analyzer)
+    args = ["--models", "simple", "--rounds", "1", "--window-ms", "500", "--concurrency", "1,2",
+            "--protocols", "grpc"]  # fmt: skip
+    run = _run_bench(tmp_path, "workers", args)
+    results = json.loads((run / "results.json").read_text())
+    simple = results["models"]["simple"]
+    (round_,) = simple["rounds"]
+    assert set(round_) == {f"{c}-grpc-c{n}" for c in ("single", "workers") for n in (1, 2)}
+    for row in round_.values():
+        assert row["throughput"] > 0 and row["server_cpu_us"] > 0 and 0 <= row["idle"] <= 1
+        assert row["switches_per_request"] >= 0
+    assert results["channel_round_trip_us_128B"] > 0
+    assert simple["grpc-c2"]["throughput_ratio"] > 0 and simple["grpc-c2"]["ceiling"] >= 1
+    assert 0 < simple["workers-grpc-saturation"] <= 1
+    assert "Worker processes" in report.render([results])

@@ -26,9 +26,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def run_record(bench: str, args: argparse.Namespace) -> dict[str, Any]:
-    """What a reader of the results needs to know about the run: the bench, the command that reproduces it,
-    the machine (CPU model, cores) and the date."""
+def run_record(bench: str, args: argparse.Namespace, module: str | None = None) -> dict[str, Any]:
+    """What a reader of the results needs to know about the run: the bench, the command that reproduces it
+    (`module`: the bench's module where its name is not the bench's), the machine (CPU model, cores) and
+    the date."""
     try:
         import openvino
 
@@ -38,7 +39,7 @@ def run_record(bench: str, args: argparse.Namespace) -> dict[str, Any]:
     options = {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | type(None))}
     return {
         "bench": bench,
-        "command": shlex.join(["python", "-m", f"loadgen.bench.{bench}", *_argv(options)]),
+        "command": shlex.join(["python", "-m", f"loadgen.bench.{module or bench}", *_argv(options)]),
         "options": options,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cpu": cpu_name(),
@@ -56,8 +57,16 @@ def _argv(options: dict[str, Any]) -> list[str]:
     return argv
 
 
-def write_results(out_dir: Path, results: dict, table: str, *, bench: str, args: argparse.Namespace) -> None:
+def write_results(
+    out_dir: Path,
+    results: dict,
+    table: str,
+    *,
+    bench: str,
+    args: argparse.Namespace,
+    module: str | None = None,
+) -> None:
     """A bench's results: all of them as JSON with the run's record, the table as Markdown."""
-    results["run"] = run_record(bench, args)
+    results["run"] = run_record(bench, args, module)
     (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     (out_dir / "results.md").write_text(table)

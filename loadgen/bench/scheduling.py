@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(out_dir, args.window_ms, args.repetitions, args.benchmark_seconds, args.model, args.workers)
     results["loadavg_end"] = os.getloadavg()
     table = markdown(results)
-    write_results(out_dir, results, table, bench=bench, args=args)
+    write_results(out_dir, results, table, bench=bench, args=args, module="scheduling")
     print(table)
     print(f"written to {out_dir}; medians of {args.repetitions}")
     return 0

@@ -143,6 +143,7 @@ def perf_analyzer_run(
     cmd = [str(PERF_ANALYZER), "-m", model.name, "-u", url, "-i", protocol,
            "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms),
            "-s", "100", "-r", "6", "-f", str(report)]  # fmt: skip
+    owner0 = process_cpu_s(gw.process.pid)
     cpu0, count0 = tree_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
     idle0, all0 = machine_idle_s()
     switches0 = tree_switches(gw.process.pid)
@@ -150,6 +151,7 @@ def perf_analyzer_run(
     switches1 = tree_switches(gw.process.pid)
     idle1, all1 = machine_idle_s()
     cpu1, count1 = tree_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    owner1 = process_cpu_s(gw.process.pid)
     if result.returncode != 0:
         raise RuntimeError(f"perf_analyzer failed: {(result.stdout + result.stderr)[-2000:]}")
     row = next(csv.DictReader(report.open()))
@@ -158,6 +160,9 @@ def perf_analyzer_run(
         "p50_us": float(row["p50 latency"]),
         "server_cpu_us": (cpu1 - cpu0) / max(1, count1 - count0) * 1e6,
         "switches_per_request": (switches1 - switches0) / max(1, count1 - count0),
+        # the process that runs the models (all of it, for the single process): what caps the rate of a
+        # small model however many workers there are
+        "owner_cpu_us": (owner1 - owner0) / max(1, count1 - count0) * 1e6,
         # the machine's idle share over the run (perf_analyzer's start and stabilisation included)
         "idle": (idle1 - idle0) / max(1e-9, all1 - all0),
     }
@@ -222,6 +227,7 @@ def summarize(model: str, rounds: list[dict], points: list[tuple[str, int]]) -> 
             "single_idle": median(r[f"single-{point}"]["idle"] for r in rounds),
             "single_switches": median(r[f"single-{point}"].get("switches_per_request", 0) for r in rounds),
             "workers_switches": median(r[f"workers-{point}"].get("switches_per_request", 0) for r in rounds),
+            "owner_cpu_us": median(r[f"workers-{point}"].get("owner_cpu_us", 0) for r in rounds),
             "ceiling": median(1 / (1 - r[f"single-{point}"]["idle"]) for r in rounds),
         }
     # Throughput past saturation: the highest concurrency's rate over the best one's, per round.
@@ -287,8 +293,9 @@ def markdown(results: dict) -> str:
         "us | "
         f"throughput workers / single (target >= {TARGET_THROUGHPUT} on simple at c >= 16) | CPU per request "
         f"workers / single (target <= {TARGET_CPU}) | p50 workers / single | machine idle beside the single "
-        "process | ceiling: 1 / (1 - idle) | context switches per request, single / workers |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "process | ceiling: 1 / (1 - idle) | context switches per request, single / workers | "
+        "of the workers' CPU per request, the owner's us |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     saturation = []
     for name, m in results["models"].items():
@@ -304,7 +311,8 @@ def markdown(results: dict) -> str:
                 f"{v['workers_throughput']:.0f}, {v['workers_cpu_us']:.0f} | {v['throughput_ratio']:.2f} | "
                 f"{v['cpu_ratio']:.2f} | {v['p50_ratio']:.2f} | {v['single_idle']:.0%} | "
                 f"{v['ceiling']:.2f} | "
-                f"{v.get('single_switches', 0):.1f} / {v.get('workers_switches', 0):.1f} |"
+                f"{v.get('single_switches', 0):.1f} / {v.get('workers_switches', 0):.1f} | "
+                f"{v.get('owner_cpu_us', 0):.0f} |"
             )
     if saturation:
         lines += [

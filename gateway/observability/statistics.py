@@ -61,6 +61,9 @@ class ExecutionTimes:
     input_ns: int  # preparing OpenVINO tensors (stacking a batch included)
     infer_ns: int
     output_ns: int
+    # An inline inference's CPU time on the calling thread (the event loop's own cost of it, without the
+    # time other processes held the core); None where the inference ran on OpenVINO's threads.
+    infer_cpu_ns: int | None = None
 
 
 @dataclass(slots=True)

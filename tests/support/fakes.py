@@ -127,9 +127,13 @@ class FakeInlineExecutor(FakeExecutor):
 
     def __init__(self, infer_ns: int = 50_000):
         super().__init__(1)
-        self.infer_ns = infer_ns
+        self.infer_ns = infer_ns  # the run's CPU time on the calling thread
+        self.preempted_ns = 0  # added to its wall time: other processes held the core meanwhile
         self.inline_runs = 0
 
     def run_inline(self, slot, parts, pad_to, into=None):
         self.inline_runs += 1
-        return [np.asarray(parts[0][0]) * 10], ExecutionTimes(input_ns=1, infer_ns=self.infer_ns, output_ns=3)
+        times = ExecutionTimes(
+            input_ns=1, infer_ns=self.infer_ns + self.preempted_ns, output_ns=3, infer_cpu_ns=self.infer_ns
+        )
+        return [np.asarray(parts[0][0]) * 10], times

@@ -11,7 +11,9 @@ and OVMS's client examples call, `identity_<type>` covers every datatype, and
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +88,16 @@ def scalars_model() -> ov.Model:
 
 
 def save(model: ov.Model, folder: Path) -> Path:
+    """Write model.xml and model.bin into `folder`. They are written aside and renamed into place, the .bin
+    first: a reader that finds model.xml finds whole files, and two processes saving the same model at
+    once (benchmarks on a fresh machine) cannot interleave their writes."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.xml"
-    ov.save_model(model, str(path), compress_to_fp16=False)
+    aside = folder / f".model-{os.getpid()}-{threading.get_ident()}.xml"
+    ov.save_model(model, str(aside), compress_to_fp16=False)
+    if aside.with_suffix(".bin").exists():
+        os.replace(aside.with_suffix(".bin"), folder / "model.bin")
+    os.replace(aside, path)
     return path
 
 

@@ -89,6 +89,33 @@ def outcome_of(error: GatewayError) -> Outcome:
     return _OUTCOMES.get(error.code, Outcome.FAILED)
 
 
+class RequestEnding:
+    """`with RequestEnding(what) as ending:` around a request's work: `ending.outcome` says how the block
+    ended, as the statistics count it. An exception that is not a GatewayError is a defect of the gateway:
+    logged with its traceback, and raised on as an InternalError of one line for the client."""
+
+    __slots__ = ("outcome", "_what")
+
+    def __init__(self, what: str):
+        self.outcome = Outcome.FAILED
+        self._what = what
+
+    def __enter__(self) -> RequestEnding:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is None:
+            self.outcome = Outcome.SUCCEEDED
+        elif isinstance(error, GatewayError):
+            self.outcome = outcome_of(error)
+        elif isinstance(error, asyncio.CancelledError):
+            self.outcome = Outcome.CANCELLED  # the client went away
+        elif isinstance(error, Exception):
+            log.error("request to %s failed", self._what, exc_info=error)
+            self.outcome = Outcome.BACKEND_FAILED
+            raise InternalError(f"internal error: {type(error).__name__}: {error}") from error
+
+
 class InferCall:
     """One inference request inside its accounting (see Gateway.request): the servable it was routed to,
     which the transport decodes against, and the inference itself."""
@@ -297,28 +324,18 @@ class Gateway:
         request time include reading the request."""
         received_ns = received_ns or perf_counter_ns()
         servable = self._route(model_name, model_version, interface, Method.MODEL_INFER)
-        outcome = Outcome.FAILED
         servable.in_flight += 1
+        ending = RequestEnding(f"{servable.name} {servable.version}")
         try:
-            if not self._accepting:
-                raise Unavailable("the server is shutting down")
-            if when_full is WhenFull.REFUSE:
-                servable.refuse_if_full()  # before decoding: under overload a refusal should cost little
-            yield InferCall(servable, deadline, when_full)
-            outcome = Outcome.SUCCEEDED
-        except GatewayError as e:
-            outcome = outcome_of(e)
-            raise
-        except asyncio.CancelledError:
-            outcome = Outcome.CANCELLED  # the client went away
-            raise
-        except Exception as e:  # a defect of the gateway: the client gets one line, the log the traceback
-            log.exception("request to %s %s failed", servable.name, servable.version)
-            outcome = Outcome.BACKEND_FAILED
-            raise InternalError(f"internal error: {type(e).__name__}: {e}") from e
+            with ending:
+                if not self._accepting:
+                    raise Unavailable("the server is shutting down")
+                if when_full is WhenFull.REFUSE:
+                    servable.refuse_if_full()  # before decoding: under overload a refusal should cost little
+                yield InferCall(servable, deadline, when_full)
         finally:
             servable.in_flight -= 1
-            self._account(servable, interface, outcome, perf_counter_ns() - received_ns)
+            self._account(servable, interface, ending.outcome, perf_counter_ns() - received_ns)
 
     async def infer_admitted(
         self,

@@ -8,7 +8,6 @@ once, as it does in one process, wherever it failed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -16,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from time import perf_counter_ns
 from typing import Any
 
-from gateway.core.errors import GatewayError, InternalError, Unavailable
+from gateway.core.errors import Unavailable
 from gateway.core.records import (
     InferRequest,
     InferResponse,
@@ -26,11 +25,10 @@ from gateway.core.records import (
     ServerMetadata,
     VersionStatus,
 )
-from gateway.dataplane.gateway import outcome_of
+from gateway.dataplane.gateway import RequestEnding
 from gateway.dataplane.servable_view import ServableView
 from gateway.memory.budget import RequestMemoryBudget
 from gateway.memory.shared_memory import RegionStatus, SystemSharedMemory
-from gateway.observability.statistics import Outcome
 from gateway.scheduling.scheduler import WhenFull
 from gateway.workers.channel import Channel
 from gateway.workers.wire import pack_request, unpack_response
@@ -162,32 +160,21 @@ class GatewayClient:
         received_ns = received_ns or perf_counter_ns()
         servable = await self._route(model_name, model_version, interface)
         call = RemoteCall(self, servable, deadline, when_full)
-        outcome = Outcome.FAILED
         self.in_flight += 1
+        ending = RequestEnding(f"{servable.name} {servable.version}")
         try:
-            if not self._accepting:
-                raise Unavailable("the server is shutting down")
-            yield call
-            outcome = Outcome.SUCCEEDED
-        except GatewayError as e:
-            outcome = outcome_of(e)
-            raise
-        except asyncio.CancelledError:
-            outcome = Outcome.CANCELLED
-            raise
-        except Exception as e:
-            log.exception("request to %s %s failed", servable.name, servable.version)
-            outcome = Outcome.BACKEND_FAILED
-            raise InternalError(f"internal error: {type(e).__name__}: {e}") from e
+            with ending:
+                if not self._accepting:
+                    raise Unavailable("the server is shutting down")
+                yield call
         finally:
             self.in_flight -= 1
-            version = call.response_version or str(servable.version)
             self.channel.notify(
                 "account",
                 servable.name,
-                version,
+                call.response_version or str(servable.version),
                 interface and interface.value,
-                outcome.value,
+                ending.outcome.value,
                 perf_counter_ns() - received_ns,
             )
 

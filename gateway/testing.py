@@ -65,10 +65,12 @@ def start_gateway(
     timeout: float = 90,
     ssl_context: ssl.SSLContext | None = None,
     env: Mapping[str, str] | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> GatewayProcess:
-    """`python -m gateway args` on two free loopback ports, its output in `log_path`, in `env` (default: this
-    process's environment); once `wait_ready`, its /v2/health/ready answers 200."""
-    grpc_port, rest_port = free_port(), free_port()
+    """`python -m gateway args` on two free loopback ports (or `ports`: gRPC, REST), its output in
+    `log_path`, in `env` (default: this process's environment); once `wait_ready`, its /v2/health/ready
+    answers 200."""
+    grpc_port, rest_port = ports or (free_port(), free_port())
     workers = os.environ.get(TEST_WORKERS_ENV)
     if workers and not any(a in args for a in ("--grpc_workers", "--rest_workers")):
         args = [*args, "--grpc_workers", workers, "--rest_workers", workers]

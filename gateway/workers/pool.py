@@ -203,6 +203,9 @@ class WorkerPool:
 
     def _reserve(self, host: str, port: int) -> int:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        # SO_REUSEADDR as every server sets it: connections of a gateway stopped a moment ago linger in
+        # TIME_WAIT on this port, and would refuse the bind for a minute.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((host, port))

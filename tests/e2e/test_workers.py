@@ -267,3 +267,28 @@ def test_a_port_in_use_fails_the_start_naming_it(tmp_path):
         gw = start_gateway([*args, *WORKERS], tmp_path / "gw.log", wait_ready=False)
         assert gw.process.wait(60) == 2, gw.log()[-2000:]
     assert f"cannot bind 127.0.0.1:{port}" in gw.log()
+
+
+def test_a_restart_on_the_same_ports_binds_despite_the_last_ones_connections(tmp_path):
+    """A connection the server closed lingers in TIME_WAIT on the server's port for a minute; a gateway
+    started again at once binds the port all the same, as any server does (SO_REUSEADDR). The first one
+    runs in one process: its connections' sockets did not share the port (SO_REUSEPORT)."""
+    save(busy_model(2), tmp_path / "dyn" / "1")
+    args = ["--model_name", "dyn", "--model_path", str(tmp_path / "dyn")]
+    first = start_test_gateway([*args, "--grpc_workers", "1", "--rest_workers", "1"], tmp_path / "first.log")
+    try:
+        for _ in range(4):
+            with socket.create_connection(("127.0.0.1", first.rest_port)) as client:
+                client.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := client.recv(4096):  # until the server closes the connection
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+    finally:
+        assert first.stop() == 0, first.log()[-3000:]
+    ports = (first.grpc_port, first.rest_port)
+    again = start_test_gateway([*args, *WORKERS], tmp_path / "again.log", ports=ports)
+    try:
+        assert np.array_equal(_http_infer(again, "dyn", _x(1, 2)), _x(1, 4))
+    finally:
+        assert again.stop() == 0, again.log()[-3000:]

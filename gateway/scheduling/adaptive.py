@@ -230,15 +230,36 @@ class LoadAdaptiveExecutor:
         into: Mapping[int, memoryview] | None = None,
     ) -> tuple[list[np.ndarray], ExecutionTimes]:
         kind, role, inner = slot
-        self.runs[kind] += 1
         if kind is Execution.INLINE:
-            assert self._inline is not None
-            outputs, times = self._inline.run_inline(inner, parts, pad_to, into)
-        else:
-            outputs, times = await self._executions[kind].execute(inner, parts, pad_to, into)
+            return self.run_on_loop(slot, parts, pad_to, into)
+        self.runs[kind] += 1
+        outputs, times = await self._executions[kind].execute(inner, parts, pad_to, into)
+        self._ran(kind, role, times)
+        return outputs, times
+
+    def runs_on_loop(self, slot: Slot) -> bool:
+        """Whether `slot` is the inline execution's: run_on_loop runs it (scheduler.LoopExecutor)."""
+        return slot[0] is Execution.INLINE
+
+    def run_on_loop(
+        self,
+        slot: Slot,
+        parts: Sequence[Sequence[np.ndarray]],
+        pad_to: int | None,
+        into: Mapping[int, memoryview] | None = None,
+    ) -> tuple[list[np.ndarray], ExecutionTimes]:
+        kind, role, inner = slot
+        assert kind is Execution.INLINE and self._inline is not None
+        self.runs[kind] += 1
+        outputs, times = self._inline.run_inline(inner, parts, pad_to, into)
+        self._ran(kind, role, times)
+        return outputs, times
+
+    def _ran(self, kind: Execution, role: Role, times: ExecutionTimes) -> None:
+        """What a run's times say about its execution (the samples the choice is made from)."""
         if kind not in self._warm:
             self._warm.add(kind)
-            return outputs, times
+            return
         if kind is Execution.INLINE or (role is Role.LONE and not self._lone_shared):
             # An inline run counts what it cost the loop, its CPU time: the wall time also counts whatever
             # else held the core meanwhile (worker processes, the client), which a hand-over to the
@@ -246,7 +267,6 @@ class LoadAdaptiveExecutor:
             spent_ns = times.infer_ns if times.infer_cpu_ns is None else times.infer_cpu_ns
             self._sampled(kind, spent_ns / 1e9)
             self._consider_inline()
-        return outputs, times
 
     def _sampled(self, kind: Execution, seconds: float) -> None:
         samples = self._samples[kind]

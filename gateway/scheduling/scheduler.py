@@ -42,7 +42,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
 
@@ -80,6 +80,21 @@ class Executor(Protocol):
     def give_back(self, slot: Any) -> None: ...
 
     async def execute(
+        self,
+        slot: Any,
+        parts: Sequence[Sequence[np.ndarray]],
+        pad_to: int | None,
+        into: Mapping[int, memoryview] | None = None,
+    ) -> tuple[list[np.ndarray], ExecutionTimes]: ...
+
+
+class LoopExecutor(Executor, Protocol):
+    """An executor some of whose slots run on the calling thread (scheduling.adaptive's inline execution):
+    for those, the scheduler calls run_on_loop at once instead of awaiting execute in a task of its own."""
+
+    def runs_on_loop(self, slot: Any) -> bool: ...
+
+    def run_on_loop(
         self,
         slot: Any,
         parts: Sequence[Sequence[np.ndarray]],
@@ -158,6 +173,8 @@ class ModelScheduler:
         self._delay_timer: Timer | None = None
         self._room_waiters: list[asyncio.Future] = []  # callers waiting for a full queue to have room
         self._loop = asyncio.get_running_loop()
+        # pump() runs at once the slots of an executor that runs some on the loop (LoopExecutor)
+        self._on_loop = cast(LoopExecutor, executor) if hasattr(executor, "run_on_loop") else None
         if gate is not None:
             gate.register(self)
 
@@ -268,7 +285,10 @@ class ModelScheduler:
     # --- dispatch ------------------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Dispatch what can run now: called on arrival, on completion, on timers and by the gate."""
+        """Dispatch what can run now: called on arrival, on completion, on timers and by the gate. A slot
+        that runs on the loop runs here and now: a tiny model's requests then cost no task each, and the
+        answers of the requests that one read brought in leave together. Each such run ends without
+        pumping: this loop goes on to the next (a queue of any length, and no recursion)."""
         while self._waiting and self.executor.idle > 0:
             now = self._clock.now()
             head = self._waiting[0]
@@ -285,7 +305,10 @@ class ModelScheduler:
                 self._withdraw(waiting)
             queue_ns = [int((now - w.arrived) * 1e9) for w in group]
             slot = self.executor.take()
-            self._loop.create_task(self._execute(slot, group, queue_ns, ticket))
+            if self._on_loop is not None and self._on_loop.runs_on_loop(slot):
+                self._run_on_loop(self._on_loop, slot, group, queue_ns, ticket)
+            else:
+                self._loop.create_task(self._execute(slot, group, queue_ns, ticket))
 
     def _form_batch(self, head: _Waiting, now: float) -> list[_Waiting] | None:
         policy = self.batching
@@ -318,52 +341,88 @@ class ModelScheduler:
         self.pump()
 
     async def _execute(self, slot: Any, group: list[_Waiting], queue_ns: list[int], ticket: Ticket) -> None:
-        pad_to = self.batching.pad_to if self.batching else None
-        rows = sum(w.rows for w in group)
-        batch_copy = None
-        if self._memory is not None and (len(group) > 1 or pad_to is not None):
-            batch_copy = self._memory.charge()  # the batch array the executor stacks the inputs into
-            batch_copy.add(sum(a.nbytes for w in group for a in w.arrays))
+        batch_copy = self._charge_batch(group)
         try:
-            into = group[0].into if len(group) == 1 and pad_to is None else None
-            outputs, times = await self.executor.execute(slot, [w.arrays for w in group], pad_to, into)
+            outputs, times = await self.executor.execute(slot, *self._parts(group))
         except Exception as e:
-            # Only the requests of this batch fail; the next batch runs on the same executor.
-            if isinstance(e, GatewayError):
-                error = e  # the executor's InternalError keeps OpenVINO's exception as its cause
-            else:
-                error = InternalError(f"inference failed: {type(e).__name__}: {e}")
-                error.__cause__ = e
-            log.error(
-                "%s: inference failed on a batch of %d row(s) from %d request(s): %s",
-                self.label,
-                rows,
-                len(group),
-                error.message,
-                exc_info=log.isEnabledFor(logging.DEBUG),
-            )
-            for waiting in group:
-                if not waiting.future.done():
-                    waiting.future.set_exception(error)
+            self._fail(group, e)
         else:
-            if self._on_execution is not None:
-                self._on_execution(rows, times, queue_ns)
-            offset = 0
-            for waiting, queued in zip(group, queue_ns, strict=True):
-                if len(group) == 1 and pad_to is None:
-                    mine = outputs
-                else:  # views into the batch's outputs: no second copy
-                    mine = [o[offset : offset + waiting.rows] for o in outputs]
-                offset += waiting.rows
-                if not waiting.future.done():  # a client that left has a cancelled future
-                    waiting.future.set_result((mine, times, queued))
+            self._deliver(group, outputs, times, queue_ns)
         finally:
-            if batch_copy is not None:
-                batch_copy.release()
-            self.executor.give_back(slot)
-            if ticket is not Ticket.UNCOUNTED and self._gate is not None:
-                self._gate.release(self, ticket)
+            self._release(slot, ticket, batch_copy)
             self.pump()
+
+    def _run_on_loop(
+        self, executor: LoopExecutor, slot: Any, group: list[_Waiting], queue_ns: list[int], ticket: Ticket
+    ) -> None:
+        """_execute on the loop, within pump (which goes on dispatching after it)."""
+        batch_copy = self._charge_batch(group)
+        try:
+            outputs, times = executor.run_on_loop(slot, *self._parts(group))
+        except Exception as e:
+            self._fail(group, e)
+        else:
+            self._deliver(group, outputs, times, queue_ns)
+        finally:
+            self._release(slot, ticket, batch_copy)
+
+    def _parts(self, group: list[_Waiting]) -> tuple[list, int | None, Mapping[int, memoryview] | None]:
+        """The executor's arguments for a group: its inputs, the padding, and where its outputs go."""
+        pad_to = self.batching.pad_to if self.batching else None
+        into = group[0].into if len(group) == 1 and pad_to is None else None
+        return [w.arrays for w in group], pad_to, into
+
+    def _charge_batch(self, group: list[_Waiting]) -> Any:
+        """The batch array the executor stacks several requests' inputs into, charged to the memory budget
+        while it runs (None when nothing is copied)."""
+        pad_to = self.batching.pad_to if self.batching else None
+        if self._memory is None or (len(group) == 1 and pad_to is None):
+            return None
+        batch_copy = self._memory.charge()
+        batch_copy.add(sum(a.nbytes for w in group for a in w.arrays))
+        return batch_copy
+
+    def _fail(self, group: list[_Waiting], e: Exception) -> None:
+        # Only the requests of this batch fail; the next batch runs on the same executor.
+        if isinstance(e, GatewayError):
+            error = e  # the executor's InternalError keeps OpenVINO's exception as its cause
+        else:
+            error = InternalError(f"inference failed: {type(e).__name__}: {e}")
+            error.__cause__ = e
+        log.error(
+            "%s: inference failed on a batch of %d row(s) from %d request(s): %s",
+            self.label,
+            sum(w.rows for w in group),
+            len(group),
+            error.message,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        for waiting in group:
+            if not waiting.future.done():
+                waiting.future.set_exception(error)
+
+    def _deliver(
+        self, group: list[_Waiting], outputs: list[np.ndarray], times: ExecutionTimes, queue_ns: list[int]
+    ) -> None:
+        if self._on_execution is not None:
+            self._on_execution(sum(w.rows for w in group), times, queue_ns)
+        pad_to = self.batching.pad_to if self.batching else None
+        offset = 0
+        for waiting, queued in zip(group, queue_ns, strict=True):
+            if len(group) == 1 and pad_to is None:
+                mine = outputs
+            else:  # views into the batch's outputs: no second copy
+                mine = [o[offset : offset + waiting.rows] for o in outputs]
+            offset += waiting.rows
+            if not waiting.future.done():  # a client that left has a cancelled future
+                waiting.future.set_result((mine, times, queued))
+
+    def _release(self, slot: Any, ticket: Ticket, batch_copy: Any) -> None:
+        if batch_copy is not None:
+            batch_copy.release()
+        self.executor.give_back(slot)
+        if ticket is not Ticket.UNCOUNTED and self._gate is not None:
+            self._gate.release(self, ticket)
 
 
 class Ticket(enum.Enum):

@@ -137,3 +137,23 @@ class FakeInlineExecutor(FakeExecutor):
             input_ns=1, infer_ns=self.infer_ns + self.preempted_ns, output_ns=3, infer_cpu_ns=self.infer_ns
         )
         return [np.asarray(parts[0][0]) * 10], times
+
+
+class FakeLoopExecutor(FakeExecutor):
+    """An executor whose slots all run on the loop (scheduler.LoopExecutor): run_on_loop answers at once
+    with 10 x the first input, or raises `fail_with` once if the test sets it."""
+
+    def __init__(self, nireq: int = 1):
+        super().__init__(nireq)
+        self.loop_runs: list[float] = []  # each run's first input value, in the order they ran
+        self.fail_with: Exception | None = None
+
+    def runs_on_loop(self, slot) -> bool:
+        return True
+
+    def run_on_loop(self, slot, parts, pad_to, into=None):
+        self.loop_runs.append(float(np.asarray(parts[0][0]).flat[0]))
+        if self.fail_with is not None:
+            error, self.fail_with = self.fail_with, None
+            raise error
+        return [np.asarray(parts[0][0]) * 10], ExecutionTimes(input_ns=1, infer_ns=2, output_ns=3)

@@ -23,7 +23,7 @@ from gateway.scheduling.adaptive import (
     latency_execution_pays,
 )
 from gateway.scheduling.scheduler import BatchingPolicy, DeviceGate, ModelScheduler, WhenFull
-from tests.support.fakes import FakeExecutor, FakeInlineExecutor, ManualClock, settle
+from tests.support.fakes import FakeExecutor, FakeInlineExecutor, FakeLoopExecutor, ManualClock, settle
 
 
 def rows(n: int, value: float = 1.0, width: int = 2) -> list[np.ndarray]:
@@ -357,6 +357,57 @@ async def test_an_unexpected_executor_error_becomes_internal_with_its_cause():
     with pytest.raises(InternalError, match="ValueError: boom") as caught:
         task.result()
     assert caught.value.__cause__ is bug
+
+
+# --- executions on the loop ----------------------------------------------------------------------
+
+
+async def test_a_slot_that_runs_on_the_loop_answers_within_submit_with_no_task_of_its_own():
+    clock = ManualClock()
+    scheduler, executor, executions = make(clock, FakeLoopExecutor())
+    loop_turned = []
+    asyncio.get_running_loop().call_soon(loop_turned.append, True)
+    outputs, _, queued_ns = await scheduler.submit(rows(1, 2.0), 1)
+    assert not loop_turned  # answered without the loop turning once: no task, no hand-over
+    assert np.array_equal(outputs[0], rows(1, 20.0)[0]) and queued_ns == 0
+    assert executor.runs == [] and executor.loop_runs == [2.0] and executions == [(1, [0])]
+    assert executor.idle == 1
+
+
+async def test_requests_queued_for_the_loop_run_in_priority_order_and_a_failure_stays_with_its_own():
+    clock = ManualClock()
+    executor = FakeLoopExecutor()
+    scheduler, _, _ = make(clock, executor)
+    held = executor.take()  # the slot is busy: requests queue behind it
+    tasks = [submit(scheduler, 1, float(v), priority=p) for v, p in ((1, 3), (2, 1), (3, 2), (4, 1))]
+    await settle()
+    assert executor.loop_runs == []
+    executor.fail_with = InternalError("inference failed: boom")
+    executor.give_back(held)
+    scheduler.pump()  # one call dispatches the whole queue, one after another, highest priority first
+    assert executor.loop_runs == [2.0, 4.0, 3.0, 1.0]
+    await settle()
+    with pytest.raises(InternalError, match="boom"):
+        tasks[1].result()
+    assert [np.asarray(tasks[i].result()[0][0]).flat[0] for i in (0, 2, 3)] == [10.0, 30.0, 40.0]
+
+
+async def test_one_pump_runs_a_whole_queue_on_the_loop_one_after_another_however_deep():
+    clock = ManualClock()
+    gate = DeviceGate(device="CPU", clock=clock)
+    executor = FakeLoopExecutor()
+    high, _, _ = make(clock, executor, priority=1, gate=gate)
+    low, _, _ = make(clock, FakeExecutor(), priority=3, gate=gate)
+    assert gate.active
+    held = executor.take()
+    tasks = [submit(high, 1, float(v)) for v in range(1, 2001)]  # far deeper than Python's recursion limit
+    await settle()
+    executor.give_back(held)
+    high.pump()
+    assert executor.loop_runs == [float(v) for v in range(1, 2001)]
+    await settle()
+    assert all(t.done() and not t.exception() for t in tasks) and executor.idle == 1
+    low.close()
 
 
 # --- the device gate ---------------------------------------------------------------------------

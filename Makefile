@@ -154,8 +154,8 @@ test: $(VENV)/.installed-test
 		|| echo "Azurite could not be installed; see $(CACHE_DIR)/azurite_install.log"
 	PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer \
 	PROMETHEUS=$(abspath $(PROMETHEUS_DIR))/usr/bin/prometheus $(PY) -m pytest -q --durations=25 tests
-	@echo "the protocol tests again, every gateway with 2 worker processes per transport:"
-	OVGW_TEST_WORKERS=2 PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer \
+	@echo "the protocol tests again, every gateway serving from 3 processes (the owner and 2 workers):"
+	OVGW_TEST_WORKERS=3 PERF_ANALYZER=$(abspath $(PERF_ANALYZER_DIR))/perf_analyzer \
 		$(PY) -m pytest -q $(WORKER_E2E)
 
 # The inner loop: in-process tests of one module with fake neighbours; no servers, sockets or tools.

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--grpc_workers",
         type=int,
         default=1,
-        help="processes that serve gRPC (decode, validate, encode); 1 = the process that runs the models "
-        "serves it too (docs/configuration.md, Worker processes)",
+        help="processes that serve gRPC (decode, validate, encode): the one that runs the models, and "
+        "N - 1 worker processes beside it on the same port (docs/configuration.md, Worker processes)",
     )
     g.add_argument(
         "--rest_workers",

@@ -49,9 +49,11 @@ async def start_transports(
     grpc_port: int,
     rest_port: int,
     metrics_port: int = 0,
-    reuse_port: bool = False,
+    shared_grpc: bool = False,
+    shared_rest: bool = False,
 ) -> Transports:
-    """Start the servers whose port is not 0, on `api` (a Gateway, or a worker's GatewayClient)."""
+    """Start the servers whose port is not 0, on `api` (a Gateway, or a worker's GatewayClient);
+    `shared_grpc` / `shared_rest`: other processes of this gateway listen on that port too (SO_REUSEPORT)."""
     transports = Transports()
     scheme = "TLS" if tls is None or not tls.mutual else "mutual TLS"
     secured = f" ({scheme})" if tls is not None else ""
@@ -66,7 +68,7 @@ async def start_transports(
             max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
             credentials=tls.grpc_credentials() if tls is not None else None,
             guard=guard,
-            reuse_port=reuse_port,
+            reuse_port=shared_grpc,
         )
         log.info("gRPC server listening on %s:%d%s", settings.grpc_bind_address, port, secured)
     rest_tls = tls.server_context() if tls is not None else None
@@ -79,7 +81,7 @@ async def start_transports(
             settings.rest_limits,
             rest_tls,
             guard,
-            reuse_port=reuse_port,
+            reuse_port=shared_rest,
         )
         transports.runners.append(runner)
         log.info("REST server listening on %s:%d%s", settings.rest_bind_address, port, secured)
@@ -136,9 +138,11 @@ async def serve(
         settings,
         tls,
         guard,
-        grpc_port=0 if pool.grpc_workers else settings.grpc_port,
-        rest_port=0 if pool.rest_workers else settings.rest_port,
+        grpc_port=pool.grpc_port or settings.grpc_port,
+        rest_port=pool.rest_port or settings.rest_port,
         metrics_port=settings.metrics_port,
+        shared_grpc=bool(pool.grpc_workers),
+        shared_rest=bool(pool.rest_workers),
     )
     if guard.active:
         log.info("restricted APIs: %s", ", ".join(guard.describe()))

@@ -53,8 +53,8 @@ class GatewayProcess:
         return self.process.returncode
 
 
-# Set to N, every gateway started here serves both transports from N worker processes (make test runs
-# the protocol tests once that way), unless its arguments choose.
+# Set to N, every gateway started here serves both transports from N processes, the owner and N - 1
+# worker processes (make test runs the protocol tests once that way), unless its arguments choose.
 TEST_WORKERS_ENV = "OVGW_TEST_WORKERS"
 
 

@@ -117,7 +117,8 @@ async def run_worker(fd: int, ledger_fd: int) -> int:
         ApiGuard(settings.restricted_apis),
         grpc_port=setup.grpc_port,
         rest_port=setup.rest_port,
-        reuse_port=True,
+        shared_grpc=True,
+        shared_rest=True,
     )
     channel.notify("serving")
     await stopped.wait()

@@ -1,8 +1,10 @@
 """The owner's side of the worker processes: started, answered, told to drain, replaced when they die.
 
 The owner process keeps the devices (models, schedulers, batching, priorities, pipelines, the repository,
-metrics and statistics); each worker process serves gRPC and/or REST on the same ports (SO_REUSEPORT),
-decodes and encodes, and calls the owner's Gateway through a GatewayClient (client.py).
+metrics and statistics) and serves the transports as well; the worker processes beside it serve gRPC
+and/or REST on the same ports (SO_REUSEPORT), decode and encode, and call the owner's Gateway through a
+GatewayClient (client.py). The kernel spreads the connections over every process listening on a port, so
+a request on one of the owner's own connections crosses no process at all.
 """
 
 from __future__ import annotations
@@ -55,10 +57,10 @@ class WorkerSetup:
 
 
 def worker_counts(settings: ServerSettings) -> tuple[int, int]:
-    """How many worker processes serve gRPC and REST; 0 where the owner serves the transport itself
-    (a count of 1, or the transport is off)."""
-    grpc = settings.grpc_workers if settings.grpc_port and settings.grpc_workers > 1 else 0
-    rest = settings.rest_workers if settings.rest_port and settings.rest_workers > 1 else 0
+    """How many worker processes serve gRPC and REST beside the owner, which serves every transport that
+    is on: `--grpc_workers N` is N processes on the port, the owner one of them."""
+    grpc = settings.grpc_workers - 1 if settings.grpc_port else 0
+    rest = settings.rest_workers - 1 if settings.rest_port else 0
     return grpc, rest
 
 
@@ -184,11 +186,11 @@ class WorkerPool:
         if not self.size:
             return
         cores = len(os.sched_getaffinity(0))
-        if self.size > cores:
-            log.warning("%d worker processes on %d cores: more processes than cores only add overhead",
-                        self.size, cores)  # fmt: skip
+        if self.size + 1 > cores:
+            log.warning("%d serving processes on %d cores: more processes than cores only add overhead",
+                        self.size + 1, cores)  # fmt: skip
         # The ports are bound here first: one in use by another program fails now, with its address, and a
-        # port given as 0 is chosen once and shared (every worker binds the one it was told).
+        # port given as 0 is chosen once and shared (every process binds the one it was told).
         if self.grpc_workers:
             self.grpc_port = self._reserve(self.settings.grpc_bind_address, self.grpc_port)
         if self.rest_workers:
@@ -198,7 +200,10 @@ class WorkerPool:
             await self._spawn(worker)
         await asyncio.wait_for(asyncio.gather(*(w.serving for w in self._workers)), timeout)
         log.info(
-            "%d worker process(es): gRPC in %d, REST in %d", self.size, self.grpc_workers, self.rest_workers
+            "%d worker process(es) beside this one: gRPC served by %d processes, REST by %d",
+            self.size,
+            self.grpc_workers + 1 if self.grpc_port else 0,
+            self.rest_workers + 1 if self.rest_port else 0,
         )
 
     def _reserve(self, host: str, port: int) -> int:

@@ -2,8 +2,9 @@
 turns under perf_analyzer.
 
 Per round, for each protocol and concurrency, perf_analyzer measures the single process and then the
-gateway with `--grpc_workers N --rest_workers N` (the order alternating between rounds). Server CPU is the
-owner's and its workers' together, from /proc, over the statistics' request count. Reported, as medians of
+gateway with `--grpc_workers N --rest_workers N`: N processes serving, the owner and N - 1 workers (the order
+alternating between rounds). Server CPU is the owner's and its workers' together, from /proc, over the
+statistics' request count. Reported, as medians of
 per-round ratios:
 
 - `simple` (protocol work dominates): workers / single throughput and server CPU per request, at c = 16
@@ -286,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(results: dict) -> str:
     n = results["workers"]
     lines = [
-        f"# Worker processes: one process against {n} worker processes on {results['cores']} cores "
-        "(perf_analyzer, medians of per-round ratios)",
+        f"# Worker processes: one process against {n} serving processes (the owner and {n - 1} worker"
+        f"{'s' if n > 2 else ''}) on "
+        f"{results['cores']} cores (perf_analyzer, medians of per-round ratios)",
         "",
         "| model | protocol | concurrency | single: infer/s, server CPU us | workers: infer/s, server CPU "
         "us | "

@@ -26,7 +26,7 @@ from tests.support.metrics import scrape, value
 from tests.support.model_builders import busy_model, busy_model_taking
 from tests.support.servers import start_test_gateway
 
-WORKERS = ["--grpc_workers", "2", "--rest_workers", "2"]
+WORKERS = ["--grpc_workers", "3", "--rest_workers", "3"]  # the owner and 2 worker processes serve
 BATCH_DELAY_US = 300_000  # long enough for every client of a test to join one batch
 
 
@@ -83,9 +83,32 @@ def _http_infer(gw: GatewayProcess, model: str, x: np.ndarray) -> np.ndarray:
         client.close()
 
 
-def test_the_gateway_runs_the_workers_it_was_asked_for(workers_server):
-    assert len(workers_of(workers_server)) == 2
-    assert "2 worker process(es): gRPC in 2, REST in 2" in workers_server.log()
+def _listening_pids(port: int) -> set[int]:
+    """The processes with a socket listening on `port` (loopback, IPv4 or IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) in inodes:
+                pids.add(int(fd.parts[2]))
+        except OSError:
+            pass  # a process or descriptor that went away meanwhile
+    return pids
+
+
+def test_the_owner_and_the_workers_all_serve_both_ports(workers_server):
+    gw = workers_server
+    workers = workers_of(gw)
+    assert len(workers) == 2
+    assert "2 worker process(es) beside this one: gRPC served by 3 processes, REST by 3" in gw.log()
+    serving = {gw.process.pid, *workers}
+    assert _listening_pids(gw.grpc_port) == serving
+    assert _listening_pids(gw.rest_port) == serving
 
 
 def test_both_transports_answer_through_the_workers(workers_server):

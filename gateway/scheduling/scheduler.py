@@ -163,6 +163,7 @@ class ModelScheduler:
         self.label = label  # "model 'x' version N", for messages
         self.max_queue_size = max_queue_size  # 0 = unbounded
         self.batching = batching
+        self._pad_to = batching.pad_to if batching else None
         self.priority = priority  # the model's level on its device (1 = highest)
         self.streams = streams  # how many executions the device runs side by side
         self._gate = gate
@@ -366,17 +367,20 @@ class ModelScheduler:
         finally:
             self._release(slot, ticket, batch_copy)
 
+    def _runs_alone(self, group: list[_Waiting]) -> bool:
+        """Whether a group's one request runs as it is: no batch array stacked or padded for it, its
+        outputs its own, and written where the client wants them."""
+        return len(group) == 1 and self._pad_to is None
+
     def _parts(self, group: list[_Waiting]) -> tuple[list, int | None, Mapping[int, memoryview] | None]:
         """The executor's arguments for a group: its inputs, the padding, and where its outputs go."""
-        pad_to = self.batching.pad_to if self.batching else None
-        into = group[0].into if len(group) == 1 and pad_to is None else None
-        return [w.arrays for w in group], pad_to, into
+        into = group[0].into if self._runs_alone(group) else None
+        return [w.arrays for w in group], self._pad_to, into
 
     def _charge_batch(self, group: list[_Waiting]) -> Any:
         """The batch array the executor stacks several requests' inputs into, charged to the memory budget
         while it runs (None when nothing is copied)."""
-        pad_to = self.batching.pad_to if self.batching else None
-        if self._memory is None or (len(group) == 1 and pad_to is None):
+        if self._memory is None or self._runs_alone(group):
             return None
         batch_copy = self._memory.charge()
         batch_copy.add(sum(a.nbytes for w in group for a in w.arrays))
@@ -406,10 +410,10 @@ class ModelScheduler:
     ) -> None:
         if self._on_execution is not None:
             self._on_execution(sum(w.rows for w in group), times, queue_ns)
-        pad_to = self.batching.pad_to if self.batching else None
+        alone = self._runs_alone(group)
         offset = 0
         for waiting, queued in zip(group, queue_ns, strict=True):
-            if len(group) == 1 and pad_to is None:
+            if alone:
                 mine = outputs
             else:  # views into the batch's outputs: no second copy
                 mine = [o[offset : offset + waiting.rows] for o in outputs]

@@ -121,14 +121,19 @@ async def serve(
         guard = ApiGuard(settings.restricted_apis)
         workers = max(worker_counts(settings))
         ledger = SharedLedger.create(workers + 1) if workers else None
-        gateway = Gateway(settings, on_config_reload=on_config_reload, memory_ledger=ledger)
+        pool = WorkerPool(settings, ledger)
+        gateway = Gateway(
+            settings,
+            on_config_reload=on_config_reload,
+            memory_ledger=ledger,
+            replicas=pool if workers else None,
+        )
     except ConfigError as e:  # e.g. a plugin library that OpenVINO cannot register
         log.error("configuration error: %s", e)
         return 2
-    pool = WorkerPool(gateway, settings, ledger)
     # Transports first, so health probes answer (not ready) while models compile.
     try:
-        await pool.start()
+        await pool.start(gateway)
     except (OSError, TimeoutError) as e:
         log.error("the worker processes could not start: %s", e)
         await pool.stop()

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import openvino as ov
@@ -139,6 +139,17 @@ class InferCall:
         return InferResponse(request.model_name, str(self.servable.version), outputs, id=request.id)
 
 
+class Replicas(Protocol):
+    """Processes that keep copies of some of the Gateway's state (the worker processes: workers/pool.py),
+    told of each change, whichever process the call that made it came through."""
+
+    async def add_region(self, name: str, key: str, offset: int, byte_size: int) -> None: ...
+
+    async def remove_region(self, name: str) -> None: ...
+
+    def forget_routes(self) -> None: ...  # the models changed: where a name routes, and its inputs
+
+
 class Gateway:
     def __init__(
         self,
@@ -146,12 +157,15 @@ class Gateway:
         core: ov.Core | None = None,
         on_config_reload: Callable[[], object] | None = None,
         memory_ledger: SharedLedger | None = None,
+        replicas: Replicas | None = None,
     ):
         """`on_config_reload`: called on OVMS's config reload besides the models (the server re-reads its
         TLS files there). `memory_ledger`: the request memory of the worker processes too, which the
-        bound then covers."""
+        bound then covers. `replicas`: the worker processes, told of registered regions and of model
+        changes."""
         self.settings = settings
         self._on_config_reload = on_config_reload
+        self._replicas = replicas
         self.memory_budget = RequestMemoryBudget(memory_bound(settings), memory_ledger)
         self.metrics = Metrics(
             select_families(settings.metrics_enable, settings.metrics_list), memory=self.memory_budget
@@ -205,9 +219,13 @@ class Gateway:
 
     async def register_shared_memory(self, name: str, key: str, offset: int, byte_size: int) -> None:
         self.shared_memory.register(name, key, offset, byte_size)
+        if self._replicas is not None:
+            await self._replicas.add_region(name, key, offset, byte_size)
 
     async def unregister_shared_memory(self, name: str = "") -> None:
         self.shared_memory.unregister(name)
+        if self._replicas is not None:
+            await self._replicas.remove_region(name)
 
     # --- health and metadata -------------------------------------------------------------------
 
@@ -279,11 +297,19 @@ class Gateway:
             await self.manager.load(name, repository_config(parameters or {}))
         finally:
             self.pipelines.revalidate()  # a pipeline waiting for this model may serve now
+            self._models_changed()
 
     async def unload_model(self, name: str) -> None:
         self._refuse_pipeline(name, "unload")
-        await self.manager.unload(name)
-        self.pipelines.revalidate()  # pipelines on this model are not ready any more
+        try:
+            await self.manager.unload(name)
+            self.pipelines.revalidate()  # pipelines on this model are not ready any more
+        finally:
+            self._models_changed()
+
+    def _models_changed(self) -> None:
+        if self._replicas is not None:
+            self._replicas.forget_routes()
 
     def _refuse_pipeline(self, name: str, what: str) -> None:
         if not self.manager.knows(name) and self.pipelines.knows(name):
@@ -296,7 +322,10 @@ class Gateway:
         """OVMS's config reload: apply the config file (or the version folders) now."""
         if self._on_config_reload is not None:
             self._on_config_reload()
-        return await self.reloader.reload()
+        try:
+            return await self.reloader.reload()
+        finally:
+            self._models_changed()
 
     # --- inference -----------------------------------------------------------------------------
 

@@ -105,31 +105,22 @@ class OwnerEndpoint:
     async def render_metrics(self) -> str:
         return await self._gateway.render_metrics()
 
+    # The Gateway tells every worker of what these change (the pool is its Replicas).
+
     async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
-        try:
-            await self._gateway.load_model(name, parameters)
-        finally:
-            self._pool.forget_routes()
+        await self._gateway.load_model(name, parameters)
 
     async def unload_model(self, name: str) -> None:
-        try:
-            await self._gateway.unload_model(name)
-        finally:
-            self._pool.forget_routes()
+        await self._gateway.unload_model(name)
 
     async def reload_config(self) -> dict[str, str]:
-        try:
-            return await self._gateway.reload_config()
-        finally:
-            self._pool.forget_routes()
+        return await self._gateway.reload_config()
 
     async def register_shared_memory(self, name: str, key: str, offset: int, byte_size: int) -> None:
         await self._gateway.register_shared_memory(name, key, offset, byte_size)
-        await self._pool.broadcast("add_region", name, key, offset, byte_size)
 
     async def unregister_shared_memory(self, name: str) -> None:
         await self._gateway.unregister_shared_memory(name)
-        await self._pool.broadcast("remove_region", name)
 
     async def route(self, name: str, version: str, interface: Interface | None) -> ServableView:
         return ServableView.of(await self._gateway.route(name, version, interface))
@@ -164,9 +155,12 @@ class _Worker:
 
 
 class WorkerPool:
-    def __init__(self, gateway: Gateway, settings: ServerSettings, ledger: SharedLedger | None):
+    """The worker processes, and the Gateway's Replicas: what the Gateway changes that workers copy."""
+
+    gateway: Gateway  # the one the workers call, from start() on
+
+    def __init__(self, settings: ServerSettings, ledger: SharedLedger | None):
         """`ledger`: the request memory of the owner and every worker (None when there are no workers)."""
-        self.gateway = gateway
         self.settings = settings
         self._ledger = ledger
         self.grpc_workers, self.rest_workers = worker_counts(settings)
@@ -181,8 +175,9 @@ class WorkerPool:
     def size(self) -> int:
         return max(self.grpc_workers, self.rest_workers)
 
-    async def start(self, timeout: float = 60.0) -> None:
-        """Start the workers; returns once each listens on its ports."""
+    async def start(self, gateway: Gateway, timeout: float = 60.0) -> None:
+        """Start the workers, which call `gateway`; returns once each listens on its ports."""
+        self.gateway = gateway
         if not self.size:
             return
         cores = len(os.sched_getaffinity(0))
@@ -278,6 +273,12 @@ class WorkerPool:
         await asyncio.sleep(delay)
         if not self._stopping:
             await self._spawn(worker)
+
+    async def add_region(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        await self.broadcast("add_region", name, key, offset, byte_size)
+
+    async def remove_region(self, name: str) -> None:
+        await self.broadcast("remove_region", name)
 
     def forget_routes(self) -> None:
         """Models changed: workers ask again where a name routes."""

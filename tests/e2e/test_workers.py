@@ -44,7 +44,8 @@ def workers_server(tmp_path_factory):
         _entry("slow", nireq=2),
     ]
     (root / "config.json").write_text(json.dumps({"model_config_list": entries}))
-    gw = start_test_gateway(["--config_path", str(root / "config.json"), *WORKERS], root / "gw.log")
+    args = ["--config_path", str(root / "config.json"), "--allow_client_shm", "true", *WORKERS]
+    gw = start_test_gateway(args, root / "gw.log")
     yield gw
     assert gw.stop() == 0, gw.log()[-3000:]
 
@@ -315,3 +316,34 @@ def test_a_restart_on_the_same_ports_binds_despite_the_last_ones_connections(tmp
         assert np.array_equal(_http_infer(again, "dyn", _x(1, 2)), _x(1, 4))
     finally:
         assert again.stop() == 0, again.log()[-3000:]
+
+
+def test_regions_registered_and_unregistered_through_any_process_reach_every_process(workers_server):
+    """Each call on a new connection, which the kernel gives to the owner or to a worker: whichever
+    registered or unregistered a region, every process then decodes against it, or refuses it."""
+    import tritonclient.utils.shared_memory as shm
+
+    gw = workers_server
+    x = _x(1, 3)
+    for round_ in range(6):
+        name, key = f"round{round_}", f"/ovgw_workers_{os.getpid()}_{round_}"
+        handle = shm.create_shared_memory_region(name, key, x.nbytes)
+        try:
+            shm.set_shared_memory_region(handle, [x])
+            httpclient.InferenceServerClient(gw.http_url).register_system_shared_memory(name, key, x.nbytes)
+            for _ in range(6):
+                client = httpclient.InferenceServerClient(gw.http_url)
+                tensor = httpclient.InferInput("X", [1, 4], "FP32")
+                tensor.set_shared_memory(name, x.nbytes)
+                assert np.array_equal(client.infer("dyn", [tensor]).as_numpy("Y"), _x(1, 6))
+                client.close()
+            httpclient.InferenceServerClient(gw.http_url).unregister_system_shared_memory(name)
+            for _ in range(6):
+                client = httpclient.InferenceServerClient(gw.http_url)
+                tensor = httpclient.InferInput("X", [1, 4], "FP32")
+                tensor.set_shared_memory(name, x.nbytes)
+                with pytest.raises(InferenceServerException, match=name):
+                    client.infer("dyn", [tensor])
+                client.close()
+        finally:
+            shm.destroy_shared_memory_region(handle)

@@ -16,9 +16,20 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: all held at once while they are chosen, since a port given
+    back may be the next one the kernel hands out."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @dataclass
@@ -70,7 +81,7 @@ def start_gateway(
     """`python -m gateway args` on two free loopback ports (or `ports`: gRPC, REST), its output in
     `log_path`, in `env` (default: this process's environment); once `wait_ready`, its /v2/health/ready
     answers 200."""
-    grpc_port, rest_port = ports or (free_port(), free_port())
+    grpc_port, rest_port = ports or free_ports(2)
     workers = os.environ.get(TEST_WORKERS_ENV)
     if workers and not any(a in args for a in ("--grpc_workers", "--rest_workers")):
         args = [*args, "--grpc_workers", workers, "--rest_workers", workers]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.testing import GatewayProcess, free_port
+from gateway.testing import GatewayProcess, free_port, free_ports
 
 
 @dataclass
@@ -76,7 +76,7 @@ def start_grpc_floor(
 
 
 def start_kserve_peer(model_name: str, model_path: Path, log_path: Path, timeout: float = 120) -> PeerProcess:
-    grpc_port, rest_port = free_port(), free_port()
+    grpc_port, rest_port = free_ports(2)
     cmd = [sys.executable, "-m", "loadgen.bench.kserve_peer", "--model_name", model_name, "--model_path",
            str(model_path), "--http_port", str(rest_port), "--grpc_port", str(grpc_port)]  # fmt: skip
     log = open(log_path, "wb")  # noqa: SIM115 - the process owns it

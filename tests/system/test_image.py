@@ -21,7 +21,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from gateway.demo_models import dummy_model, save
-from gateway.testing import free_port
+from gateway.testing import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_DIR = ROOT / ".cache" / "image"
@@ -75,7 +75,7 @@ def test_image_serves_a_model_under_chroot(exported_image, tmp_path):
     models = exported_image / "models" / "dummy"
     shutil.rmtree(models, ignore_errors=True)
     save(dummy_model(), models / "1")
-    grpc_port, rest_port = free_port(), free_port()
+    grpc_port, rest_port = free_ports(2)
     # The OVMS-style command line, after the image's entrypoint (ovgw).
     command = (f"ovgw --model_name dummy --model_path /models/dummy --port {grpc_port} "
                f"--rest_port {rest_port} --grpc_bind_address 127.0.0.1 "

@@ -119,18 +119,28 @@ CONTENTION_SETS = (
     ("priorities_aging_5s", "HIGH vs LOW", "LOW", 5000),
     ("same_priority", "both HIGH", "HIGH", None),
 )
+CONTENTION_TAGS = tuple(tag for tag, *_ in CONTENTION_SETS)
 LOW_CLIENTS = 8
 
 
 def contention_benchmark(
-    model: BenchModel, out_dir: Path, window_ms: int, repetitions: int, high_load: int, workers: int = 1
+    model: BenchModel,
+    out_dir: Path,
+    window_ms: int,
+    repetitions: int,
+    high_load: int,
+    workers: int = 1,
+    sets: Sequence[str] = CONTENTION_TAGS,
 ):
     """HIGH at `high_load` clients alone and while LOW_CLIENTS closed-loop clients saturate LOW; LOW's
-    answers per second counted from its statistics over each HIGH window, and LOW alone for its cost."""
+    answers per second counted from its statistics over each HIGH window, and LOW alone for its cost.
+    `sets`: which of CONTENTION_SETS to run."""
     raw = out_dir / "raw"
     path = str(model.path.parent.parent)
     result: dict[str, Any] = {"high_concurrency": high_load, "low_concurrency": LOW_CLIENTS}
     for tag, _, low_priority, aging_ms in CONTENTION_SETS:
+        if tag not in sets:
+            continue
         gw = _serve(
             out_dir,
             f"contention-{tag}",
@@ -185,6 +195,7 @@ def run(
     seconds: int,
     model_name: str = "resnet50",
     workers: int = 1,
+    contention_sets: Sequence[str] = CONTENTION_TAGS,
 ) -> dict:
     (out_dir / "raw").mkdir(parents=True, exist_ok=True)
     (model,) = prepare_models([model_name])
@@ -192,7 +203,9 @@ def run(
         "model": model_name,
         "workers": workers,
         "batching": batching_benchmark(model, out_dir, window_ms, repetitions, seconds, workers),
-        "contention": contention_benchmark(model, out_dir, window_ms, repetitions, 1, workers),
+        "contention": contention_benchmark(
+            model, out_dir, window_ms, repetitions, 1, workers, contention_sets
+        ),
     }
 
 
@@ -235,6 +248,8 @@ def markdown(results: dict) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for tag, label, _, _ in CONTENTION_SETS:
+        if tag not in c:
+            continue
         r = c[tag]
         alone, contended = r["alone"], r["contended"]
         cells = [
@@ -257,11 +272,21 @@ def main(argv: list[str] | None = None) -> int:
     # The smoke test runs the harness on Triton's tiny `simple` model; the figures are ResNet's.
     p.add_argument("--model", choices=sorted(MODEL_TITLES), default="resnet50")
     p.add_argument("--workers", type=int, default=1, help="worker processes per transport (1: none)")
+    p.add_argument(
+        "--contention-sets",
+        default=",".join(CONTENTION_TAGS),
+        help=f"which two-model runs ({', '.join(CONTENTION_TAGS)})",
+    )
     p.add_argument("--output", default=str(ROOT / "bench-results"))
     args = p.parse_args(argv)
     bench = "scheduling" if args.workers <= 1 else "scheduling_workers"
     out_dir = Path(args.output) / (time.strftime("%Y%m%d-%H%M%S") + f"-{bench}")
-    results = run(out_dir, args.window_ms, args.repetitions, args.benchmark_seconds, args.model, args.workers)
+    sets = args.contention_sets.split(",")
+    if unknown := set(sets) - set(CONTENTION_TAGS):
+        p.error(f"unknown --contention-sets {', '.join(sorted(unknown))}")
+    results = run(
+        out_dir, args.window_ms, args.repetitions, args.benchmark_seconds, args.model, args.workers, sets
+    )
     results["loadavg_end"] = os.getloadavg()
     table = markdown(results)
     write_results(out_dir, results, table, bench=bench, args=args, module="scheduling")

@@ -482,7 +482,8 @@ def configure_logging(level: str, path: str | None, log_format: str = "text") ->
     root.setLevel(LOG_LEVELS[level])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, share_ports: bool = False) -> int:
+    """`share_ports`: see serve()."""
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_path, args.log_format)
     try:
@@ -500,9 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        return uvloop.run(serve(settings, single_model=single))
+        return uvloop.run(serve(settings, single_model=single, share_ports=share_ports))
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(serve(settings, single_model=single))
+        return asyncio.run(serve(settings, single_model=single, share_ports=share_ports))
 
 
 if __name__ == "__main__":

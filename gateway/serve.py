@@ -95,9 +95,15 @@ async def start_transports(
 
 
 async def serve(
-    settings: ServerSettings, stop: asyncio.Event | None = None, single_model: bool = False
+    settings: ServerSettings,
+    stop: asyncio.Event | None = None,
+    single_model: bool = False,
+    share_ports: bool = False,
 ) -> int:
-    """Serve until `stop` is set or SIGTERM/SIGINT arrives; returns the process exit code."""
+    """Serve until `stop` is set or SIGTERM/SIGINT arrives; returns the process exit code. `share_ports`:
+    listen with SO_REUSEPORT without worker processes, so that whole gateways can share the ports (the
+    workers bench's contender in which nothing crosses between processes; not a way to serve, since each
+    gateway compiles every model and counts only its own requests)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -146,8 +152,8 @@ async def serve(
         grpc_port=pool.grpc_port or settings.grpc_port,
         rest_port=pool.rest_port or settings.rest_port,
         metrics_port=settings.metrics_port,
-        shared_grpc=bool(pool.grpc_workers),
-        shared_rest=bool(pool.rest_workers),
+        shared_grpc=share_ports or bool(pool.grpc_workers),
+        shared_rest=share_ports or bool(pool.rest_workers),
     )
     if guard.active:
         log.info("restricted APIs: %s", ", ".join(guard.describe()))

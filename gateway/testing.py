@@ -77,16 +77,17 @@ def start_gateway(
     ssl_context: ssl.SSLContext | None = None,
     env: Mapping[str, str] | None = None,
     ports: tuple[int, int] | None = None,
+    module: str = "gateway",
 ) -> GatewayProcess:
-    """`python -m gateway args` on two free loopback ports (or `ports`: gRPC, REST), its output in
-    `log_path`, in `env` (default: this process's environment); once `wait_ready`, its /v2/health/ready
+    """`python -m gateway args` (or `module`) on two free loopback ports (or `ports`: gRPC, REST), its output
+    in `log_path`, in `env` (default: this process's environment); once `wait_ready`, its /v2/health/ready
     answers 200."""
     grpc_port, rest_port = ports or free_ports(2)
     workers = os.environ.get(TEST_WORKERS_ENV)
     if workers and not any(a in args for a in ("--grpc_workers", "--rest_workers")):
         args = [*args, "--grpc_workers", workers, "--rest_workers", workers]
     cmd = [
-        sys.executable, "-m", "gateway",
+        sys.executable, "-m", module,
         "--port", str(grpc_port), "--rest_port", str(rest_port),
         "--grpc_bind_address", "127.0.0.1", "--rest_bind_address", "127.0.0.1",
         *args,

@@ -3,13 +3,16 @@ turns under perf_analyzer.
 
 Per round, for each protocol and concurrency, perf_analyzer measures the single process and then the
 gateway with `--grpc_workers N --rest_workers N`: N processes serving, the owner and N - 1 workers (the order
-alternating between rounds). Server CPU is the owner's and its workers' together, from /proc, over the
-statistics' request count. Reported, as medians of
-per-round ratios:
+alternating between rounds). On `simple` a third contender takes its turn: N whole gateways sharing the
+ports (loadgen/bench/gateway_copy.py), between which nothing crosses: what splitting the load over N
+processes costs on this machine by itself, the ceiling of any design that splits it. Server CPU is every
+process's together, from /proc, over the requests answered (the statistics', or the copies' metrics
+summed). Reported, as medians of per-round ratios:
 
 - `simple` (protocol work dominates): workers / single throughput and server CPU per request, at c = 16
   and 64 (targets: >= 1.2 x throughput, <= 1.15 x CPU); and, for each contender, c = 64's throughput over the
   best concurrency's (target >= 0.95: throughput does not fall past saturation);
+- `simple`, the copies: copies / single throughput and CPU per request at the same points;
 - the ResNet-50-shaped model (compute dominates): workers / single throughput at c = 4 and p50 at c = 1
   (target 0.98-1.02).
 
@@ -23,14 +26,17 @@ import argparse
 import asyncio
 import csv
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.testing import GatewayProcess, start_gateway
+from gateway.testing import GatewayProcess, free_ports, start_gateway
 from loadgen.bench.runs import write_results
 from loadgen.bench.throughput import (
     CLOCK_TICKS,
@@ -43,7 +49,8 @@ from loadgen.bench.throughput import (
 
 CACHE = ROOT / ".cache"
 PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", CACHE / "perf_analyzer" / "perf_analyzer"))
-CONTENDERS = ("single", "workers")
+CONTENDERS = ("single", "workers", "copies")
+COPIES_MODELS = ("simple",)  # where the protocol work dominates; ResNet would compile N times for nothing
 TARGET_THROUGHPUT = 1.2
 TARGET_CPU = 1.15
 TARGET_SATURATION = 0.95
@@ -136,22 +143,64 @@ def machine_idle_s() -> tuple[float, float]:
     return (fields[3] + fields[4]) / CLOCK_TICKS, sum(fields) / CLOCK_TICKS
 
 
+def infer_successes(metrics_port: int, model: str) -> int:
+    """The inferences one gateway process answered, from its own /metrics (its statistics are its own)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return int(
+        sum(
+            float(value)
+            for labels, value in re.findall(r"^ovms_requests_success\{(.*)\} (\S+)$", text, re.M)
+            if f'name="{model}"' in labels and 'method="ModelInfer"' in labels
+        )
+    )
+
+
+@dataclass
+class Contender:
+    """What perf_analyzer drives: one gateway (the owner and its workers), or whole gateways sharing the
+    ports, each with a metrics port of its own to count its answers."""
+
+    processes: list[GatewayProcess]
+    metrics_ports: tuple[int, ...] = ()
+
+    @property
+    def main(self) -> GatewayProcess:
+        return self.processes[0]
+
+    def cpu_s(self) -> float:
+        return sum(tree_cpu_s(gw.process.pid) for gw in self.processes)
+
+    def switches(self) -> int:
+        return sum(tree_switches(gw.process.pid) for gw in self.processes)
+
+    def answered(self, model: str) -> int:
+        if not self.metrics_ports:
+            return success_count(self.main.http_url, model)
+        return sum(infer_successes(port, model) for port in self.metrics_ports)
+
+    def stop(self) -> None:
+        for gw in self.processes:
+            gw.stop()
+
+
 def perf_analyzer_run(
-    gw: GatewayProcess, model: BenchModel, protocol: str, concurrency: int, window_ms: int, out: Path
+    served: Contender, model: BenchModel, protocol: str, concurrency: int, window_ms: int, out: Path
 ) -> dict:
     report = out / f"{model.name}-{protocol}-{concurrency}-{time.time_ns()}.csv"
+    gw = served.main
     url = gw.grpc_url if protocol == "grpc" else gw.http_url
     cmd = [str(PERF_ANALYZER), "-m", model.name, "-u", url, "-i", protocol,
            "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms),
            "-s", "100", "-r", "6", "-f", str(report)]  # fmt: skip
     owner0 = process_cpu_s(gw.process.pid)
-    cpu0, count0 = tree_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    cpu0, count0 = served.cpu_s(), served.answered(model.name)
     idle0, all0 = machine_idle_s()
-    switches0 = tree_switches(gw.process.pid)
+    switches0 = served.switches()
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=window_ms / 1000 * 10 + 120)
-    switches1 = tree_switches(gw.process.pid)
+    switches1 = served.switches()
     idle1, all1 = machine_idle_s()
-    cpu1, count1 = tree_cpu_s(gw.process.pid), success_count(gw.http_url, model.name)
+    cpu1, count1 = served.cpu_s(), served.answered(model.name)
     owner1 = process_cpu_s(gw.process.pid)
     if result.returncode != 0:
         raise RuntimeError(f"perf_analyzer failed: {(result.stdout + result.stderr)[-2000:]}")
@@ -169,11 +218,59 @@ def perf_analyzer_run(
     }
 
 
-def start(model: BenchModel, workers: int, log: Path) -> GatewayProcess:
+def start(model: BenchModel, workers: int, log: Path) -> Contender:
     flags = ["--grpc_workers", str(workers), "--rest_workers", str(workers)] if workers > 1 else []
-    return start_gateway(
-        ["--model_name", model.name, "--model_path", str(model.path.parent.parent), *flags], log, timeout=600
+    return Contender(
+        [
+            start_gateway(
+                ["--model_name", model.name, "--model_path", str(model.path.parent.parent), *flags],
+                log,
+                timeout=600,
+            )
+        ]
     )
+
+
+def start_copies(model: BenchModel, copies: int, out: Path) -> Contender:
+    """`copies` whole gateways on the same two ports, each ready (its model loaded) before this returns:
+    a probe of the shared port would reach whichever copy the kernel picked."""
+    grpc_port, rest_port, *metrics_ports = free_ports(2 + copies)
+    processes = [
+        start_gateway(
+            [
+                "--model_name",
+                model.name,
+                "--model_path",
+                str(model.path.parent.parent),
+                "--metrics_port",
+                str(metrics_port),
+            ],
+            out / f"{model.name}-copy{i}.log",
+            wait_ready=False,
+            ports=(grpc_port, rest_port),
+            module="loadgen.bench.gateway_copy",
+        )  # fmt: skip
+        for i, metrics_port in enumerate(metrics_ports)
+    ]
+    served = Contender(processes, tuple(metrics_ports))
+    deadline = time.monotonic() + 600
+    for gw, port in zip(processes, metrics_ports, strict=True):
+        while not _model_loaded(port, model.name):
+            if gw.process.poll() is not None or time.monotonic() > deadline:
+                served.stop()
+                raise RuntimeError(f"a copy of the gateway did not load {model.name}:\n{gw.log()}")
+            time.sleep(0.2)
+    return served
+
+
+def _model_loaded(metrics_port: int, model: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return False  # not listening yet
+    streams = re.search(rf'^ovms_streams\{{name="{re.escape(model)}",[^}}]*\}} (\S+)$', text, re.M)
+    return streams is not None and float(streams.group(1)) > 0
 
 
 def measure_model(
@@ -183,10 +280,13 @@ def measure_model(
         "single": start(model, 1, out / f"{model.name}-single.log"),
         "workers": start(model, args.workers, out / f"{model.name}-workers.log"),
     }
+    if model.name in COPIES_MODELS:
+        servers["copies"] = start_copies(model, args.workers, out)
+    contenders = tuple(c for c in CONTENDERS if c in servers)
     rounds: list[dict] = []
     try:
         for rep in range(args.rounds):
-            order = CONTENDERS if rep % 2 == 0 else CONTENDERS[::-1]
+            order = contenders if rep % 2 == 0 else contenders[::-1]
             row: dict = {}
             for protocol, concurrency in points:
                 for contender in order:
@@ -231,12 +331,26 @@ def summarize(model: str, rounds: list[dict], points: list[tuple[str, int]]) -> 
             "owner_cpu_us": median(r[f"workers-{point}"].get("owner_cpu_us", 0) for r in rounds),
             "ceiling": median(1 / (1 - r[f"single-{point}"]["idle"]) for r in rounds),
         }
+        if f"copies-{point}" in rounds[0]:  # nothing crossing: what the split into processes costs alone
+
+            def ratio(a: str, b: str, key: str, point: str = point) -> float:
+                return median(r[f"{a}-{point}"][key] / r[f"{b}-{point}"][key] for r in rounds)
+
+            summary[point] |= {
+                "copies_throughput": median(r[f"copies-{point}"]["throughput"] for r in rounds),
+                "copies_cpu_us": median(r[f"copies-{point}"]["server_cpu_us"] for r in rounds),
+                "copies_idle": median(r[f"copies-{point}"]["idle"] for r in rounds),
+                "copies_throughput_ratio": ratio("copies", "single", "throughput"),
+                "copies_cpu_ratio": ratio("copies", "single", "server_cpu_us"),
+                "workers_over_copies_throughput": ratio("workers", "copies", "throughput"),
+                "workers_over_copies_cpu": ratio("workers", "copies", "server_cpu_us"),
+            }
     # Throughput past saturation: the highest concurrency's rate over the best one's, per round.
     for protocol in sorted({p for p, _ in points}):
         levels = sorted(c for p, c in points if p == protocol)
         if len(levels) < 2:
             continue
-        for contender in CONTENDERS:
+        for contender in (c for c in CONTENDERS if f"{c}-{protocol}-c{levels[-1]}" in rounds[0]):
             summary[f"{contender}-{protocol}-saturation"] = median(
                 r[f"{contender}-{protocol}-c{levels[-1]}"]["throughput"]
                 / max(r[f"{contender}-{protocol}-c{c}"]["throughput"] for c in levels)
@@ -299,7 +413,7 @@ def markdown(results: dict) -> str:
         "of the workers' CPU per request, the owner's us |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    saturation = []
+    saturation, copies = [], []
     for name, m in results["models"].items():
         for point, v in m.items():
             if not isinstance(v, dict) or "throughput_ratio" not in v:
@@ -316,6 +430,27 @@ def markdown(results: dict) -> str:
                 f"{v.get('single_switches', 0):.1f} / {v.get('workers_switches', 0):.1f} | "
                 f"{v.get('owner_cpu_us', 0):.0f} |"
             )
+            if "copies_throughput_ratio" in v:
+                copies.append(
+                    f"| {name} | {protocol} | {concurrency} | {v['copies_throughput']:.0f}, "
+                    f"{v['copies_cpu_us']:.0f} | {v['copies_throughput_ratio']:.2f} | "
+                    f"{v['copies_cpu_ratio']:.2f} | {v['copies_idle']:.0%} | "
+                    f"{v['workers_over_copies_throughput']:.2f} | {v['workers_over_copies_cpu']:.2f} |"
+                )
+    if copies:
+        lines += [
+            "",
+            f"The split alone: {n} whole gateways sharing the ports, nothing crossing between them (the "
+            "ceiling of any design that splits the load over processes on this machine). Ratios are to the "
+            "single process in the same round; the last two columns are the workers' over the copies' in the "
+            "same round (what the workers' design costs beyond the split, the crossing included).",
+            "",
+            "| model | protocol | concurrency | copies: infer/s, server CPU us | throughput copies / single "
+            "| CPU per request copies / single | machine idle beside the copies "
+            "| throughput workers / copies | CPU workers / copies |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *copies,
+        ]
     if saturation:
         lines += [
             "",
@@ -332,7 +467,7 @@ def markdown(results: dict) -> str:
         f"{results.get('channel_round_trip_us_128B', 0):.0f} us for simple's request, "
         f"{results.get('channel_round_trip_us_602112B', 0):.0f} us for a 602,112-byte image.",
         "",
-        "The two gateways run side by side and take turns, one perf_analyzer run each per point, the order "
+        "The contenders run side by side and take turns, one perf_analyzer run each per point, the order "
         "alternating by round; each ratio is a round's, then the median. perf_analyzer shares the cores with "
         f"the server. On the ResNet-50-shaped model the target is {COMPUTE_BOUND[0]}-{COMPUTE_BOUND[1]} x.",
     ]

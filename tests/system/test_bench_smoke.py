@@ -283,11 +283,15 @@ def test_workers_bench_takes_turns_and_writes_its_table(bench_runs):
     results = json.loads((run / "results.json").read_text())
     simple = results["models"]["simple"]
     (round_,) = simple["rounds"]
-    assert set(round_) == {f"{c}-grpc-c{n}" for c in ("single", "workers") for n in (1, 2)}
+    assert set(round_) == {f"{c}-grpc-c{n}" for c in ("single", "workers", "copies") for n in (1, 2)}
     for row in round_.values():
         assert row["throughput"] > 0 and row["server_cpu_us"] > 0 and 0 <= row["idle"] <= 1
         assert row["switches_per_request"] >= 0
     assert results["channel_round_trip_us_128B"] > 0
     assert simple["grpc-c2"]["throughput_ratio"] > 0 and simple["grpc-c2"]["ceiling"] >= 1
     assert 0 < simple["workers-grpc-saturation"] <= 1
+    # The copies answered, and each one's answers were counted from its own metrics (the sum is what
+    # perf_analyzer was answered: its CPU per request would be far off if one copy's count were missing).
+    assert simple["grpc-c2"]["copies_throughput_ratio"] > 0 and simple["grpc-c2"]["copies_cpu_ratio"] > 0
+    assert simple["grpc-c2"]["workers_over_copies_throughput"] > 0
     assert "Worker processes" in report.render([results])

@@ -190,7 +190,9 @@ def perf_analyzer_run(
     report = out / f"{model.name}-{protocol}-{concurrency}-{time.time_ns()}.csv"
     gw = served.main
     url = gw.grpc_url if protocol == "grpc" else gw.http_url
-    cmd = [str(PERF_ANALYZER), "-m", model.name, "-u", url, "-i", protocol,
+    # The version named: perf_analyzer otherwise picks it from the statistics it reads before and after,
+    # and fails to when two copies, each counting its own, answered those two reads.
+    cmd = [str(PERF_ANALYZER), "-m", model.name, "-x", model.path.parent.name, "-u", url, "-i", protocol,
            "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms),
            "-s", "100", "-r", "6", "-f", str(report)]  # fmt: skip
     owner0 = process_cpu_s(gw.process.pid)
@@ -291,9 +293,12 @@ def measure_model(
             for protocol, concurrency in points:
                 for contender in order:
                     key = f"{contender}-{protocol}-c{concurrency}"
-                    row[key] = perf_analyzer_run(
-                        servers[contender], model, protocol, concurrency, args.window_ms, out
-                    )
+                    run = (servers[contender], model, protocol, concurrency, args.window_ms, out)
+                    try:
+                        row[key] = perf_analyzer_run(*run)
+                    except RuntimeError as e:  # one failed run (an unstable window) does not end the bench
+                        print(f"{model.name} round {rep} {key}: once more, after {e}", flush=True)
+                        row[key] = perf_analyzer_run(*run)
                     print(f"{model.name} round {rep} {key}: {row[key]}", flush=True)
             rounds.append(row)
     finally:

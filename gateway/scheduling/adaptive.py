@@ -10,9 +10,12 @@ the cores; the LATENCY hint gives it every core and loses throughput under load.
   one's and finish MIN_SOLO_SAVING_S sooner. Each execution's figure is the quickest of its last SAMPLES
   lone runs (noise only slows a run down); a run that another request started beside is no sample, nor is
   an execution's first run; every EXPLORE_EVERY-th lone request probes another execution;
-- a tiny model runs inline: when the latency execution's lone runs take at most INLINE_CANDIDATE_S, a
-  third execution (LATENCY hint, one thread) is compiled in the background and inferences run on the event
-  loop with OpenVINO's synchronous infer(), while they stay within INLINE_BELOW_S.
+- a tiny model runs inline: when the latency execution's lone runs take at most INLINE_CANDIDATE_S, or
+  so does a throughput run that shared the cores (a model under load from its first request has no lone
+  runs, and sharing only slows a run), a third execution (LATENCY hint, one thread) is compiled in the
+  background and inferences run on the event loop with OpenVINO's synchronous infer(), while they stay
+  within INLINE_BELOW_S. Its first two runs (a warm-up and a measured one) go to it whenever it is idle,
+  overlapping requests included, so that it is measured under load too.
 
 Every execution counts against the model's nireq. The thresholds and the measurements behind them:
 docs/design/adaptive-execution.md.
@@ -126,6 +129,9 @@ class LoadAdaptiveExecutor:
         self._favoured = Execution.LATENCY
         self._lone_executors: tuple[Executor, ...] = (latency,)
         self._warm: set[Execution] = set()  # executions past their first (slower) run
+        # The quickest throughput run that others overlapped: no lone run is slower, so it can make a model
+        # an inline candidate where there are no lone runs to measure.
+        self._quickest_shared_s: float | None = None
         self._lone = 0
         # Whether a request started beside the lone run in flight (there is at most one: a lone run
         # starts only when nothing runs). Its time then says what sharing the cores costs, not what a
@@ -184,7 +190,11 @@ class LoadAdaptiveExecutor:
         if self.busy or not self._executions[Execution.LATENCY].idle:
             self._lone_shared = True
             inline = self._inline
-            if inline is not None and inline.idle and self.favoured() is Execution.INLINE:
+            if (
+                inline is not None
+                and inline.idle
+                and (self._favoured is Execution.INLINE or self._unmeasured_inline())
+            ):
                 return Execution.INLINE, Role.OVERLAPPED, inline.take()
             return Execution.THROUGHPUT, Role.OVERLAPPED, self._executions[Execution.THROUGHPUT].take()
         self._lone += 1
@@ -193,6 +203,10 @@ class LoadAdaptiveExecutor:
         executor = self._inline if kind is Execution.INLINE else self._executions[kind]
         assert executor is not None  # INLINE is a candidate only once it exists
         return kind, Role.LONE, executor.take()
+
+    def _unmeasured_inline(self) -> bool:
+        """The inline execution exists and has no sample yet: its warm-up or its first measured run."""
+        return self._inline is not None and not self._samples[Execution.INLINE]
 
     def _candidates(self) -> list[Execution]:
         kinds = [Execution.LATENCY, Execution.THROUGHPUT]
@@ -267,6 +281,11 @@ class LoadAdaptiveExecutor:
             spent_ns = times.infer_ns if times.infer_cpu_ns is None else times.infer_cpu_ns
             self._sampled(kind, spent_ns / 1e9)
             self._consider_inline()
+        elif kind is Execution.THROUGHPUT and self.inline_state is InlineState.NOT_WANTED:
+            shared_s = times.infer_ns / 1e9
+            if self._quickest_shared_s is None or shared_s < self._quickest_shared_s:
+                self._quickest_shared_s = shared_s
+                self._consider_inline()
 
     def _sampled(self, kind: Execution, seconds: float) -> None:
         samples = self._samples[kind]
@@ -277,9 +296,12 @@ class LoadAdaptiveExecutor:
     def _consider_inline(self) -> None:
         if self._compile_inline is None or self.inline_state is not InlineState.NOT_WANTED:
             return
-        # Only once both threaded executions are measured: the compilation's CPU would skew the samples.
+        # Lone runs decide once both threaded executions are measured (the compilation's CPU would skew the
+        # samples); runs beside others, whenever one is quick enough, since no lone run is slower.
         latency_s, throughput_s = self._solo[Execution.LATENCY], self._solo[Execution.THROUGHPUT]
-        if latency_s is not None and throughput_s is not None and latency_s <= INLINE_CANDIDATE_S:
+        alone = latency_s is not None and throughput_s is not None and latency_s <= INLINE_CANDIDATE_S
+        shared = self._quickest_shared_s is not None and self._quickest_shared_s <= INLINE_CANDIDATE_S
+        if alone or shared:
             self.inline_state = InlineState.COMPILING
             self._compiling = asyncio.ensure_future(self._make_inline(self._compile_inline))
 

@@ -745,6 +745,57 @@ async def test_a_tiny_model_s_lone_requests_run_inline_once_its_one_thread_execu
     assert adaptive.busy == 0 and inline.idle == 1
 
 
+async def _closed_loop(scheduler, latency, throughput, n: int, infer_ns: int) -> list:
+    """n requests, all queued at once, their threaded runs finished one at a time, so that the model never
+    idles between them (no request after the first finds it idle); returns the tasks, all done."""
+    tasks = [submit(scheduler, 1, v) for v in range(n)]
+    while not all(t.done() for t in tasks):
+        await settle()
+        running = latency.running + throughput.running
+        if running:
+            running[0].finish(infer_ns)
+    await settle()
+    assert [t.result()[0][0][0, 0] for t in tasks] == [10 * v for v in range(n)]
+    return tasks
+
+
+async def test_a_tiny_model_under_load_from_its_first_request_still_runs_inline():
+    # A gateway started into traffic (a replica the autoscaler added): after the first request, every one
+    # overlaps another, so no lone run measures the latency execution. A run that shared the cores and
+    # still took 150 us says the model is quick enough; the inline execution is built and tried.
+    inline = FakeInlineExecutor(infer_ns=30_000)
+    compiler = _InlineCompiler(inline)
+    compiler.ready.set()
+    scheduler, adaptive, latency, throughput = _adaptive(compiler)
+    await _closed_loop(scheduler, latency, throughput, 40, 150_000)
+    assert len(latency.runs) == 1, "only the first request found the model idle"
+    assert compiler.calls == 1 and adaptive.inline_state is InlineState.READY
+    assert adaptive.favoured() is Execution.INLINE and inline.inline_runs >= 30
+    threaded = len(throughput.runs)
+    await _closed_loop(scheduler, latency, throughput, 20, 150_000)
+    assert len(throughput.runs) == threaded and adaptive.runs[Execution.INLINE] == inline.inline_runs
+
+
+async def test_under_load_an_inline_execution_too_slow_for_the_loop_is_tried_once_and_left():
+    inline = FakeInlineExecutor(infer_ns=int(INLINE_BELOW_S * 3e9))
+    compiler = _InlineCompiler(inline)
+    compiler.ready.set()
+    scheduler, adaptive, latency, throughput = _adaptive(compiler)
+    await _closed_loop(scheduler, latency, throughput, 40, 150_000)
+    # Its warm-up and one measured run, then the streams again.
+    assert inline.inline_runs == 2 and adaptive.favoured() is not Execution.INLINE
+    threaded = len(latency.runs) + len(throughput.runs)
+    await _closed_loop(scheduler, latency, throughput, 20, 150_000)
+    assert inline.inline_runs == 2 and len(latency.runs) + len(throughput.runs) == threaded + 20
+
+
+async def test_under_load_a_model_whose_shared_runs_are_slow_is_never_compiled_inline():
+    compiler = _InlineCompiler(FakeInlineExecutor())
+    scheduler, adaptive, latency, throughput = _adaptive(compiler)
+    await _closed_loop(scheduler, latency, throughput, 40, int(INLINE_CANDIDATE_S * 2e9))
+    assert compiler.calls == 0 and adaptive.inline_state is InlineState.NOT_WANTED
+
+
 async def test_a_model_too_slow_for_the_event_loop_is_never_compiled_inline():
     compiler = _InlineCompiler(FakeInlineExecutor())
     scheduler, adaptive, latency, throughput = _adaptive(compiler)

@@ -4,10 +4,10 @@ turns under perf_analyzer.
 Per round, for each protocol and concurrency, perf_analyzer measures the single process and then the
 gateway with `--grpc_workers N --rest_workers N`: N processes serving, the owner and N - 1 workers (the order
 alternating between rounds). On `simple` a third contender takes its turn: N whole gateways sharing the
-ports (loadgen/bench/gateway_copy.py), between which nothing crosses: what splitting the load over N
-processes costs on this machine by itself, the ceiling of any design that splits it. Server CPU is every
-process's together, from /proc, over the requests answered (the statistics', or the copies' metrics
-summed). Reported, as medians of per-round ratios:
+ports (loadgen/bench/gateway_copy.py), between which nothing crosses: what spreading the load over N
+processes costs on this machine without any crossing. Server CPU is every process's together, from
+/proc, over the requests answered (the statistics', or the copies' metrics summed). Reported, as medians
+of per-round ratios:
 
 - `simple` (protocol work dominates): workers / single throughput and server CPU per request, at c = 16
   and 64 (targets: >= 1.2 x throughput, <= 1.15 x CPU); and, for each contender, c = 64's throughput over the
@@ -445,10 +445,10 @@ def markdown(results: dict) -> str:
     if copies:
         lines += [
             "",
-            f"The split alone: {n} whole gateways sharing the ports, nothing crossing between them (the "
-            "ceiling of any design that splits the load over processes on this machine). Ratios are to the "
+            f"The split alone: {n} whole gateways sharing the ports, nothing crossing between them: what "
+            "spreading the load over processes costs on this machine without any crossing. Ratios are to the "
             "single process in the same round; the last two columns are the workers' over the copies' in the "
-            "same round (what the workers' design costs beyond the split, the crossing included).",
+            "same round.",
             "",
             "| model | protocol | concurrency | copies: infer/s, server CPU us | throughput copies / single "
             "| CPU per request copies / single | machine idle beside the copies "

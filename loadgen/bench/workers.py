@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import csv
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing import GatewayProcess, free_ports, start_gateway
 from loadgen.bench.runs import write_results
@@ -143,15 +144,21 @@ def machine_idle_s() -> tuple[float, float]:
     return (fields[3] + fields[4]) / CLOCK_TICKS, sum(fields) / CLOCK_TICKS
 
 
+def _samples(metrics_port: int, family: str, timeout: float = 10) -> list:
+    """One gateway process's samples of `family`, from its own /metrics (its statistics are its own), read
+    with Prometheus' own parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=timeout) as r:
+        families = text_string_to_metric_families(r.read().decode())
+    return [sample for f in families if f.name == family for sample in f.samples]
+
+
 def infer_successes(metrics_port: int, model: str) -> int:
-    """The inferences one gateway process answered, from its own /metrics (its statistics are its own)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
+    """The inferences one gateway process answered."""
     return int(
         sum(
-            float(value)
-            for labels, value in re.findall(r"^ovms_requests_success\{(.*)\} (\S+)$", text, re.M)
-            if f'name="{model}"' in labels and 'method="ModelInfer"' in labels
+            s.value
+            for s in _samples(metrics_port, "ovms_requests_success")
+            if s.labels.get("name") == model and s.labels.get("method") == "ModelInfer"
         )
     )
 
@@ -267,12 +274,10 @@ def start_copies(model: BenchModel, copies: int, out: Path) -> Contender:
 
 def _model_loaded(metrics_port: int, model: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
-            text = r.read().decode()
+        streams = _samples(metrics_port, "ovms_streams", timeout=2)
     except OSError:
         return False  # not listening yet
-    streams = re.search(rf'^ovms_streams\{{name="{re.escape(model)}",[^}}]*\}} (\S+)$', text, re.M)
-    return streams is not None and float(streams.group(1)) > 0
+    return any(s.value > 0 for s in streams if s.labels.get("name") == model)
 
 
 def measure_model(

@@ -19,71 +19,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Each bench's smoke run, longest first: tiny windows on Triton's `simple` where the bench takes a model.
 SMOKE_RUNS = {
-    "images": ["--repetitions", "1", "--window-ms", "1000", "--concurrency", "1"],
-    "overload": ["--models", "simple", "--window-ms", "700", "--soak-seconds", "2"],
-    "scheduling": [
-        "--model",
-        "simple",
-        "--repetitions",
-        "1",
-        "--window-ms",
-        "1000",
-        "--benchmark-seconds",
-        "1",
-        "--contention-sets",
-        "priorities",
-    ],  # fmt: skip
-    "ceiling": ["--models", "simple", "--rounds", "2", "--window-ms", "1000", "--concurrency", "1"],
-    "throughput": [
-        "--models",
-        "simple",
-        "--repetitions",
-        "1",
-        "--window-ms",
-        "500",
-        "--benchmark-seconds",
-        "1",
-        "--concurrency",
-        "1",
-    ],  # fmt: skip
-    "cpu_split": [
-        "--models",
-        "simple",
-        "--protocols",
-        "grpc",
-        "--window-ms",
-        "2000",
-        "--benchmark-seconds",
-        "1",
-    ],
-    "object_storage": ["--model", "dummy", "--stores", "gcs", "--repetitions", "1", "--poll-seconds", "3"],
-    "pipelines": ["--repetitions", "1", "--requests", "2", "--images", "1,2"],
-    # perf_analyzer gives up on a window it finds unstable (here, beside the other runs): these run last,
-    # one at a time, once the others are done.
-    "workers": [
-        "--models",
-        "simple",
-        "--rounds",
-        "1",
-        "--window-ms",
-        "500",
-        "--concurrency",
-        "1,2",
-        "--protocols",
-        "grpc",
-    ],  # fmt: skip
-    "shared_memory": [
-        "--models",
-        "segmentation",
-        "--repetitions",
-        "1",
-        "--window-ms",
-        "500",
-        "--benchmark-seconds",
-        "1",
-        "--concurrency",
-        "1",
-    ],  # fmt: skip
+    bench: args.split()
+    for bench, args in {
+        "images": "--repetitions 1 --window-ms 1000 --concurrency 1",
+        "overload": "--models simple --window-ms 700 --soak-seconds 2",
+        "scheduling": "--model simple --repetitions 1 --window-ms 1000 --benchmark-seconds 1 "
+        "--contention-sets priorities",
+        "ceiling": "--models simple --rounds 2 --window-ms 1000 --concurrency 1",
+        "throughput": "--models simple --repetitions 1 --window-ms 500 --benchmark-seconds 1 --concurrency 1",
+        "cpu_split": "--models simple --protocols grpc --window-ms 2000 --benchmark-seconds 1",
+        "object_storage": "--model dummy --stores gcs --repetitions 1 --poll-seconds 3",
+        "pipelines": "--repetitions 1 --requests 2 --images 1,2",
+        # perf_analyzer gives up on a window it finds unstable (here, beside the other runs): these run
+        # last, one at a time, once the others are done.
+        "workers": "--models simple --rounds 1 --window-ms 500 --concurrency 1,2 --protocols grpc",
+        "shared_memory": "--models segmentation --repetitions 1 --window-ms 500 --benchmark-seconds 1 "
+        "--concurrency 1",
+    }.items()
 }
 NEEDS_PERF_ANALYZER = ("workers", "shared_memory")
 

@@ -13,11 +13,16 @@ of per-round ratios:
   and 64 (targets: >= 1.2 x throughput, <= 1.15 x CPU); and, for each contender, c = 64's throughput over the
   best concurrency's (target >= 0.95: throughput does not fall past saturation);
 - `simple`, the copies: copies / single throughput and CPU per request at the same points;
+- `simple`, the share: right after the single process's run at a target point, the same process at the
+  fixed rate each of N processes would carry at the target throughput (open loop, TARGET_THROUGHPUT x its
+  rate / N), its CPU per request over its own at saturation: what an even split costs each process before
+  anything crosses, a ceiling for the CPU target;
 - the ResNet-50-shaped model (compute dominates): workers / single throughput at c = 4 and p50 at c = 1
   (target 0.98-1.02).
 
     python -m loadgen.bench.workers [--workers 2] [--rounds 3] [--window-ms 3000]
         [--concurrency 2,4,16,64] [--protocols grpc,http] [--models simple,resnet50]
+        [--share-concurrency 16,64]
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -192,16 +199,26 @@ class Contender:
 
 
 def perf_analyzer_run(
-    served: Contender, model: BenchModel, protocol: str, concurrency: int, window_ms: int, out: Path
+    served: Contender,
+    model: BenchModel,
+    protocol: str,
+    concurrency: int,
+    window_ms: int,
+    out: Path,
+    rate: float | None = None,
 ) -> dict:
+    """A closed loop at `concurrency`, or, given a `rate`, requests sent at that fixed rate (open loop)."""
     report = out / f"{model.name}-{protocol}-{concurrency}-{time.time_ns()}.csv"
     gw = served.main
     url = gw.grpc_url if protocol == "grpc" else gw.http_url
+    load = ["--concurrency-range", str(concurrency)]
+    if rate is not None:  # threads enough to keep the schedule at a few thousand requests a second
+        load = ["--request-rate-range", f"{rate:.0f}", "--max-threads", "8"]
     # The version named: perf_analyzer otherwise picks it from the statistics it reads before and after,
     # and fails to when two copies, each counting its own, answered those two reads.
     cmd = [str(PERF_ANALYZER), "-m", model.name, "-x", model.path.parent.name, "-u", url, "-i", protocol,
-           "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms),
-           "-s", "100", "-r", "6", "-f", str(report)]  # fmt: skip
+           *load, "--measurement-interval", str(window_ms), "-s", "100", "-r", "6",
+           "-f", str(report)]  # fmt: skip
     owner0 = process_cpu_s(gw.process.pid)
     cpu0, count0 = served.cpu_s(), served.answered(model.name)
     idle0, all0 = machine_idle_s()
@@ -298,18 +315,43 @@ def measure_model(
             for protocol, concurrency in points:
                 for contender in order:
                     key = f"{contender}-{protocol}-c{concurrency}"
-                    run = (servers[contender], model, protocol, concurrency, args.window_ms, out)
-                    try:
-                        row[key] = perf_analyzer_run(*run)
-                    except RuntimeError as e:  # one failed run (an unstable window) does not end the bench
-                        print(f"{model.name} round {rep} {key}: once more, after {e}", flush=True)
-                        row[key] = perf_analyzer_run(*run)
-                    print(f"{model.name} round {rep} {key}: {row[key]}", flush=True)
+                    run = partial(
+                        perf_analyzer_run,
+                        servers[contender],
+                        model,
+                        protocol,
+                        concurrency,
+                        args.window_ms,
+                        out,
+                    )
+                    row[key] = _run_once_more_on_failure(f"{model.name} {key}", rep, run)
+                    if contender == "single" and share_at(model, concurrency, args):
+                        # the load each of N processes carries at the target, on this process, open loop
+                        rate = row[key]["throughput"] * TARGET_THROUGHPUT / args.workers
+                        share = f"share-{protocol}-c{concurrency}"
+                        row[share] = _run_once_more_on_failure(
+                            f"{model.name} {share}", rep, partial(run, rate=rate)
+                        )
             rounds.append(row)
     finally:
         for gw in servers.values():
             gw.stop()
     return {"rounds": rounds}
+
+
+def share_at(model: BenchModel, concurrency: int, args: argparse.Namespace) -> bool:
+    share_levels = {int(c) for c in args.share_concurrency.split(",") if c}
+    return model.name in COPIES_MODELS and concurrency in share_levels
+
+
+def _run_once_more_on_failure(key: str, rep: int, run: Callable[[], dict]) -> dict:
+    try:
+        result = run()
+    except RuntimeError as e:  # one failed run (an unstable window) does not end the bench
+        print(f"round {rep} {key}: once more, after {e}", flush=True)
+        result = run()
+    print(f"round {rep} {key}: {result}", flush=True)
+    return result
 
 
 def summarize(model: str, rounds: list[dict], points: list[tuple[str, int]]) -> dict:
@@ -355,6 +397,15 @@ def summarize(model: str, rounds: list[dict], points: list[tuple[str, int]]) -> 
                 "workers_over_copies_throughput": ratio("workers", "copies", "throughput"),
                 "workers_over_copies_cpu": ratio("workers", "copies", "server_cpu_us"),
             }
+        if f"share-{point}" in rounds[0]:  # the single process at the load one of N carries at the target
+            summary[point] |= {
+                "share_rate": median(r[f"share-{point}"]["throughput"] for r in rounds),
+                "share_cpu_us": median(r[f"share-{point}"]["server_cpu_us"] for r in rounds),
+                "share_cpu_ratio": median(
+                    r[f"share-{point}"]["server_cpu_us"] / r[f"single-{point}"]["server_cpu_us"]
+                    for r in rounds
+                ),
+            }
     # Throughput past saturation: the highest concurrency's rate over the best one's, per round.
     for protocol in sorted({p for p, _ in points}):
         levels = sorted(c for p, c in points if p == protocol)
@@ -379,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="2,4,16,64", help="for simple")
     parser.add_argument("--protocols", default="grpc,http")
     parser.add_argument("--models", default="simple,resnet50")
+    parser.add_argument(
+        "--share-concurrency",
+        default="16,64",
+        help="simple's concurrencies after whose single-process run the share is measured",
+    )
     parser.add_argument("--output", default=str(ROOT / "bench-results"))
     args = parser.parse_args(argv)
     if not PERF_ANALYZER.exists():
@@ -423,7 +479,7 @@ def markdown(results: dict) -> str:
         "of the workers' CPU per request, the owner's us |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    saturation, copies = [], []
+    saturation, copies, shares = [], [], []
     for name, m in results["models"].items():
         for point, v in m.items():
             if not isinstance(v, dict) or "throughput_ratio" not in v:
@@ -440,6 +496,11 @@ def markdown(results: dict) -> str:
                 f"{v.get('single_switches', 0):.1f} / {v.get('workers_switches', 0):.1f} | "
                 f"{v.get('owner_cpu_us', 0):.0f} |"
             )
+            if "share_cpu_ratio" in v:
+                shares.append(
+                    f"| {name} | {protocol} | {concurrency} | {v['share_rate']:.0f} | "
+                    f"{v['share_cpu_us']:.0f} | {v['share_cpu_ratio']:.2f} |"
+                )
             if "copies_throughput_ratio" in v:
                 copies.append(
                     f"| {name} | {protocol} | {concurrency} | {v['copies_throughput']:.0f}, "
@@ -460,6 +521,19 @@ def markdown(results: dict) -> str:
             "| throughput workers / copies | CPU workers / copies |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *copies,
+        ]
+    if shares:
+        lines += [
+            "",
+            f"The share: right after its run at each point, the single process at the fixed rate each of {n} "
+            f"processes would carry at {TARGET_THROUGHPUT} x its throughput (open loop). Its CPU per request "
+            "there, over its own at the point, is what an even split costs each process before anything "
+            f"crosses: above {TARGET_CPU}, an even split cannot meet both targets at once.",
+            "",
+            "| model | protocol | concurrency | share: requests/s | share: server CPU us | CPU per request "
+            "share / single |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *shares,
         ]
     if saturation:
         lines += [

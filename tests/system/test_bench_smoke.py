@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from loadgen.bench import report
+from loadgen.bench import workers as workers_bench
 from tests.support.perf_analyzer import find_perf_analyzer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,8 @@ SMOKE_RUNS = {
         "pipelines": "--repetitions 1 --requests 2 --images 1,2",
         # perf_analyzer gives up on a window it finds unstable (here, beside the other runs): these run
         # last, one at a time, once the others are done.
-        "workers": "--models simple --rounds 1 --window-ms 500 --concurrency 1,2 --protocols grpc",
+        "workers": "--models simple --rounds 1 --window-ms 500 --concurrency 1,2 --protocols grpc "
+        "--share-concurrency 2",
         "shared_memory": "--models segmentation --repetitions 1 --window-ms 500 --benchmark-seconds 1 "
         "--concurrency 1",
     }.items()
@@ -235,7 +237,8 @@ def test_workers_bench_takes_turns_and_writes_its_table(bench_runs):
     results = json.loads((run / "results.json").read_text())
     simple = results["models"]["simple"]
     (round_,) = simple["rounds"]
-    assert set(round_) == {f"{c}-grpc-c{n}" for c in ("single", "workers", "copies") for n in (1, 2)}
+    contenders = {f"{c}-grpc-c{n}" for c in ("single", "workers", "copies") for n in (1, 2)}
+    assert set(round_) == contenders | {"share-grpc-c2"}
     for row in round_.values():
         assert row["throughput"] > 0 and row["server_cpu_us"] > 0 and 0 <= row["idle"] <= 1
         assert row["switches_per_request"] >= 0
@@ -246,4 +249,8 @@ def test_workers_bench_takes_turns_and_writes_its_table(bench_runs):
     # perf_analyzer was answered: its CPU per request would be far off if one copy's count were missing).
     assert simple["grpc-c2"]["copies_throughput_ratio"] > 0 and simple["grpc-c2"]["copies_cpu_ratio"] > 0
     assert simple["grpc-c2"]["workers_over_copies_throughput"] > 0
+    # The share ran open loop at the rate asked: the target's share of the single process's c=2 rate.
+    share = simple["grpc-c2"]["share_rate"] / round_["single-grpc-c2"]["throughput"]
+    assert 0.5 < share / (workers_bench.TARGET_THROUGHPUT / results["workers"]) < 1.5
+    assert simple["grpc-c2"]["share_cpu_ratio"] > 0
     assert "Worker processes" in report.render([results])

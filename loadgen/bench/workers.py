@@ -58,7 +58,9 @@ from loadgen.bench.throughput import (
 CACHE = ROOT / ".cache"
 PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", CACHE / "perf_analyzer" / "perf_analyzer"))
 CONTENDERS = ("single", "workers", "copies")
-COPIES_MODELS = ("simple",)  # where the protocol work dominates; ResNet would compile N times for nothing
+# where the protocol work dominates: the copies and the share run there; ResNet would compile N times for
+# nothing
+PROTOCOL_BOUND_MODELS = ("simple",)
 TARGET_THROUGHPUT = 1.2
 TARGET_CPU = 1.15
 TARGET_SATURATION = 0.95
@@ -304,7 +306,7 @@ def measure_model(
         "single": start(model, 1, out / f"{model.name}-single.log"),
         "workers": start(model, args.workers, out / f"{model.name}-workers.log"),
     }
-    if model.name in COPIES_MODELS:
+    if model.name in PROTOCOL_BOUND_MODELS:
         servers["copies"] = start_copies(model, args.workers, out)
     contenders = tuple(c for c in CONTENDERS if c in servers)
     rounds: list[dict] = []
@@ -340,8 +342,7 @@ def measure_model(
 
 
 def share_at(model: BenchModel, concurrency: int, args: argparse.Namespace) -> bool:
-    share_levels = {int(c) for c in args.share_concurrency.split(",") if c}
-    return model.name in COPIES_MODELS and concurrency in share_levels
+    return model.name in PROTOCOL_BOUND_MODELS and concurrency in args.share_concurrency
 
 
 def _run_once_more_on_failure(key: str, rep: int, run: Callable[[], dict]) -> dict:
@@ -432,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="simple,resnet50")
     parser.add_argument(
         "--share-concurrency",
+        type=lambda levels: {int(c) for c in levels.split(",") if c},
         default="16,64",
         help="simple's concurrencies after whose single-process run the share is measured",
     )
@@ -528,7 +530,8 @@ def markdown(results: dict) -> str:
             f"The share: right after its run at each point, the single process at the fixed rate each of {n} "
             f"processes would carry at {TARGET_THROUGHPUT} x its throughput (open loop). Its CPU per request "
             "there, over its own at the point, is what an even split costs each process before anything "
-            f"crosses: above {TARGET_CPU}, an even split cannot meet both targets at once.",
+            f"crosses: above {TARGET_CPU}, an even split misses the CPU target even if crossing cost "
+            "nothing.",
             "",
             "| model | protocol | concurrency | share: requests/s | share: server CPU us | CPU per request "
             "share / single |",
